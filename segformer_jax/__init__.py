@@ -1,0 +1,15 @@
+"""SegFormer (Xie et al., NeurIPS 2021) in JAX and Flax."""
+
+from segformer_jax.config import ConfigError, SegformerConfig
+from segformer_jax.hub import CheckpointError, from_pretrained, save_pretrained
+from segformer_jax.models import (MixTransformer, SegformerDecodeHead,
+                                  SegformerForImageClassification,
+                                  SegformerForSemanticSegmentation, init_variables)
+
+__all__ = [
+    "SegformerConfig", "ConfigError", "CheckpointError",
+    "MixTransformer", "SegformerDecodeHead",
+    "SegformerForSemanticSegmentation", "SegformerForImageClassification",
+    "init_variables", "from_pretrained", "save_pretrained",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,195 @@
+"""The Mix Transformer (MiT) encoder of SegFormer, in Flax linen, NHWC.
+
+Every block keeps its activations as (N, h, w, C) feature maps: the token sequence of the
+paper is just ``x.reshape(N, h * w, C)``, taken where attention needs it, so no layer has to
+guess the height and width from the sequence length and any input size works.
+
+Numerics follow transformers' ``modeling_segformer.py`` exactly: symmetric padding in the
+overlapping patch embeddings, LayerNorm eps 1e-5 everywhere, exact (erf) GELU, softmax in
+float32. Parameters are float32; ``dtype`` is the compute dtype of convolutions and matmuls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from segformer_jax.config import SegformerConfig
+from segformer_jax.models.ops import depthwise_conv3x3
+
+Dtype = Any
+LAYER_NORM_EPS = 1e-5  # torch's default: transformers never passes config.layer_norm_eps.
+
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+
+def dense_init(config: SegformerConfig) -> nn.initializers.Initializer:
+    """transformers' init for every Linear and Conv2d: N(0, initializer_range), bias 0."""
+    return nn.initializers.normal(stddev=config.initializer_range)
+
+
+def layer_norm(name: str) -> nn.LayerNorm:
+    """A LayerNorm computed in float32 with torch's eps and two-pass variance."""
+    return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=jnp.float32, use_fast_variance=False,
+                        name=name)
+
+
+class OverlapPatchEmbeddings(nn.Module):
+    """Strided conv with kernel > stride (7/4 then 3/2), so patches overlap; then LayerNorm."""
+
+    config: SegformerConfig
+    stage: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.config.patch_sizes[self.stage]
+        s = self.config.strides[self.stage]
+        p = k // 2  # symmetric, as torch: 'SAME' would pad (1, 2) for k7 s4 and shift outputs.
+        x = nn.Conv(self.config.hidden_sizes[self.stage], (k, k), strides=(s, s),
+                    padding=((p, p), (p, p)), dtype=self.dtype,
+                    kernel_init=dense_init(self.config), name="proj")(x)
+        return layer_norm("layer_norm")(x)
+
+
+class EfficientSelfAttention(nn.Module):
+    """Multi-head self-attention whose keys and values come from a map shrunk by ``sr_ratio``.
+
+    The reduction (a strided sr×sr conv + LayerNorm) cuts the cost from O(N²) to O(N²/R²).
+    """
+
+    config: SegformerConfig
+    stage: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        cfg = self.config
+        n, h, w, c = x.shape
+        heads = cfg.num_attention_heads[self.stage]
+        sr = cfg.sr_ratios[self.stage]
+        dense = lambda name: nn.Dense(c, dtype=self.dtype, kernel_init=dense_init(cfg), name=name)  # noqa: E731
+
+        q = dense("query")(x).reshape(n, h * w, heads, c // heads)
+        kv = x
+        if sr > 1:
+            kv = nn.Conv(c, (sr, sr), strides=(sr, sr), padding="VALID", dtype=self.dtype,
+                         kernel_init=dense_init(cfg), name="sr")(kv)
+            kv = layer_norm("layer_norm")(kv)
+        kv = kv.reshape(n, -1, c)
+        k = dense("key")(kv).reshape(n, -1, heads, c // heads)
+        v = dense("value")(kv).reshape(n, -1, heads, c // heads)
+
+        rate = cfg.attention_probs_dropout_prob
+        if train and rate > 0.0:
+            scores = jnp.einsum("nqhd,nkhd->nhqk", q, k).astype(jnp.float32)
+            probs = jax.nn.softmax(scores * (c // heads) ** -0.5, axis=-1)
+            probs = nn.Dropout(rate, deterministic=False)(probs).astype(v.dtype)
+            ctx = jnp.einsum("nhqk,nkhd->nqhd", probs, v)
+        else:  # XLA's fused attention; its softmax runs in float32 for low-precision inputs.
+            ctx = jax.nn.dot_product_attention(q, k, v)
+        ctx = ctx.reshape(n, h, w, c)
+        out = dense("output")(ctx)
+        return nn.Dropout(cfg.hidden_dropout_prob, deterministic=not train)(out)
+
+
+class MixFFN(nn.Module):
+    """Dense → 3×3 depthwise conv → GELU → Dense: the conv leaks position, replacing encodings."""
+
+    config: SegformerConfig
+    stage: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        cfg = self.config
+        c = x.shape[-1]
+        hidden = int(c * cfg.mlp_ratios[self.stage])
+        x = nn.Dense(hidden, dtype=self.dtype, kernel_init=dense_init(cfg), name="dense1")(x)
+        kernel = self.param("dwconv_kernel", dense_init(cfg), (3, 3, hidden), jnp.float32)
+        bias = self.param("dwconv_bias", nn.initializers.zeros, (hidden,), jnp.float32)
+        x = depthwise_conv3x3(x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype))
+        x = ACTIVATIONS[cfg.hidden_act](x)
+        x = nn.Dropout(cfg.hidden_dropout_prob, deterministic=not train)(x)
+        x = nn.Dense(c, dtype=self.dtype, kernel_init=dense_init(cfg), name="dense2")(x)
+        return nn.Dropout(cfg.hidden_dropout_prob, deterministic=not train)(x)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops a sample's whole residual branch with probability ``rate``."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        # One Bernoulli draw per sample, broadcast over h, w and C; scaled by 1/keep.
+        return nn.Dropout(self.rate, broadcast_dims=tuple(range(1, x.ndim)),
+                          deterministic=not train or self.rate == 0.0)(x)
+
+
+class MixTransformerLayer(nn.Module):
+    """Pre-norm transformer block: x + attn(LN(x)), then x + MixFFN(LN(x))."""
+
+    config: SegformerConfig
+    stage: int
+    drop_path: float
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        drop = DropPath(self.drop_path)
+        a = EfficientSelfAttention(self.config, self.stage, self.dtype, name="attention")(
+            layer_norm("layer_norm_1")(x), train)
+        x = x + drop(a, train)
+        m = MixFFN(self.config, self.stage, self.dtype, name="mlp")(layer_norm("layer_norm_2")(x), train)
+        return x + drop(m, train)
+
+
+class MixTransformer(nn.Module):
+    """The MiT encoder: four stages at strides 4, 8, 16, 32; returns their feature maps.
+
+    ``remat`` recomputes each block's activations in the backward pass (saves memory).
+    """
+
+    config: SegformerConfig
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, ...]:
+        check_images(images, self.config)
+        layer_cls = nn.remat(MixTransformerLayer, static_argnums=(2,)) if self.remat \
+            else MixTransformerLayer
+        x = images
+        features = []
+        for i, rates in enumerate(self.config.drop_path_rates()):
+            x = OverlapPatchEmbeddings(self.config, i, self.dtype, name=f"patch_embeddings_{i}")(x)
+            for j, rate in enumerate(rates):
+                x = layer_cls(self.config, i, rate, self.dtype, name=f"block_{i}_{j}")(x, train)
+            x = layer_norm(f"layer_norm_{i}")(x)
+            features.append(x)
+        return tuple(features)
+
+
+def check_images(images: Any, config: SegformerConfig) -> None:
+    """One clear error for inputs the encoder cannot take, before any layer sees them."""
+    shape = getattr(images, "shape", None)
+    if shape is None or len(shape) != 4:
+        raise ValueError(f"images must be a rank-4 array (N, H, W, {config.num_channels}) in NHWC "
+                         f"layout; got shape {shape}")
+    if shape[-1] != config.num_channels:
+        hint = " (an NCHW array? transpose it to NHWC)" if shape[1] == config.num_channels else ""
+        raise ValueError(f"images have {shape[-1]} channels in the last axis but the config has "
+                         f"num_channels={config.num_channels}; got shape {tuple(shape)}{hint}")
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise ValueError(f"images must be floating point (normalised pixels); got {images.dtype}")

@@ -1,0 +1,64 @@
+"""Array operations SegFormer needs, written for XLA rather than taken from a library.
+
+* ``resize_bilinear`` equals PyTorch ``F.interpolate(mode="bilinear", align_corners=False)``
+  (no antialiasing) for up- and down-sampling. ``jax.image.resize`` only agrees with it when
+  called with ``antialias=False``, and it builds dense weight matrices that are slow on CPU;
+  here each axis is two gathers and a lerp with indices computed once in numpy.
+* ``depthwise_conv3x3`` is nine shifted multiply-adds: XLA:CPU's grouped convolution is
+  about 30× slower than this fused loop (see the CPU performance notes in the README).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@functools.lru_cache(maxsize=256)
+def _lerp_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of torch's ``align_corners=False`` bilinear along one axis."""
+    # float32 arithmetic, as torch's CPU kernel computes the source coordinates.
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    src = np.maximum(src, np.float32(0.0))
+    lo = np.minimum(np.floor(src).astype(np.int32), in_size - 1)
+    hi = np.minimum(lo + 1, in_size - 1)
+    frac = (src - lo.astype(np.float32)).astype(np.float32)
+    return lo, hi, frac
+
+
+def _resize_axis(x: jax.Array, axis: int, out_size: int) -> jax.Array:
+    in_size = x.shape[axis]
+    if in_size == out_size:
+        return x
+    lo, hi, frac = _lerp_taps(in_size, out_size)
+    shape = [1] * x.ndim
+    shape[axis] = out_size
+    frac = jnp.asarray(frac.reshape(shape), dtype=x.dtype)
+    a = jnp.take(x, lo, axis=axis)
+    b = jnp.take(x, hi, axis=axis)
+    return a * (1 - frac) + b * frac
+
+
+def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Resizes the spatial axes of an NHWC array to ``size`` = (height, width)."""
+    x = _resize_axis(x, 1, int(size[0]))
+    return _resize_axis(x, 2, int(size[1]))
+
+
+def depthwise_conv3x3(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """3×3 depthwise convolution, stride 1, zero padding 1, of an NHWC array.
+
+    ``kernel`` has shape (3, 3, C) and is applied as a cross-correlation, like torch's Conv2d.
+    """
+    _, h, w, _ = x.shape
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = padded[:, 0:h, 0:w, :] * kernel[0, 0]
+    for dy in range(3):
+        for dx in range(3):
+            if dy or dx:
+                out = out + padded[:, dy:dy + h, dx:dx + w, :] * kernel[dy, dx]
+    return out + bias

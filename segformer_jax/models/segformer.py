@@ -1,0 +1,117 @@
+"""The two SegFormer models users apply: semantic segmentation and image classification.
+
+Both are linen modules used functionally::
+
+    model = SegformerForSemanticSegmentation(config)
+    variables = model.init(jax.random.key(0), images)            # {'params', 'batch_stats'}
+    logits = model.apply(variables, images)                       # (N, ceil(H/4), ceil(W/4), K)
+    logits, updates = model.apply(variables, images, train=True,
+                                  rngs={'dropout': key}, mutable=['batch_stats'])
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from segformer_jax.config import SegformerConfig
+from segformer_jax.models.head import SegformerDecodeHead
+from segformer_jax.models.mit import MixTransformer, dense_init
+
+Dtype = Any
+
+
+class SegformerForSemanticSegmentation(nn.Module):
+    """MiT encoder + All-MLP decode head; float32 logits at 1/4 of the input resolution."""
+
+    config: SegformerConfig
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+        features = MixTransformer(self.config, self.dtype, self.remat, name="encoder")(images, train)
+        return SegformerDecodeHead(self.config, self.dtype, name="decode_head")(features, train)
+
+
+class SegformerForImageClassification(nn.Module):
+    """MiT encoder + mean over the last stage's tokens + a linear classifier (ImageNet MiT)."""
+
+    config: SegformerConfig
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+        features = MixTransformer(self.config, self.dtype, self.remat, name="encoder")(images, train)
+        pooled = features[-1].astype(jnp.float32).mean(axis=(1, 2))
+        return nn.Dense(self.config.num_labels, dtype=jnp.float32,
+                        kernel_init=dense_init(self.config), name="classifier")(pooled)
+
+
+TASKS = {
+    "semantic_segmentation": SegformerForSemanticSegmentation,
+    "image_classification": SegformerForImageClassification,
+}
+
+
+def _transformers_init(abstract: Any, key: jax.Array, std: float) -> Any:
+    """Fills a tree of shapes as transformers' ``_init_weights`` does.
+
+    Kernels ~ N(0, std), biases and BN means 0, LayerNorm/BN scales and BN variances 1: the
+    same distributions as the modules' own initialisers, drawn as ONE normal vector split
+    over the kernels. (``model.init`` draws one threefry stream per kernel, and XLA:CPU takes
+    ~30 s to compile B2's init and ~100 s for B5's; this compiles in about a second.)
+    """
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+    names = [str(getattr(path[-1], "key", path[-1])) for path, _ in leaves]
+    is_normal = [not (n.endswith("bias") or n in ("scale", "mean", "var")) for n in names]
+    total = sum(math.prod(leaf.shape) for (_, leaf), normal in zip(leaves, is_normal) if normal)
+    draws = std * jax.random.normal(key, (total,), jnp.float32)
+    out, offset = [], 0
+    for (_, leaf), name, normal in zip(leaves, names, is_normal):
+        if normal:
+            size = math.prod(leaf.shape)
+            out.append(draws[offset:offset + size].reshape(leaf.shape))
+            offset += size
+        else:
+            fill = jnp.ones if name in ("scale", "var") else jnp.zeros
+            out.append(fill(leaf.shape, leaf.dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def init_variables(config: SegformerConfig, task: str = "semantic_segmentation",
+                   seed: int = 0) -> dict[str, Any]:
+    """Fresh variables of the model for ``task`` with transformers' initialisation.
+
+    No parameter shape depends on the image size, so shapes come from a small input.
+    """
+    model = TASKS[task](config)
+    images = jax.ShapeDtypeStruct((1, 64, 64, config.num_channels), jnp.float32)
+    abstract = jax.eval_shape(model.init, jax.random.key(0), images)
+    return jax.jit(lambda key: _transformers_init(abstract, key, config.initializer_range))(
+        jax.random.key(seed))
+
+
+def init_head_variables(config: SegformerConfig, task: str = "semantic_segmentation",
+                        seed: int = 0) -> dict[str, Any]:
+    """Fresh variables of the task head alone, laid out as in the whole model's tree.
+
+    Cheaper than ``init_variables`` for deep encoders: the encoder is never traced.
+    """
+    if task == "image_classification":
+        head = nn.Dense(config.num_labels)
+        inputs: Any = jax.ShapeDtypeStruct((1, config.hidden_sizes[-1]), jnp.float32)
+        wrap = "classifier"
+    else:
+        head = SegformerDecodeHead(config)
+        inputs = tuple(jax.ShapeDtypeStruct((1, 2, 2, c), jnp.float32) for c in config.hidden_sizes)
+        wrap = "decode_head"
+    abstract = jax.eval_shape(head.init, jax.random.key(0), inputs)
+    abstract = {name: {wrap: tree} for name, tree in abstract.items()}
+    return jax.jit(lambda key: _transformers_init(abstract, key, config.initializer_range))(
+        jax.random.key(seed))

@@ -1,0 +1,69 @@
+"""Shared fixtures: transformers (PyTorch) SegFormer models built from a seed, the oracle.
+
+No test reaches the network: HF_HUB_OFFLINE is set before transformers is imported.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import segformer_jax as sj  # noqa: E402
+
+
+def hf_config(config: sj.SegformerConfig):
+    import transformers
+    data = config.to_dict()
+    data.pop("model_type")
+    # Eager attention: the plain softmax(QK^T/sqrt(d))V, not a fused SDPA kernel.
+    return transformers.SegformerConfig(**data, attn_implementation="eager")
+
+
+def build_hf(config: sj.SegformerConfig, task: str = "semantic_segmentation", seed: int = 0):
+    """A transformers model with random weights and non-trivial BatchNorm statistics."""
+    import torch
+    import transformers
+    cls = {"semantic_segmentation": transformers.SegformerForSemanticSegmentation,
+           "image_classification": transformers.SegformerForImageClassification}[task]
+    torch.manual_seed(seed)
+    model = cls(hf_config(config)).eval()
+    with torch.no_grad():
+        # transformers zero-inits biases and leaves BN at (0, 1): randomise them, so that a
+        # bias or a statistic loaded into the wrong place cannot go unnoticed.
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+        if task == "semantic_segmentation":
+            bn = model.decode_head.batch_norm
+            bn.running_mean.normal_(0, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def torch_forward(model, images: np.ndarray, hidden_states: bool = False):
+    """Runs the torch model on NHWC numpy images; returns NHWC numpy outputs."""
+    import torch
+    with torch.no_grad():
+        out = model(torch.from_numpy(images.transpose(0, 3, 1, 2)), output_hidden_states=hidden_states)
+    logits = out.logits.numpy()
+    logits = logits.transpose(0, 2, 3, 1) if logits.ndim == 4 else logits
+    if not hidden_states:
+        return logits
+    return logits, [h.numpy().transpose(0, 2, 3, 1) for h in out.hidden_states]
+
+
+@pytest.fixture(scope="session")
+def b0_hub_dir(tmp_path_factory):
+    """A b0 ADE-style (150 labels) checkpoint saved by transformers, and its torch model."""
+    config = sj.SegformerConfig.from_variant("b0", num_labels=150)
+    model = build_hf(config)
+    path = tmp_path_factory.mktemp("b0_hub")
+    model.save_pretrained(path)
+    return path, model
+
+
+def random_images(n: int, h: int, w: int, seed: int = 0, c: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, h, w, c), dtype=np.float32)
