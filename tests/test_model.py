@@ -1,0 +1,156 @@
+"""Model behaviour beyond parity: training mode, dtypes, remat, input checks, the config."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import segformer_jax as sj
+from conftest import random_images
+
+TINY = sj.SegformerConfig.from_variant("b0", num_labels=5, hidden_sizes=(8, 16, 24, 32),
+                                       num_attention_heads=(1, 2, 3, 4), decoder_hidden_size=16,
+                                       drop_path_rate=0.3, hidden_dropout_prob=0.1,
+                                       attention_probs_dropout_prob=0.1)
+
+
+class Jitted:
+    """``model.apply`` under ``jax.jit`` (eager Flax dispatches op by op: minutes on CPU)."""
+
+    def __init__(self, model):
+        self.apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return Jitted(sj.SegformerForSemanticSegmentation(TINY)), sj.init_variables(TINY, seed=1)
+
+
+def test_eval_is_deterministic_and_needs_no_rng(tiny):
+    model, variables = tiny
+    images = random_images(2, 40, 56)
+    a = model.apply(variables, images)
+    b = model.apply(variables, images, train=False)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_train_mode_uses_dropout_rng_and_updates_batch_stats(tiny):
+    model, variables = tiny
+    images = random_images(2, 40, 56)
+    run = lambda seed: model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(seed)},  # noqa: E731
+                                   mutable="batch_stats")
+    (a, stats_a), (b, _), (a2, _) = run(0), run(1), run(0)
+    assert not np.allclose(a, b), "dropout / drop path should make train outputs depend on the rng"
+    np.testing.assert_array_equal(a, a2)
+    old, new = variables["batch_stats"]["decode_head"]["batch_norm"], stats_a["batch_stats"]["decode_head"]["batch_norm"]
+    assert not np.allclose(old["mean"], new["mean"]) and not np.allclose(old["var"], new["var"])
+    with pytest.raises(Exception, match="dropout"):
+        model.apply(variables, images, train=True, mutable="batch_stats")
+
+
+def test_batch_norm_running_stats_follow_torch():
+    """Running mean/var: momentum 0.1 and the *unbiased* batch variance, as BatchNorm2d."""
+    import torch
+    from segformer_jax.models.head import BatchNorm
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 4)).astype(np.float32) * 3 + 1
+    bn = BatchNorm()
+    variables = bn.init(jax.random.key(0), x, train=False)
+    y, updates = bn.apply(variables, x, train=True, mutable=["batch_stats"])
+    ref = torch.nn.BatchNorm2d(4).train()
+    ref_y = ref(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(y, ref_y, atol=1e-5)
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], ref.running_mean.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(updates["batch_stats"]["var"], ref.running_var.numpy(), rtol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+    config = sj.SegformerConfig.from_variant("b0", num_labels=7)
+    variables = sj.init_variables(config)
+    images = random_images(1, 64, 96)
+    ref = Jitted(sj.SegformerForSemanticSegmentation(config)).apply(variables, images)
+    out = Jitted(sj.SegformerForSemanticSegmentation(config, dtype=jnp.bfloat16)).apply(variables, images)
+    assert out.dtype == jnp.float32
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
+    # bf16 keeps 8 mantissa bits (relative step 2^-8 ≈ 4e-3); a dozen roundings per block
+    # across 8 blocks give a few percent of the logits' spread, never a different function.
+    err = np.abs(np.asarray(out) - np.asarray(ref)).max() / np.abs(np.asarray(ref)).max()
+    assert err < 0.05, err
+    assert np.corrcoef(np.ravel(out), np.ravel(ref))[0, 1] > 0.999
+
+
+def test_remat_gives_the_same_gradients(tiny):
+    _, variables = tiny
+    images = random_images(2, 32, 32)
+    def grads(remat):
+        model = sj.SegformerForSemanticSegmentation(TINY, remat=remat)
+        def loss(params):
+            out, _ = model.apply({**variables, "params": params}, images, train=True,
+                                 rngs={"dropout": jax.random.key(3)}, mutable=["batch_stats"])
+            return jnp.mean(out ** 2)
+        return jax.jit(jax.grad(loss))(variables["params"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads(False), grads(True))
+
+
+def test_any_input_size(tiny):
+    model, variables = tiny
+    for h, w in [(1, 1), (33, 17), (5, 200)]:
+        assert model.apply(variables, random_images(1, h, w)).shape == (1, -(-h // 4), -(-w // 4), 5)
+
+
+def test_bad_images_get_one_clear_error(tiny):
+    model, variables = tiny
+    with pytest.raises(ValueError, match=r"rank-4 array \(N, H, W, 3\).*got shape \(32, 32, 3\)"):
+        model.apply(variables, np.zeros((32, 32, 3), np.float32))
+    with pytest.raises(ValueError, match=r"1 channels .* num_channels=3.*\(2, 32, 32, 1\)"):
+        model.apply(variables, np.zeros((2, 32, 32, 1), np.float32))
+    with pytest.raises(ValueError, match="NCHW"):
+        model.apply(variables, np.zeros((2, 3, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="floating point"):
+        model.apply(variables, np.zeros((2, 32, 32, 3), np.uint8))
+
+
+def test_classification_model():
+    config = TINY.replace(num_labels=11)
+    model = Jitted(sj.SegformerForImageClassification(config))
+    variables = sj.init_variables(config, "image_classification")
+    assert model.apply(variables, random_images(4, 50, 30)).shape == (4, 11)
+
+
+# -- config ---------------------------------------------------------------------------
+
+
+def test_variants_and_overrides():
+    b2 = sj.SegformerConfig.from_variant("b2", num_labels=19)
+    assert b2.depths == (3, 4, 6, 3) and b2.decoder_hidden_size == 768 and b2.num_labels == 19
+    assert sj.SegformerConfig.from_variant("mit-b5").depths == (3, 6, 40, 3)
+    with pytest.raises(sj.ConfigError, match=r"unknown SegFormer variant 'b6'; choose one of \['b0'"):
+        sj.SegformerConfig.from_variant("b6")
+    with pytest.raises(sj.ConfigError, match=r"unknown SegformerConfig field\(s\) \['hiden_sizes'\]"):
+        sj.SegformerConfig.from_variant("b0", hiden_sizes=(1, 2, 3, 4))
+    with pytest.raises(sj.ConfigError, match="'depths' has 3 entries but num_encoder_blocks is 4"):
+        sj.SegformerConfig(depths=(2, 2, 2))
+    with pytest.raises(sj.ConfigError, match="hidden size 160 is not a multiple of its 3 attention heads"):
+        sj.SegformerConfig(num_attention_heads=(1, 2, 3, 8))
+
+
+def test_hub_config_json_round_trip(tmp_path):
+    hub = {"model_type": "segformer", "architectures": ["SegformerForSemanticSegmentation"],
+           "depths": [3, 4, 6, 3], "hidden_sizes": [64, 128, 320, 512], "decoder_hidden_size": 768,
+           "id2label": {"0": "road", "1": "sidewalk"}, "label2id": {"road": 0, "sidewalk": 1},
+           "some_future_key": {"x": 1}, "torch_dtype": "float32", "reshape_last_stage": True}
+    (tmp_path / "config.json").write_text(json.dumps(hub))
+    config = sj.SegformerConfig.from_json_file(tmp_path / "config.json")
+    assert config.num_labels == 2 and config.id2label[1] == "sidewalk" and config.label2id["road"] == 0
+    config.to_json_file(tmp_path / "out.json")
+    again = sj.SegformerConfig.from_json_file(tmp_path / "out.json")
+    assert again == config and hash(again) == hash(config)
+    import transformers
+    assert transformers.SegformerConfig.from_pretrained(tmp_path, config_file_name="out.json").id2label == {0: "road", 1: "sidewalk"}
+    (tmp_path / "bad.json").write_text(json.dumps({"model_type": "vit"}))
+    with pytest.raises(sj.ConfigError, match=r"bad\.json: model_type is 'vit'"):
+        sj.SegformerConfig.from_json_file(tmp_path / "bad.json")
+    (tmp_path / "bad.json").write_text(json.dumps({"depths": 2}))
+    with pytest.raises(sj.ConfigError, match=r"bad\.json: config field 'depths' must be a list"):
+        sj.SegformerConfig.from_json_file(tmp_path / "bad.json")
