@@ -1,0 +1,73 @@
+"""Our model checkpoints: a config.json (Hub format) and the variables as an Orbax pytree.
+
+    DIR/config.json      the SegformerConfig, with ``architectures`` naming the task
+    DIR/variables/       Orbax StandardCheckpointer output ({'params', 'batch_stats'})
+
+This is what ``python -m segformer_jax.convert`` writes and what inference reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from segformer_jax.config import ConfigError, SegformerConfig
+from segformer_jax.hub import ARCHITECTURES, CheckpointError, SEMSEG, task_of
+
+_TASK_OF_ARCHITECTURE = {v: k for k, v in ARCHITECTURES.items()}
+
+
+def is_model_checkpoint(path: str | os.PathLike) -> bool:
+    path = pathlib.Path(path)
+    return (path / "variables").is_dir() and (path / "config.json").is_file()
+
+
+def save_model(path: str | os.PathLike, config: SegformerConfig, variables: Mapping[str, Any],
+               task: str | None = None, overwrite: bool = False) -> pathlib.Path:
+    """Writes a model checkpoint; a finished one replaces ``path`` only at the very end."""
+    import orbax.checkpoint as ocp
+    task = task or task_of(variables)
+    path = pathlib.Path(path).absolute()
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise CheckpointError(f"{path}: exists and is not empty; choose another directory "
+                              "or pass overwrite=True (--overwrite)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        config.to_json_file(staging / "config.json", ARCHITECTURES[task])
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(staging / "variables", jax.tree.map(np.asarray, dict(variables)))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def load_model(path: str | os.PathLike) -> tuple[SegformerConfig, dict[str, Any], str]:
+    """Reads ``(config, variables, task)`` of a checkpoint written by ``save_model``."""
+    import orbax.checkpoint as ocp
+    path = pathlib.Path(path).absolute()
+    if not is_model_checkpoint(path):
+        raise CheckpointError(f"{path}: not a segformer_jax model checkpoint (expected "
+                              "config.json and a variables/ directory)")
+    config = SegformerConfig.from_json_file(path / "config.json")
+    architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
+    task = next((_TASK_OF_ARCHITECTURE[a] for a in architectures if a in _TASK_OF_ARCHITECTURE), SEMSEG)
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            variables = checkpointer.restore(path / "variables")
+    except (ValueError, FileNotFoundError, OSError) as e:
+        raise CheckpointError(f"{path / 'variables'}: cannot be restored ({e})") from None
+    if task_of(variables) != task:
+        raise ConfigError(f"{path / 'config.json'}: architectures say {task} but the variables "
+                          f"hold a {task_of(variables)} model")
+    return config, variables, task

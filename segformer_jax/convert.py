@@ -1,0 +1,64 @@
+"""Converts between Hub checkpoints and our Orbax model checkpoints.
+
+    python -m segformer_jax.convert to-orbax HUB_DIR_OR_FILE OUT_DIR [--task T] [--num-labels K]
+    python -m segformer_jax.convert to-hub   ORBAX_DIR OUT_DIR
+
+``to-orbax`` reads anything ``segformer_jax.from_pretrained`` reads (Hub directories with
+safetensors or pytorch_model.bin, transformers 5 names, NVlabs ``.pth``); ``to-hub`` writes
+config.json + model.safetensors that ``transformers`` loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from segformer_jax.checkpoint import load_model, save_model
+from segformer_jax.config import ConfigError
+from segformer_jax.hub import CheckpointError, from_pretrained, save_pretrained
+from segformer_jax.models.segformer import TASKS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m segformer_jax.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    to_orbax = sub.add_parser("to-orbax", help="Hub/NVlabs checkpoint -> Orbax model checkpoint")
+    to_orbax.add_argument("source")
+    to_orbax.add_argument("output")
+    to_orbax.add_argument("--task", choices=sorted(TASKS), default=None,
+                          help="model head (default: the one the checkpoint has)")
+    to_orbax.add_argument("--num-labels", type=int, default=None,
+                          help="re-initialise the classifier for this many classes")
+    to_hub = sub.add_parser("to-hub", help="Orbax model checkpoint -> Hub directory (safetensors)")
+    to_hub.add_argument("source")
+    to_hub.add_argument("output")
+    for p in (to_orbax, to_hub):
+        p.add_argument("--overwrite", action="store_true", help="replace a non-empty output")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        if args.command == "to-orbax":
+            config, variables = from_pretrained(args.source, task=args.task, num_labels=args.num_labels)
+            out = save_model(args.output, config, variables, args.task, overwrite=args.overwrite)
+        else:
+            config, variables, task = load_model(args.source)
+            _refuse_non_empty(args.output, args.overwrite)
+            out = save_pretrained(args.output, config, variables, task)
+    except (CheckpointError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+def _refuse_non_empty(path: str, overwrite: bool) -> None:
+    import pathlib
+    p = pathlib.Path(path)
+    if p.exists() and any(p.iterdir()) and not overwrite:
+        raise CheckpointError(f"{p}: exists and is not empty; choose another directory or pass --overwrite")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

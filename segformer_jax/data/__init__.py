@@ -1,0 +1,1 @@
+"""Datasets: the embedded synthetic shapes set, and (later) ADE20K, Cityscapes and folders."""

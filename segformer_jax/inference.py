@@ -1,0 +1,324 @@
+"""Test-time inference as the SegFormer paper's code (NVlabs/SegFormer, on mmseg 0.x) runs it.
+
+* ``whole_inference``: one forward pass; the 1/4-resolution logits are resized (bilinear,
+  ``align_corners=False``) to the input size — mmseg's ``test_cfg=dict(mode='whole')``
+  (ADE20K, COCO-Stuff).
+* ``slide_inference``: overlapping crops, each one's logits resized to the crop, summed on a
+  canvas and divided by how many crops cover each pixel — mmseg's ``mode='slide'``
+  (Cityscapes: crop 1024×1024, stride 768×768).
+* ``multiscale_flip_inference``: mmseg's ``MultiScaleFlipAug`` + ``aug_test``: for every scale
+  ratio (and the horizontal flip), resize the image, infer, resize the logits back to the
+  original size, softmax, un-flip; the softmax probabilities are averaged.
+* ``rescale_size`` / ``aligned_test_size``: mmcv's ``imrescale`` size rule and SegFormer's
+  ``AlignedResize`` (ADE20K test size: short side 512, then both sides up to a multiple of 32).
+
+``apply_fn(variables, images) -> logits`` is the model's apply (``model.apply`` or
+``jax.jit(model.apply)``), images NHWC float32, logits NHWC at ``ceil(H/4) × ceil(W/4)``. It
+is a static argument of the jitted functions here: pass the same function object every call
+(not a fresh lambda), or every call compiles anew. Shapes, crops and strides are static too:
+one compilation per input size.
+
+All outputs are float32 NHWC: logits for ``whole_inference`` / ``slide_inference`` (mmseg's
+``seg_logit`` before its softmax), probabilities for ``multiscale_flip_inference``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from segformer_jax.models.ops import resize_bilinear
+
+ApplyFn = Callable[[Any, jax.Array], jax.Array]
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(value, (int, np.integer)):
+        pair = (int(value), int(value))
+    else:
+        pair = tuple(int(v) for v in value)
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError(f"{name} must be a positive int or (height, width), got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- whole image
+
+
+def _whole(apply_fn: ApplyFn, variables: Any, images: jax.Array) -> jax.Array:
+    logits = apply_fn(variables, images).astype(jnp.float32)
+    return resize_bilinear(logits, images.shape[1:3])
+
+
+_whole_jit = jax.jit(_whole, static_argnums=0)
+
+
+def whole_inference(apply_fn: ApplyFn, variables: Any, images: Any) -> jax.Array:
+    """Logits resized to the input size: (N, H, W, 3) images → (N, H, W, K) float32.
+
+    mmseg's ``encode_decode``: ``resize(decode_head(backbone(img)), img.shape[2:],
+    mode='bilinear', align_corners=False)``.
+    """
+    return _whole_jit(apply_fn, variables, jnp.asarray(images))
+
+
+# ----------------------------------------------------------------------------- sliding window
+
+
+class Window(NamedTuple):
+    """A crop ``images[:, y1:y2, x1:x2]``."""
+
+    y1: int
+    x1: int
+    y2: int
+    x2: int
+
+
+def slide_windows(height: int, width: int, crop: int | Sequence[int],
+                  stride: int | Sequence[int]) -> list[Window]:
+    """mmseg's sliding windows, in its order (rows outer, columns inner).
+
+    ``h_grids = max(H - crop_h + stride_h - 1, 0) // stride_h + 1`` (same for w); window
+    (i, j) starts at ``(i * stride_h, j * stride_w)`` and is shifted back to end at the image
+    border: ``y2 = min(y1 + crop_h, H); y1 = max(y2 - crop_h, 0)``. Every window is
+    ``min(crop_h, H) × min(crop_w, W)``: an image smaller than the crop is one window along
+    that axis, the image itself. Windows may repeat when clipping maps two onto one place;
+    mmseg counts them twice, and so does this.
+
+    >>> sorted({w.x1 for w in slide_windows(1024, 2048, 1024, 768)})
+    [0, 768, 1024]
+    """
+    ch, cw = _pair(crop, "crop")
+    sh, sw = _pair(stride, "stride")
+    h, w = int(height), int(width)
+    h_grids = max(h - ch + sh - 1, 0) // sh + 1
+    w_grids = max(w - cw + sw - 1, 0) // sw + 1
+    windows = []
+    for i in range(h_grids):
+        for j in range(w_grids):
+            y1, x1 = i * sh, j * sw
+            y2, x2 = min(y1 + ch, h), min(x1 + cw, w)
+            windows.append(Window(max(y2 - ch, 0), max(x2 - cw, 0), y2, x2))
+    return windows
+
+
+def window_count(height: int, width: int, crop: int | Sequence[int],
+                 stride: int | Sequence[int]) -> np.ndarray:
+    """How many sliding windows cover each pixel: int32 (H, W), mmseg's ``count_mat``.
+
+    ``slide_inference`` divides its canvas by this; it is >= 1 everywhere for any size.
+    """
+    count = np.zeros((int(height), int(width)), dtype=np.int32)
+    for win in slide_windows(height, width, crop, stride):
+        count[win.y1:win.y2, win.x1:win.x2] += 1
+    return count
+
+
+def _slide(apply_fn: ApplyFn, variables: Any, images: jax.Array, crop: tuple[int, int],
+           stride: tuple[int, int], batch_windows: int) -> jax.Array:
+    n, h, w, c = images.shape
+    windows = slide_windows(h, w, crop, stride)
+    ch, cw = windows[0].y2 - windows[0].y1, windows[0].x2 - windows[0].x1
+    # All windows share one shape, so the model is traced once: the crops are stacked and
+    # mapped over (lax.map: sequential, memory of batch_windows crops at a time).
+    crops = jnp.stack([images[:, win.y1:win.y2, win.x1:win.x2] for win in windows])
+    per_step = max(1, min(int(batch_windows), len(windows)))
+    steps = math.ceil(len(windows) / per_step)
+    padding = steps * per_step - len(windows)
+    if padding:  # fill the last step with copies of the first crop; their logits are dropped
+        crops = jnp.concatenate([crops, jnp.broadcast_to(crops[:1], (padding, *crops.shape[1:]))])
+    crops = crops.reshape(steps, per_step * n, ch, cw, c)
+
+    def infer(x: jax.Array) -> jax.Array:
+        return resize_bilinear(apply_fn(variables, x).astype(jnp.float32), (ch, cw))
+
+    logits = infer(crops[0])[None] if steps == 1 else jax.lax.map(infer, crops)
+    logits = logits.reshape(steps * per_step, n, ch, cw, -1)[:len(windows)]
+    canvas = jnp.zeros((n, h, w, logits.shape[-1]), jnp.float32)
+    for i, win in enumerate(windows):  # mmseg's order of additions
+        canvas = canvas.at[:, win.y1:win.y2, win.x1:win.x2].add(logits[i])
+    count = window_count(h, w, crop, stride).astype(np.float32)
+    return canvas / jnp.asarray(count)[None, :, :, None]
+
+
+_slide_jit = jax.jit(_slide, static_argnums=(0, 3, 4, 5))
+
+
+def slide_inference(apply_fn: ApplyFn, variables: Any, images: Any,
+                    crop: int | Sequence[int], stride: int | Sequence[int],
+                    num_classes: int | None = None, batch_windows: int = 1) -> jax.Array:
+    """mmseg's sliding-window logits: (N, H, W, 3) images → (N, H, W, K) float32.
+
+    Each crop's logits are resized (bilinear, ``align_corners=False``) to the crop size, added
+    into a zero canvas at the crop's place, and the canvas is divided by ``window_count``.
+    The windows are ``slide_windows(H, W, crop, stride)``; their number is static given the
+    shape, so the whole thing is one jitted program.
+
+    Args:
+      crop, stride: (height, width) or one int for both (Cityscapes: 1024 and 768).
+      num_classes: optional check of K (it is read from the model's output otherwise).
+      batch_windows: crops per forward pass (× N images). 1 keeps memory at one crop's
+        activations; more uses a large accelerator better.
+    """
+    images = jnp.asarray(images)
+    logits = _slide_jit(apply_fn, variables, images, _pair(crop, "crop"),
+                        _pair(stride, "stride"), int(batch_windows))
+    if num_classes is not None and logits.shape[-1] != num_classes:
+        raise ValueError(f"model gives {logits.shape[-1]} classes, expected {num_classes}")
+    return logits
+
+
+# ----------------------------------------------------------------------------- test sizes
+
+
+def rescale_size(height: int, width: int, scale: float | Sequence[int]) -> tuple[int, int]:
+    """mmcv's ``rescale_size`` (``imrescale`` with ``keep_ratio``): the new (H, W).
+
+    With ``scale = (a, b)`` (order irrelevant: mmcv takes ``long_max = max(a, b)`` and
+    ``short_max = min(a, b)``)::
+
+        factor = min(long_max / max(H, W), short_max / min(H, W))
+        new H  = int(H * factor + 0.5);  new W = int(W * factor + 0.5)
+
+    i.e. as large as possible with the long side <= long_max and the short side <=
+    short_max; a number ``scale`` is the factor itself.
+
+    >>> rescale_size(375, 500, (2048, 512))     # factor 512/375
+    (512, 683)
+    """
+    h, w = int(height), int(width)
+    if isinstance(scale, (int, float, np.integer, np.floating)):
+        factor = float(scale)
+    else:
+        a, b = scale
+        factor = min(max(a, b) / max(h, w), min(a, b) / min(h, w))
+    return int(h * factor + 0.5), int(w * factor + 0.5)
+
+
+def aligned_test_size(height: int, width: int, scale: Sequence[int] = (2048, 512),
+                      divisor: int = 32) -> tuple[int, int]:
+    """SegFormer's ``AlignedResize`` test size: mmcv rescale, then each side up to a multiple.
+
+    First ``rescale_size(H, W, scale)`` (see there: ``factor = min(long_max / long,
+    short_max / short)``, ``new = int(x * factor + 0.5)``), then
+    ``ceil(side / divisor) * divisor`` for each side. ADE20K's pipeline uses
+    ``scale=(2048, 512)``, ``divisor=32``:
+
+    >>> aligned_test_size(512, 683)             # factor 1: only the alignment, 683 → 704
+    (512, 704)
+    >>> aligned_test_size(375, 500)             # 375×500 → 512×683 → 512×704
+    (512, 704)
+    """
+    h, w = rescale_size(height, width, scale)
+    d = int(divisor)
+    return -(-h // d) * d, -(-w // d) * d
+
+
+def augmentation_sizes(height: int, width: int, ratios: Sequence[float] = (1.0,),
+                    base_size: Sequence[int] | None = None,
+                    size_divisor: int | None = None) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """The image sizes mmseg's ``MultiScaleFlipAug`` + ``Resize(keep_ratio=True)`` produce.
+
+    For each ratio r the target scale is ``(int(base_long * r), int(base_short * r))`` with
+    ``base_size = (long, short)`` as in mmseg configs (``img_scale=(2048, 512)``), or
+    ``(int(W * r), int(H * r))`` when ``base_size`` is None (mmseg's ``img_scale=None`` mode);
+    the image is then rescaled by ``rescale_size``. With ``size_divisor`` (SegFormer's
+    ``AlignedResize``), the rescaled image is resized a second time, to each side rounded up
+    to a multiple of the divisor.
+
+    Returns one ``(rescaled (H, W), final (H, W))`` pair per ratio (equal without a divisor).
+    """
+    sizes = []
+    for r in ratios:
+        if base_size is None:
+            scale = (int(width * r), int(height * r))
+        else:
+            scale = (int(base_size[0] * r), int(base_size[1] * r))
+        rescaled = rescale_size(height, width, scale)
+        final = rescaled
+        if size_divisor:
+            d = int(size_divisor)
+            final = (-(-rescaled[0] // d) * d, -(-rescaled[1] // d) * d)
+        sizes.append((rescaled, final))
+    return sizes
+
+
+# ----------------------------------------------------------------------------- multi-scale, flip
+
+
+def _augmented_probs(apply_fn: ApplyFn, variables: Any, images: jax.Array,
+                     rescaled: tuple[int, int], final: tuple[int, int], flip: bool, mode: str,
+                     crop: tuple[int, int] | None, stride: tuple[int, int] | None,
+                     batch_windows: int) -> jax.Array:
+    """One augmentation of mmseg's ``aug_test``: softmax probabilities at the original size."""
+    size = images.shape[1:3]
+    x = resize_bilinear(resize_bilinear(images, rescaled), final)  # Resize, then AlignedResize
+    if flip:  # RandomFlip comes after Resize in the pipeline
+        x = x[:, :, ::-1]
+    if mode == "slide":
+        logits = _slide(apply_fn, variables, x, crop, stride, batch_windows)
+    else:
+        logits = _whole(apply_fn, variables, x)
+    logits = resize_bilinear(logits, size)  # rescale=True: back to ori_shape
+    probs = jax.nn.softmax(logits, axis=-1)
+    return probs[:, :, ::-1] if flip else probs
+
+
+_augmented_probs_jit = jax.jit(_augmented_probs, static_argnums=(0, 3, 4, 5, 6, 7, 8, 9))
+
+
+def multiscale_flip_inference(apply_fn: ApplyFn, variables: Any, images: Any, *,
+                              scales: Sequence[float] = (1.0,), flip: bool = False,
+                              base_size: Sequence[int] | None = None,
+                              size_divisor: int | None = None, mode: str = "whole",
+                              crop: int | Sequence[int] | None = None,
+                              stride: int | Sequence[int] | None = None,
+                              num_classes: int | None = None,
+                              batch_windows: int = 1) -> jax.Array:
+    """mmseg's multi-scale + flip test: averaged softmax probabilities, (N, H, W, K) float32.
+
+    For each size of ``augmentation_sizes(H, W, scales, base_size, size_divisor)`` and each of
+    (no flip, horizontal flip if ``flip``): resize the image, flip it, run ``whole`` or
+    ``slide`` inference, resize the logits back to (H, W), softmax, un-flip. mmseg's
+    ``inference`` returns that softmax and ``aug_test`` sums it over the augmentations and
+    divides by their number; so does this. ``argmax(-1)`` gives the prediction.
+
+    The paper's ADE20K multi-scale test is ``scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)``,
+    ``base_size=(2048, 512)``, ``size_divisor=32``, ``flip=True``, ``mode="whole"``; its
+    Cityscapes one ``base_size=(2048, 1024)``, ``mode="slide"``, ``crop=1024``, ``stride=768``.
+
+    Image resizing: mmseg resizes the uint8 image with OpenCV's ``INTER_LINEAR`` before
+    normalising; here the (normalised, float) image is resized with ``resize_bilinear``. Both
+    sample at half-pixel centres without antialiasing, and normalisation is per-channel affine,
+    which commutes with bilinear weights that sum to one; the difference is OpenCV's
+    fixed-point arithmetic and rounding to uint8 (< 1 grey level).
+
+    One jitted program per (size, flip); each compiles once per input shape.
+    """
+    if mode not in ("whole", "slide"):
+        raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+    if mode == "slide":
+        if crop is None or stride is None:
+            raise ValueError("mode='slide' needs crop and stride")
+        crop, stride = _pair(crop, "crop"), _pair(stride, "stride")
+    else:
+        crop = stride = None
+    if not scales:
+        raise ValueError("scales is empty")
+    images = jnp.asarray(images)
+    _, h, w, _ = images.shape
+    total, count = None, 0
+    for rescaled, final in augmentation_sizes(h, w, tuple(scales), base_size, size_divisor):
+        for flipped in ((False, True) if flip else (False,)):
+            probs = _augmented_probs_jit(apply_fn, variables, images, rescaled, final, flipped,
+                                         mode, crop, stride, int(batch_windows))
+            total = probs if total is None else total + probs
+            count += 1
+    if num_classes is not None and total.shape[-1] != num_classes:
+        raise ValueError(f"model gives {total.shape[-1]} classes, expected {num_classes}")
+    return total / count

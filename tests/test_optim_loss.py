@@ -1,0 +1,108 @@
+"""The training recipe: mmcv's schedule, the parameter groups, and the loss against transformers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import segformer_jax as sj
+from segformer_jax.losses import segmentation_loss
+from segformer_jax.optim import Recipe, make_optimizer, param_groups, poly_with_warmup
+from conftest import build_hf, random_images
+
+
+def mmcv_lr(step, base=6e-5, total=160_000, warmup=1500, ratio=1e-6, power=1.0):
+    """mmcv PolyLrUpdaterHook.get_lr + get_warmup_lr('linear'), written out in plain Python."""
+    regular = (base - 0.0) * (1 - step / total) ** power + 0.0
+    if step < warmup:
+        k = (1 - step / warmup) * (1 - ratio)
+        return regular * (1 - k)
+    return regular
+
+
+@pytest.mark.parametrize("step", [0, 1, 1499, 1500, 80_000, 159_999, 160_000])
+def test_schedule_equals_mmcv(step):
+    recipe = Recipe()
+    assert float(poly_with_warmup(recipe)(step)) == pytest.approx(mmcv_lr(step), rel=1e-6, abs=1e-16)
+    head = poly_with_warmup(recipe, recipe.learning_rate * recipe.head_lr_mult)
+    assert float(head(step)) == pytest.approx(mmcv_lr(step, base=6e-4), rel=1e-6, abs=1e-16)
+
+
+def test_schedule_values():
+    s = poly_with_warmup(Recipe())
+    assert float(s(0)) == pytest.approx(6e-5 * 1e-6, rel=1e-5)  # warmup starts at ratio × lr
+    assert float(s(1500)) == pytest.approx(6e-5 * (1 - 1500 / 160_000), rel=1e-6)
+    assert float(s(160_000)) == 0.0
+
+
+EXPECTED_GROUPS = {
+    "decode_head/batch_norm/scale": "head", "decode_head/linear_fuse": "head",
+    "decode_head/classifier/kernel": "head", "decode_head/linear_c_2_bias": "head",
+    "encoder/block_0_0/layer_norm_1/scale": "norm", "encoder/block_1_1/layer_norm_2/bias": "norm",
+    "encoder/block_0_1/attention/layer_norm/scale": "norm",
+    "encoder/patch_embeddings_2/layer_norm/bias": "norm", "encoder/layer_norm_3/scale": "norm",
+    "encoder/block_0_0/attention/query/kernel": "default", "encoder/block_0_0/attention/query/bias": "default",
+    "encoder/block_2_0/mlp/dwconv_kernel": "default", "encoder/patch_embeddings_0/proj/kernel": "default",
+    "encoder/block_0_0/attention/sr/kernel": "default",
+}
+
+
+def test_parameter_groups_by_name():
+    config = sj.SegformerConfig.from_variant("b0", num_labels=4)
+    params = jax.eval_shape(sj.SegformerForSemanticSegmentation(config).init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))["params"]
+    flat = {"/".join(k.key for k in path): group
+            for path, group in jax.tree_util.tree_flatten_with_path(param_groups(params))[0]}
+    for name, group in EXPECTED_GROUPS.items():
+        assert flat[name] == group, name
+    assert {g for n, g in flat.items() if n.startswith("decode_head")} == {"head"}
+    assert all(g == "norm" for n, g in flat.items() if "norm" in n and n.startswith("encoder"))
+
+
+def test_optimizer_applies_groups():
+    """With zero gradients AdamW only decays: -lr·wd·p, ×10 on the head, nothing on norms."""
+    recipe = Recipe(warmup_steps=0, total_steps=100)
+    params = {"decode_head": {"linear_fuse": jnp.ones(3)},
+              "encoder": {"layer_norm_0": {"scale": jnp.ones(3)}, "block_0_0": {"kernel": jnp.ones(3)}}}
+    tx = make_optimizer(recipe)
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    lr, wd = recipe.learning_rate, recipe.weight_decay
+    np.testing.assert_allclose(updates["decode_head"]["linear_fuse"], -10 * lr * wd, rtol=1e-6)
+    np.testing.assert_allclose(updates["encoder"]["block_0_0"]["kernel"], -lr * wd, rtol=1e-6)
+    np.testing.assert_array_equal(updates["encoder"]["layer_norm_0"]["scale"], 0.0)
+
+
+def test_loss_equals_transformers(b0_hub_dir):
+    import torch
+    hub, torch_model = b0_hub_dir
+    config, variables = sj.from_pretrained(hub)
+    images = random_images(2, 64, 48)
+    labels = np.random.default_rng(0).integers(0, 150, (2, 64, 48))
+    labels[:, :10] = 255
+    with torch.no_grad():
+        ref = torch_model(torch.from_numpy(images.transpose(0, 3, 1, 2)),
+                          labels=torch.from_numpy(labels)).loss.item()
+    with jax.default_matmul_precision("highest"):
+        logits = jax.jit(sj.SegformerForSemanticSegmentation(config).apply)(variables, images)
+    assert float(segmentation_loss(logits, labels)) == pytest.approx(ref, rel=1e-5)
+    # mmseg 0.x divides by every pixel, ignored ones included.
+    valid = (labels != 255).mean()
+    assert float(segmentation_loss(logits, labels, reduction="all")) == pytest.approx(ref * valid, rel=1e-5)
+
+
+def test_binary_loss_equals_transformers(tmp_path):
+    import torch
+    config = sj.SegformerConfig.from_variant("b0", num_labels=1, hidden_sizes=(8, 16, 24, 32),
+                                             num_attention_heads=(1, 2, 3, 4), decoder_hidden_size=16)
+    torch_model = build_hf(config)
+    torch_model.save_pretrained(tmp_path)
+    config, variables = sj.from_pretrained(tmp_path)
+    images = random_images(2, 40, 40)
+    labels = np.random.default_rng(1).integers(0, 2, (2, 40, 40))
+    labels[:, :5] = 255
+    with torch.no_grad():
+        ref = torch_model(torch.from_numpy(images.transpose(0, 3, 1, 2)),
+                          labels=torch.from_numpy(labels)).loss.item()
+    with jax.default_matmul_precision("highest"):
+        logits = jax.jit(sj.SegformerForSemanticSegmentation(config).apply)(variables, images)
+    assert float(segmentation_loss(logits, labels)) == pytest.approx(ref, rel=1e-5)
