@@ -71,3 +71,67 @@ def load_model(path: str | os.PathLike) -> tuple[SegformerConfig, dict[str, Any]
         raise ConfigError(f"{path / 'config.json'}: architectures say {task} but the variables "
                           f"hold a {task_of(variables)} model")
     return config, variables, task
+
+
+# --------------------------------------------------------------------------------------
+# Training checkpoints: the train state + a JSON record, managed by Orbax
+
+
+class TrainCheckpoints:
+    """Orbax ``CheckpointManager`` for a training run in ``workdir/checkpoints``.
+
+    Saves asynchronously every ``every`` steps (and whenever ``force`` is given: the end of
+    a run, a preemption), keeps the latest ``keep`` and the one with the best ``best_metric``.
+    Each checkpoint holds two items: ``state`` (the train-state pytree) and ``meta`` (JSON:
+    the step, the run's model config and the metrics at that step). The input pipeline's
+    position is the step itself: batches are a pure function of (seed, step).
+    """
+
+    def __init__(self, workdir: str | os.PathLike, every: int, keep: int = 3,
+                 best_metric: str | None = "mIoU"):
+        import orbax.checkpoint as ocp
+        policies = ocp.checkpoint_managers
+        preserve = [policies.LatestN(n=max(keep, 1))]
+        if best_metric:
+            preserve.append(policies.BestN(get_metric_fn=lambda m: m[best_metric], n=1,
+                                           keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            save_decision_policy=policies.FixedIntervalPolicy(max(every, 1)),
+            preservation_policy=policies.AnyPreservationPolicy(preserve),
+            enable_async_checkpointing=True)
+        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+        self._ocp = ocp
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, meta: Mapping[str, Any],
+             metrics: Mapping[str, float] | None = None, force: bool = False) -> bool:
+        args = self._ocp.args.Composite(state=self._ocp.args.StandardSave(state),
+                                        meta=self._ocp.args.JsonSave(dict(meta)))
+        return self.manager.save(step, args=args, metrics=dict(metrics) if metrics else None,
+                                 force=force)
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+        """The state at ``step``, laid out (dtypes, shardings) as ``abstract_state``."""
+        ocp = self._ocp
+        try:
+            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files
+            raise CheckpointError(f"{self.directory / str(step)}: cannot read its meta record ({e})") from None
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(
+                f"{self.directory / str(step)}: does not fit this run's model and optimiser "
+                f"(saved by model {meta.get('model_summary', '?')}): {str(e).splitlines()[0]}") from None
+        return restored["state"], meta
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

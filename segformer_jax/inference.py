@@ -15,8 +15,9 @@
 ``apply_fn(variables, images) -> logits`` is the model's apply (``model.apply`` or
 ``jax.jit(model.apply)``), images NHWC float32, logits NHWC at ``ceil(H/4) × ceil(W/4)``. It
 is a static argument of the jitted functions here: pass the same function object every call
-(not a fresh lambda), or every call compiles anew. Shapes, crops and strides are static too:
-one compilation per input size.
+(``model.apply`` of one model object, or one ``jax.jit(model.apply)``; not a fresh lambda or
+a new model instance per call), or every call compiles anew. Shapes, crops and strides are
+static too: one compilation per input size.
 
 All outputs are float32 NHWC: logits for ``whole_inference`` / ``slide_inference`` (mmseg's
 ``seg_logit`` before its softmax), probabilities for ``multiscale_flip_inference``.
@@ -220,8 +221,9 @@ def aligned_test_size(height: int, width: int, scale: Sequence[int] = (2048, 512
 
 
 def augmentation_sizes(height: int, width: int, ratios: Sequence[float] = (1.0,),
-                    base_size: Sequence[int] | None = None,
-                    size_divisor: int | None = None) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+                       base_size: Sequence[int] | None = None,
+                       size_divisor: int | None = None
+                       ) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     """The image sizes mmseg's ``MultiScaleFlipAug`` + ``Resize(keep_ratio=True)`` produce.
 
     For each ratio r the target scale is ``(int(base_long * r), int(base_short * r))`` with

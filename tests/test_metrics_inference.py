@@ -159,77 +159,107 @@ def test_every_pixel_is_covered(size, crop, stride):
     assert all(0 <= w.y1 < w.y2 <= size[0] and 0 <= w.x1 < w.x2 <= size[1] for w in windows)
 
 
-def test_whole_inference_is_resized_logits(tiny):
-    apply_fn, variables = tiny
+def fake_apply(variables, images):
+    """A stand-in model for the algorithm tests: logits at ceil(H/4) × ceil(W/4) that depend on
+    content and position (stride-4 sampling, a linear map, tanh), compiled in milliseconds
+    where the tiny SegFormer takes seconds per input shape."""
+    return jnp.tanh(images[:, ::4, ::4, :] @ variables["w"] + variables["b"])
+
+
+FAKE = {"w": np.random.default_rng(7).standard_normal((3, 5), dtype=np.float32),
+        "b": np.linspace(-1, 1, 5, dtype=np.float32)}
+
+
+def test_whole_inference_is_resized_logits():
     images = random_images(2, 37, 50, seed=1)
-    out = inference.whole_inference(apply_fn, variables, images)
+    out = inference.whole_inference(fake_apply, FAKE, images)
     assert out.shape == (2, 37, 50, 5) and out.dtype == jnp.float32
-    np.testing.assert_allclose(out, resize_bilinear(apply_fn(variables, images), (37, 50)),
+    np.testing.assert_allclose(out, resize_bilinear(fake_apply(FAKE, images), (37, 50)),
                                rtol=1e-6, atol=1e-6)
 
 
 def test_slide_on_one_window_equals_whole(tiny):
     apply_fn, variables = tiny
-    images = random_images(1, 64, 64, seed=2)
+    images = random_images(2, 32, 48, seed=2)
     whole = inference.whole_inference(apply_fn, variables, images)
-    slide = inference.slide_inference(apply_fn, variables, images, crop=64, stride=48,
-                                      num_classes=5)
+    assert whole.shape == (2, 32, 48, 5)
+    # h_grids = (32-32+15)//16+1 = 1, w_grids = (48-48+15)//16+1 = 1.
+    slide = inference.slide_inference(apply_fn, variables, images, crop=(32, 48),
+                                      stride=(16, 16), num_classes=5)
     np.testing.assert_allclose(slide, whole, rtol=1e-5, atol=1e-5)
-    # An image smaller than the crop is its own single window too.
-    small = images[:, :40, :56]
-    np.testing.assert_allclose(inference.slide_inference(apply_fn, variables, small, 64, 48),
-                               inference.whole_inference(apply_fn, variables, small),
-                               rtol=1e-5, atol=1e-5)
 
 
-def test_slide_matches_a_loop_over_windows(tiny):
-    apply_fn, variables = tiny
-    images = random_images(1, 100, 150, seed=3)
-    canvas = np.zeros((1, 100, 150, 5), np.float32)
+def test_slide_on_an_image_smaller_than_the_crop_equals_whole():
+    images = random_images(2, 40, 56, seed=3)
+    np.testing.assert_allclose(inference.slide_inference(fake_apply, FAKE, images, 64, 48),
+                               inference.whole_inference(fake_apply, FAKE, images),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_slide_matches_a_loop_over_windows():
+    images = random_images(2, 100, 150, seed=4)
+    canvas = np.zeros((2, 100, 150, 5), np.float32)
     for win in inference.slide_windows(100, 150, 64, 48):
         crop = images[:, win.y1:win.y2, win.x1:win.x2]
         canvas[:, win.y1:win.y2, win.x1:win.x2] += np.asarray(
-            inference.whole_inference(apply_fn, variables, crop))
+            resize_bilinear(fake_apply(FAKE, crop), (64, 64)))
     ref = canvas / inference.window_count(100, 150, 64, 48)[None, :, :, None]
-    out = inference.slide_inference(apply_fn, variables, images, crop=(64, 64), stride=(48, 48))
-    assert out.shape == (1, 100, 150, 5)
-    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
-    # Four crops per forward pass (6 windows: the last pass is padded) changes nothing.
-    batched = inference.slide_inference(apply_fn, variables, images, 64, 48, batch_windows=4)
-    np.testing.assert_allclose(batched, ref, rtol=1e-5, atol=1e-5)
+    out = inference.slide_inference(fake_apply, FAKE, images, crop=(64, 64), stride=(48, 48))
+    assert out.shape == (2, 100, 150, 5)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+    # Several crops per forward pass (6 windows: the last pass is padded) changes nothing.
+    for per_step in (4, 6, 10):
+        batched = inference.slide_inference(fake_apply, FAKE, images, 64, 48,
+                                            batch_windows=per_step)
+        np.testing.assert_allclose(batched, ref, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="classes"):
-        inference.slide_inference(apply_fn, variables, images, 64, 48, num_classes=7)
+        inference.slide_inference(fake_apply, FAKE, images, 64, 48, num_classes=7)
 
 
 def test_multiscale_single_scale_is_softmax_of_whole(tiny):
     apply_fn, variables = tiny
-    images = random_images(2, 32, 48, seed=4)
+    images = random_images(2, 32, 48, seed=2)
     probs = inference.multiscale_flip_inference(apply_fn, variables, images, scales=(1.0,))
     ref = jax.nn.softmax(inference.whole_inference(apply_fn, variables, images), axis=-1)
     np.testing.assert_allclose(probs, ref, rtol=1e-6, atol=1e-6)
 
 
-def test_multiscale_flip_averages_softmax(tiny):
-    apply_fn, variables = tiny
-    images = random_images(1, 32, 48, seed=5)
-    probs = inference.multiscale_flip_inference(apply_fn, variables, images,
+def test_multiscale_flip_averages_softmax():
+    images = random_images(2, 32, 48, seed=5)
+    probs = inference.multiscale_flip_inference(fake_apply, FAKE, images,
                                                 scales=(0.5, 1.0), flip=True)
     softmax = lambda x: jax.nn.softmax(x, axis=-1)  # noqa: E731
-    whole = lambda x: inference.whole_inference(apply_fn, variables, x)  # noqa: E731
+    whole = lambda x: inference.whole_inference(fake_apply, FAKE, x)  # noqa: E731
     half = resize_bilinear(images, (16, 24))  # mmcv: factor min(24/48, 16/32) = 0.5
     flipped = images[:, :, ::-1]
-    parts = [softmax(whole(images)),
-             softmax(whole(flipped))[:, :, ::-1],
-             softmax(resize_bilinear(whole(half), (32, 48))),
-             softmax(resize_bilinear(whole(half[:, :, ::-1]), (32, 48)))[:, :, ::-1]]
-    ref = (((parts[2] + parts[3]) + parts[0]) + parts[1]) / 4  # mmseg's order: scales, flip
-    assert probs.shape == (1, 32, 48, 5)
+    parts = [softmax(resize_bilinear(whole(half), (32, 48))),
+             softmax(resize_bilinear(whole(half[:, :, ::-1]), (32, 48)))[:, :, ::-1],
+             softmax(whole(images)),
+             softmax(whole(flipped))[:, :, ::-1]]
+    ref = (((parts[0] + parts[1]) + parts[2]) + parts[3]) / 4  # mmseg: scales outer, flip inner
+    assert probs.shape == (2, 32, 48, 5)
     np.testing.assert_allclose(probs, ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.sum(probs, axis=-1), 1.0, rtol=1e-5)
+    # Flipping matters for this model, so the check above is not vacuous.
+    assert not np.allclose(parts[2], parts[3], atol=1e-3)
+
+
+def test_multiscale_slide_mode_and_aligned_sizes():
+    images = random_images(1, 30, 45, seed=6)
+    # AlignedResize to multiples of 16: 30×45 → 32×48, then slide with crop 32, stride 16.
+    probs = inference.multiscale_flip_inference(fake_apply, FAKE, images, scales=(1.0,),
+                                                size_divisor=16, mode="slide", crop=32, stride=16)
+    aligned = resize_bilinear(images, (32, 48))
+    logits = inference.slide_inference(fake_apply, FAKE, aligned, 32, 16)
+    ref = jax.nn.softmax(resize_bilinear(logits, (30, 45)), axis=-1)
+    np.testing.assert_allclose(probs, ref, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="crop"):
+        inference.multiscale_flip_inference(fake_apply, FAKE, images, mode="slide")
 
 
 def test_aligned_test_size():
-    # 512×683: factor min(2048/683, 512/512) = 1 → 512×683; 683 → ceil(683/32)·32 = 22·32 = 704.
+    # 512×683: factor min(2048/683, 512/512) = 1 → 512×683;
+    # then 683 → ceil(683/32)·32 = 22·32 = 704 (21·32 = 672 < 683).
     assert inference.aligned_test_size(512, 683) == (512, 704)
     # 375×500 (a typical ADE20K image): factor 512/375 → int(500·512/375 + 0.5) = int(683.17)
     # = 683 → 512×704.

@@ -10,7 +10,7 @@ import pytest
 import segformer_jax as sj
 from conftest import random_images
 
-TINY = sj.SegformerConfig.from_variant("b0", num_labels=5, hidden_sizes=(8, 16, 24, 32),
+TINY = sj.SegformerConfig.from_variant("b0", num_labels=5, hidden_sizes=(8, 16, 24, 32), depths=(1, 1, 1, 1),
                                        num_attention_heads=(1, 2, 3, 4), decoder_hidden_size=16,
                                        drop_path_rate=0.3, hidden_dropout_prob=0.1,
                                        attention_probs_dropout_prob=0.1)
