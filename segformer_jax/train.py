@@ -93,3 +93,115 @@ def make_train_step(model: SegformerForSemanticSegmentation, tx, seed: int,
 
 def _global_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+def make_predict(model: SegformerForSemanticSegmentation) -> Callable:
+    """Whole-image prediction at the input resolution: argmax of the upsampled logits."""
+
+    @jax.jit
+    def predict(variables: dict, images: jax.Array) -> jax.Array:
+        from segformer_jax.inference import whole_inference
+        return whole_inference(model.apply, variables, images).argmax(-1)
+
+    return predict
+
+
+def evaluate_split(predict: Callable, variables: dict, examples: Iterator[dict],
+                   num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """The split's confusion matrix, accumulated exactly in int64 on the host."""
+    from segformer_jax import metrics
+    total = metrics.zeros(num_classes)
+    for example in examples:
+        pred = predict(variables, example["image"])
+        total = metrics.update(total, metrics.confusion_matrix(pred, example["label"], num_classes,
+                                                               ignore_index))
+    return total
+
+
+# --------------------------------------------------------------------------------------
+# Logging
+
+
+class MetricWriter:
+    """Scalars to ``workdir/metrics.jsonl`` and TensorBoard event files (process 0 only)."""
+
+    def __init__(self, workdir: pathlib.Path, enabled: bool = True):
+        self.enabled = enabled
+        self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8") if enabled else None
+        self._tb = None
+        if enabled:
+            try:
+                from tensorboardX import SummaryWriter
+                self._tb = SummaryWriter(str(workdir / "tensorboard"))
+            except ImportError:  # TensorBoard files are optional; the JSON lines are not.
+                pass
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, float(value), int(step))
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._jsonl:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+class Progress:
+    """One refreshed line: step, loss, learning rate, images/s and ETA."""
+
+    def __init__(self, total: int, start: int, batch_size: int, enabled: bool = True):
+        self.total, self.start, self.batch = total, start, batch_size
+        self.enabled = enabled and sys.stdout.isatty()
+        self.enabled_lines = enabled
+        self.t0 = time.perf_counter()
+
+    def update(self, step: int, loss: float, lr: float, force_line: bool = False) -> str:
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        done = step - self.start
+        rate = done * self.batch / elapsed
+        eta = (self.total - step) * elapsed / max(done, 1)
+        line = (f"step {step:>6d}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  "
+                f"{rate:6.1f} img/s  ETA {int(eta) // 60:d}:{int(eta) % 60:02d}")
+        if self.enabled and not force_line:
+            print("\r" + line, end="", flush=True)
+        elif self.enabled_lines:
+            print(("\r" if self.enabled else "") + line, flush=True)
+        return line
+
+
+# --------------------------------------------------------------------------------------
+# Config
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The NVlabs recipe (spec §7) with a data section to be filled by a config file."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = ml_collections.ConfigDict({"variant": "b0", "dtype": "float32", "remat": False,
+                                         "init": "scratch", "overrides": {}})
+    c.data = ml_collections.ConfigDict({"name": "synthetic", "data_dir": "", "manual_dir": "",
+                                        "crop_size": (512, 512), "img_scale": (2048, 512),
+                                        "ratio_range": (0.5, 2.0), "cat_max_ratio": 0.75,
+                                        "reduce_zero_label": False, "eval_split": "validation",
+                                        "eval_examples": -1, "num_workers": 2})
+    c.optimizer = ml_collections.ConfigDict({"learning_rate": 6e-5, "b1": 0.9, "b2": 0.999,
+                                             "weight_decay": 0.01, "head_lr_mult": 10.0,
+                                             "warmup_steps": 1500, "warmup_ratio": 1e-6,
+                                             "power": 1.0})
+    c.batch_size = 16
+    c.accumulate_steps = 1
+    c.total_steps = 160_000
+    c.loss_reduction = "valid"   # "all": mmseg 0.x's mean over every pixel
+    c.eval_every = 16_000
+    c.checkpoint_every = 4000
+    c.keep_checkpoints = 3
+    c.log_every = 50
+    return c

@@ -1,1 +1,152 @@
-"""Datasets: the embedded synthetic shapes set, and (later) ADE20K, Cityscapes and folders."""
+"""Datasets: the embedded synthetic shapes set, ADE20K, Cityscapes and your own folders.
+
+Every dataset is a TFDS builder (``tfds.core.GeneratorBasedBuilder``) written as ArrayRecord,
+so ``load_split`` gives a random-access source; nothing is downloaded at run time:
+
+* ``"synthetic"``: the embedded procedurally generated shapes (``synthetic.py``), 6 classes;
+* ``"ade20k"``: ADEChallengeData2016 from ``manual_dir`` (the official zip or the extracted
+  folder), 150 classes, stored raw 0..150 and reduced (0 -> ignore) by the transforms;
+* ``"cityscapes"``: ``leftImg8bit_trainvaltest.zip`` + ``gtFine_trainvaltest.zip`` from
+  ``manual_dir``, labelIds mapped to the 19 trainIds (255 = ignore);
+* ``"folder"``: ``manual_dir=ROOT`` with ``ROOT/images/<split>/``, ``ROOT/masks/<split>/`` and
+  ``ROOT/classes.txt``.
+
+The first ``load_split`` of a dataset builds it into ``data_dir`` (TFDS's default when None);
+later calls read what was built. Then::
+
+    data = load_split("ade20k", "train", data_dir="~/tensorflow_datasets", manual_dir="~/ade")
+    batches = train_batches(data.source, TrainTransform.ade20k(), global_batch_size=16, seed=0)
+    evaluation = eval_batches(load_split("ade20k", "validation", ...).source,
+                              EvalTransform.ade20k())
+
+``transforms`` (the NVlabs/mmseg augmentations) and ``pipeline`` (deterministic batching)
+need numpy and PIL only; TensorFlow Datasets is imported when a builder is needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from segformer_jax.data.pipeline import (TrainBatches, eval_batches, global_batch_indices,
+                                         train_batches)
+from segformer_jax.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASS_NAMES
+from segformer_jax.data.transforms import EvalTransform, TrainTransform
+
+DATASETS = ("synthetic", "ade20k", "cityscapes", "folder")
+
+
+def _dataset_error() -> type:
+    from segformer_jax.data.common import DatasetError
+    return DatasetError
+
+
+def __getattr__(name: str) -> Any:  # DatasetError without importing TFDS up front
+    if name == "DatasetError":
+        return _dataset_error()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitData:
+    """One split: ``source[i]`` -> ``{"image": uint8 (H, W, 3), "segmentation_mask": uint8
+    (H, W, 1), "file_name": bytes}`` (random access, ``len(source)`` examples).
+
+    ``class_names[k]`` names label ``k`` *after* ``reduce_zero_label`` when that is True
+    (ADE20K); 255 is "ignore" everywhere.
+    """
+
+    source: Any
+    class_names: tuple[str, ...]
+    reduce_zero_label: bool
+    name: str
+    split: str
+    ignore_index: int = 255
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.class_names))
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.source[index]
+
+
+def _expand(path: str | os.PathLike | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser())
+
+
+def get_builder(name: str, data_dir: str | os.PathLike | None = None,
+                manual_dir: str | os.PathLike | None = None, **options: Any) -> Any:
+    """The TFDS builder of dataset ``name`` (one of ``DATASETS``); nothing is built yet.
+
+    ``options``: for ``"synthetic"``, ``num_train``, ``num_validation``, ``seed``,
+    ``size_range`` (see ``synthetic_builder.synthetic_config``); none for the others.
+    ``manual_dir`` is needed by ``"folder"`` (it is the folder) to make the builder.
+    """
+    from segformer_jax.data.common import quiet_absl_warnings
+    quiet_absl_warnings()
+    data_dir = _expand(data_dir)
+    if name == "synthetic":
+        from segformer_jax.data.synthetic_builder import Synthetic, synthetic_config
+        config = synthetic_config(**options)
+        default = Synthetic.BUILDER_CONFIGS[0]
+        return Synthetic(data_dir=data_dir, config=default if config.name == default.name
+                         else config)
+    if options:
+        raise TypeError(f"dataset {name!r} takes no options; got {sorted(options)}")
+    if name == "ade20k":
+        from segformer_jax.data.ade20k import Ade20k
+        return Ade20k(data_dir=data_dir)
+    if name == "cityscapes":
+        from segformer_jax.data.cityscapes import Cityscapes
+        return Cityscapes(data_dir=data_dir)
+    if name == "folder":
+        from segformer_jax.data.folder import Folder
+        return Folder(root=_expand(manual_dir), data_dir=data_dir)
+    raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+
+
+def prepare(name: str, data_dir: str | os.PathLike | None = None,
+            manual_dir: str | os.PathLike | None = None, **options: Any) -> Any:
+    """``get_builder``, then builds the dataset unless ``data_dir`` already holds it."""
+    import tensorflow_datasets as tfds
+    builder = get_builder(name, data_dir, manual_dir, **options)
+    config = tfds.download.DownloadConfig(manual_dir=_expand(manual_dir))
+    builder.download_and_prepare(download_config=config)
+    return builder
+
+
+def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
+               manual_dir: str | os.PathLike | None = None, **options: Any) -> SplitData:
+    """Split ``split`` of dataset ``name`` as a random-access source plus its class names.
+
+    Builds the dataset on first use (see ``prepare``): ``manual_dir`` holds the downloaded
+    archives for ``"ade20k"`` and ``"cityscapes"`` and is the folder for ``"folder"``.
+    ``split`` is a split name (``train``, ``validation``, ``test``, or a folder's subfolder),
+    optionally with TFDS slicing (``"train[:100]"``). A bad input raises ``DatasetError``.
+    """
+    from segformer_jax.data.common import DatasetError
+    builder = prepare(name, data_dir, manual_dir, **options)
+    base = split.split("[", 1)[0]
+    if base not in builder.info.splits:
+        raise DatasetError(f"dataset {name!r} has no split {base!r}; it has "
+                           f"{sorted(builder.info.splits)}")
+    metadata = builder.info.metadata or {}
+    class_names = tuple(metadata.get("class_names") or builder.class_names)
+    reduce = bool(metadata.get("reduce_zero_label", builder.reduce_zero_label))
+    return SplitData(source=builder.as_data_source(split), class_names=class_names,
+                     reduce_zero_label=reduce, name=name, split=split)
+
+
+__all__ = ["DATASETS", "SYNTHETIC_CLASS_NAMES", "DatasetError", "SplitData", "get_builder",
+           "prepare", "load_split", "TrainTransform", "EvalTransform", "TrainBatches",
+           "train_batches", "eval_batches", "global_batch_indices"]

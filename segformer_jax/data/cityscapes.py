@@ -1,0 +1,169 @@
+"""Cityscapes (gtFine) as a TFDS builder: the 19 evaluation classes (trainIds), 255 = ignore.
+
+``manual_dir`` holds ``leftImg8bit_trainvaltest.zip`` and ``gtFine_trainvaltest.zip`` from
+https://www.cityscapes-dataset.com/downloads/ (login needed; they are read in place, never
+extracted), or their extracted ``leftImg8bit/`` and ``gtFine/`` folders. Splits: ``train``
+(2,975), ``validation`` (500) and ``test`` (1,525; its public labels are all "unlabeled",
+so its masks are all 255).
+
+The ``*_gtFine_labelIds.png`` masks hold the 34 labelIds; they are mapped to trainIds at build
+time with the official table (``LABEL_ID_TO_TRAIN_ID``, from cityscapesScripts'
+``labels.py``): every labelId without a trainId, and any value that is not a labelId, -> 255.
+Unlike TFDS's own ``cityscapes`` builder, image sizes are not fixed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segformer_jax.data.common import (IGNORE_INDEX, DatasetError, FileStore,
+                                       SegmentationBuilder, check_same_size, make_example,
+                                       manual_dir_of, read_image, read_mask)
+
+IMAGES_ZIP = "leftImg8bit_trainvaltest.zip"
+LABELS_ZIP = "gtFine_trainvaltest.zip"
+URLS = {IMAGES_ZIP: "https://www.cityscapes-dataset.com/file-handling/?packageID=3",
+        LABELS_ZIP: "https://www.cityscapes-dataset.com/file-handling/?packageID=1"}
+SPLITS = {"train": "train", "validation": "val", "test": "test"}
+
+CLASS_NAMES: tuple[str, ...] = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
+    "motorcycle", "bicycle",
+)
+
+# labelId -> trainId (cityscapesScripts helpers/labels.py); 255 = ignored in evaluation.
+LABEL_ID_TO_TRAIN_ID: dict[int, int] = {
+    0: 255,   # unlabeled
+    1: 255,   # ego vehicle
+    2: 255,   # rectification border
+    3: 255,   # out of roi
+    4: 255,   # static
+    5: 255,   # dynamic
+    6: 255,   # ground
+    7: 0,     # road
+    8: 1,     # sidewalk
+    9: 255,   # parking
+    10: 255,  # rail track
+    11: 2,    # building
+    12: 3,    # wall
+    13: 4,    # fence
+    14: 255,  # guard rail
+    15: 255,  # bridge
+    16: 255,  # tunnel
+    17: 5,    # pole
+    18: 255,  # polegroup
+    19: 6,    # traffic light
+    20: 7,    # traffic sign
+    21: 8,    # vegetation
+    22: 9,    # terrain
+    23: 10,   # sky
+    24: 11,   # person
+    25: 12,   # rider
+    26: 13,   # car
+    27: 14,   # truck
+    28: 15,   # bus
+    29: 255,  # caravan
+    30: 255,  # trailer
+    31: 16,   # train
+    32: 17,   # motorcycle
+    33: 18,   # bicycle
+}  # license plate is labelId -1: not representable in the PNGs, and -> 255 like any other value
+
+
+_TABLE = np.full(256, IGNORE_INDEX, np.uint8)
+for _label_id, _train_id in LABEL_ID_TO_TRAIN_ID.items():
+    _TABLE[_label_id] = _train_id
+
+
+def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
+    """uint8 trainIds (0..18, 255) of an integer labelId map."""
+    ids = np.asarray(label_ids).astype(np.int64)
+    return np.where((ids >= 0) & (ids < 256), _TABLE[np.clip(ids, 0, 255)], IGNORE_INDEX
+                    ).astype(np.uint8)
+
+
+def instructions(manual_dir: str | Path = "<manual_dir>") -> str:
+    return (f"put {IMAGES_ZIP} (from {URLS[IMAGES_ZIP]}) and {LABELS_ZIP} (from "
+            f"{URLS[LABELS_ZIP]}) into {manual_dir} (a free login at cityscapes-dataset.com "
+            f"is needed), or their extracted leftImg8bit/ and gtFine/ folders")
+
+
+INSTRUCTIONS = instructions()
+
+
+def find_sources(manual_dir: str | Path) -> tuple[Path, Path]:
+    """(images source, labels source): each an extracted folder or the zip in ``manual_dir``."""
+    manual_dir = Path(manual_dir)
+    if not manual_dir.is_dir():
+        raise DatasetError(f"Cityscapes: manual_dir {manual_dir} does not exist: "
+                           f"{instructions(manual_dir)}")
+    found = []
+    for archive, folder in ((IMAGES_ZIP, "leftImg8bit"), (LABELS_ZIP, "gtFine")):
+        if (manual_dir / folder).is_dir():
+            found.append(manual_dir)  # members are named leftImg8bit/... and gtFine/...
+        elif (manual_dir / archive).is_file():
+            found.append(manual_dir / archive)
+        else:
+            raise DatasetError(f"Cityscapes: {manual_dir / archive} not found: put {archive} "
+                               f"(from {URLS[archive]}) into {manual_dir}, or its extracted "
+                               f"{folder}/ folder (a free login at cityscapes-dataset.com is "
+                               f"needed)")
+    return found[0], found[1]
+
+
+_IMAGE_RE = re.compile(r"^(?:.*/)?leftImg8bit/(?P<split>train|val|test)/(?P<city>[^/]+)/"
+                       r"(?P<base>[^/]+)_leftImg8bit\.png$")
+
+
+class Cityscapes(SegmentationBuilder):
+    """Cityscapes fine annotations, labelIds mapped to the 19 trainIds."""
+
+    name = "segformer_cityscapes"
+    CLASS_NAMES = CLASS_NAMES
+    REDUCE_ZERO_LABEL = False
+    MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+    DESCRIPTION = ("Cityscapes gtFine semantic segmentation, 19 classes (trainIds), 255 = "
+                   "ignore.")
+    HOMEPAGE = "https://www.cityscapes-dataset.com/"
+
+    def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
+        images_source, labels_source = find_sources(
+            manual_dir_of(dl_manager, "Cityscapes", instructions))
+        items: dict[str, list[tuple[str, str, str]]] = {s: [] for s in SPLITS}
+        split_of = {v: k for k, v in SPLITS.items()}
+        with FileStore(images_source) as images, FileStore(labels_source) as labels:
+            label_names = {n.split("gtFine/", 1)[-1]: n for n in labels.names()
+                           if "gtFine/" in n}
+            for name in images.names():
+                match = _IMAGE_RE.match(name)
+                if not match:
+                    continue
+                split, city, base = match["split"], match["city"], match["base"]
+                key = f"{split}/{city}/{base}_gtFine_labelIds.png"
+                if key not in label_names:
+                    raise DatasetError(f"{images.where(name)}: no gtFine labels for this image "
+                                       f"(expected gtFine/{key} in {labels_source})")
+                items[split_of[split]].append(
+                    (name, label_names[key], f"{city}/{base}_leftImg8bit.png"))
+        if not any(items.values()):
+            raise DatasetError(f"Cityscapes: no leftImg8bit/<split>/<city>/*_leftImg8bit.png "
+                               f"images in {images_source}: {INSTRUCTIONS}")
+        return {split: self._examples(images_source, labels_source, pairs)
+                for split, pairs in items.items() if pairs}
+
+    def _examples(self, images_source: Path, labels_source: Path,
+                  items: list[tuple[str, str, str]]) -> Iterator:
+        with FileStore(images_source) as images, FileStore(labels_source) as labels:
+            for image_name, label_name, file_name in items:
+                image_where, mask_where = images.where(image_name), labels.where(label_name)
+                image_bytes, size = read_image(images.read(image_name), image_where)
+                label_ids = read_mask(labels.read(label_name), mask_where)
+                check_same_size(size, label_ids, image_where, mask_where)
+                yield file_name, make_example(image_bytes, label_ids_to_train_ids(label_ids),
+                                              file_name)

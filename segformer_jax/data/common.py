@@ -1,0 +1,275 @@
+"""What the TFDS builders share: features, file access, image and mask checks, the base builder.
+
+Every builder writes the same features, so the rest of the library reads any of them alike:
+
+* ``image``: uint8 (H, W, 3) RGB. JPEG and 8-bit RGB PNG files are stored as they are (no
+  re-encoding, no loss); grayscale, RGBA, palette, CMYK and 16-bit images are converted to RGB
+  and stored as PNG.
+* ``segmentation_mask``: uint8 (H, W, 1) PNG of class ids, 255 = ignore. Palette masks give
+  their indices, 16-bit masks their values.
+* ``file_name``: the file's path inside its split, e.g. ``ADE_train_00000001.jpg``.
+
+Examples keep the (sorted) file order of the source (``disable_shuffling``), so index ``i`` of
+a split is always the same file; the training pipeline does its own shuffling.
+
+Bad input stops the build with one :class:`DatasetError` naming the file.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import tensorflow_datasets as tfds
+
+IGNORE_INDEX = 255
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be built: a missing archive, or a bad image, mask or label."""
+
+
+# ----------------------------------------------------------------------------- file access
+
+
+class FileStore:
+    """Read-only access to the files of an extracted folder or of a zip archive.
+
+    Members are named by their '/'-separated path inside the folder or archive; ``where(name)``
+    is what error messages show (the file path, or ``archive.zip:member``).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.is_zip = self.path.is_file()
+        self._zip: zipfile.ZipFile | None = None
+        if self.is_zip:
+            try:
+                self._zip = zipfile.ZipFile(self.path)
+                self._names = sorted(n for n in self._zip.namelist() if not n.endswith("/"))
+            except (zipfile.BadZipFile, OSError) as e:
+                raise DatasetError(f"{self.path}: not a readable zip archive ({e}); download it "
+                                   f"again") from None
+        else:
+            root = self.path
+            self._names = sorted(p.relative_to(root).as_posix()
+                                 for p in root.rglob("*") if p.is_file())
+
+    def names(self) -> list[str]:
+        return self._names
+
+    def where(self, name: str) -> str:
+        return f"{self.path}:{name}" if self.is_zip else str(self.path / name)
+
+    def read(self, name: str) -> bytes:
+        try:
+            if self._zip is not None:
+                return self._zip.read(name)
+            return (self.path / name).read_bytes()
+        except (OSError, zipfile.BadZipFile, KeyError, EOFError) as e:
+            raise DatasetError(f"{self.where(name)}: cannot read the file ({e})") from None
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
+
+    def __enter__(self) -> "FileStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def manual_dir_of(dl_manager: Any, dataset: str, instructions: Callable[[Any], str]) -> Path:
+    """``dl_manager.manual_dir`` with our message (naming the files to get) when it is missing."""
+    try:
+        return Path(dl_manager.manual_dir)
+    except (AssertionError, ValueError):
+        path = getattr(dl_manager, "_manual_dir", None) or "<manual_dir>"
+        raise DatasetError(f"{dataset}: manual_dir {path} does not exist or is empty: "
+                           f"{instructions(path)}") from None
+
+
+# ----------------------------------------------------------------------------- images and masks
+
+
+def _open(data: bytes, where: str, what: str) -> PIL.Image.Image:
+    try:
+        image = PIL.Image.open(io.BytesIO(data))
+        image.load()  # decodes everything: a truncated file fails here, not at training time
+    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
+        raise DatasetError(f"{where}: cannot decode the {what} ({type(e).__name__}: {e}); the "
+                           f"file is truncated or not an image") from None
+    if image.width == 0 or image.height == 0:
+        raise DatasetError(f"{where}: empty {what} ({image.width}x{image.height})")
+    return image
+
+
+def _sixteen_to_eight(x: np.ndarray) -> np.ndarray:
+    """round(v * 255 / 65535): 0 -> 0, 65535 -> 255 (as the processor converts 16-bit images)."""
+    return ((x.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def to_rgb(image: PIL.Image.Image) -> np.ndarray:
+    """uint8 (H, W, 3) RGB of any PIL image; transparency is composited onto white."""
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "I":
+        values = np.asarray(image)
+        if image.mode == "I" and values.max(initial=0) <= 255:  # 8-bit data in a 32-bit mode
+            gray = values.astype(np.uint8)
+        else:
+            gray = _sixteen_to_eight(np.clip(values, 0, 65535))
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if image.mode == "F":
+        values = np.asarray(image)
+        scale = 255.0 if values.max(initial=0) <= 1.0 else 1.0
+        gray = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(PIL.Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def read_image(data: bytes, where: str) -> tuple[bytes, tuple[int, int]]:
+    """Checks an image file; returns (bytes to store, (H, W)).
+
+    8-bit RGB JPEG and PNG files without transparency are stored unchanged; anything else is
+    decoded, converted to RGB (see ``to_rgb``) and stored as PNG.
+    """
+    image = _open(data, where, "image")
+    size = (image.height, image.width)
+    if (image.format in ("JPEG", "PNG") and image.mode == "RGB"
+            and image.info.get("transparency") is None):
+        return data, size
+    return encode_png(to_rgb(image)), size
+
+
+def read_mask(data: bytes, where: str) -> np.ndarray:
+    """(H, W) int64 class ids of a mask file (L, P, 1, I, I;16; or RGB with equal channels)."""
+    image = _open(data, where, "mask")
+    mode = image.mode
+    if mode in ("L", "P", "I", "1") or mode in _SIXTEEN_BIT_MODES:
+        return np.asarray(image).astype(np.int64)  # P: the palette indices, not the colours
+    if mode in ("LA", "PA"):
+        return np.asarray(image)[..., 0].astype(np.int64)
+    if mode in ("RGB", "RGBA"):
+        rgb = np.asarray(image)[..., :3]
+        if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all():
+            return rgb[..., 0].astype(np.int64)
+        raise DatasetError(f"{where}: the mask is a colour ({mode}) image; a mask must hold one "
+                           f"class id per pixel: save it as a single-channel (L or palette) PNG")
+    raise DatasetError(f"{where}: mask mode {mode} is not a label map; save it as a "
+                       f"single-channel (L, P or 16-bit) PNG of class ids")
+
+
+def check_labels(mask: np.ndarray, num_labels: int, where: str, ignore: Sequence[int] = ()) -> None:
+    """Every value must be < num_labels, or one of ``ignore`` (e.g. 255)."""
+    if mask.size and 0 <= mask.min() and mask.max() < num_labels:
+        return
+    values = np.unique(mask)
+    bad = values[(values < 0) | (values >= num_labels)]
+    bad = bad[~np.isin(bad, list(ignore))]
+    if bad.size:
+        allowed = f"0..{num_labels - 1}" + "".join(f" or {v}" for v in ignore)
+        raise DatasetError(f"{where}: label value(s) {bad[:10].tolist()} out of range: "
+                           f"{num_labels} classes, so labels must be {allowed}")
+
+
+def check_same_size(image_size: tuple[int, int], mask: np.ndarray, image_where: str,
+                    mask_where: str) -> None:
+    if tuple(mask.shape[:2]) != tuple(image_size):
+        raise DatasetError(f"{mask_where}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its "
+                           f"image {image_where} is {image_size[1]}x{image_size[0]}")
+
+
+def make_example(image_bytes: bytes, mask: np.ndarray, file_name: str) -> dict[str, Any]:
+    return {"image": image_bytes,
+            "segmentation_mask": encode_png(mask.astype(np.uint8)),
+            "file_name": file_name}
+
+
+# ----------------------------------------------------------------------------- base builder
+
+
+def segmentation_features() -> tfds.features.FeaturesDict:
+    return tfds.features.FeaturesDict({
+        # No fixed encoding: stored JPEG stays JPEG, converted images are PNG.
+        "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
+        "segmentation_mask": tfds.features.Image(shape=(None, None, 1), dtype=np.uint8,
+                                                 encoding_format="png"),
+        "file_name": tfds.features.Text(),
+    })
+
+
+class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base of this library's builders: the common features, class names in the metadata.
+
+    Subclasses set ``CLASS_NAMES`` (or override ``class_names``), ``REDUCE_ZERO_LABEL``,
+    ``DESCRIPTION``, ``HOMEPAGE`` and implement ``_split_generators``.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    CLASS_NAMES: tuple[str, ...] = ()
+    REDUCE_ZERO_LABEL = False
+    DESCRIPTION = ""
+    HOMEPAGE = ""
+
+    def __init__(self, **kwargs: Any):
+        kwargs.setdefault("file_format", "array_record")
+        super().__init__(**kwargs)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.CLASS_NAMES)
+
+    @property
+    def reduce_zero_label(self) -> bool:
+        return bool(self.REDUCE_ZERO_LABEL)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self.DESCRIPTION,
+            features=segmentation_features(),
+            homepage=self.HOMEPAGE,
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict(class_names=list(self.class_names),
+                                            reduce_zero_label=self.reduce_zero_label,
+                                            ignore_index=IGNORE_INDEX),
+        )
+
+    def _generate_examples(self, *args: Any, **kwargs: Any) -> Iterator[tuple[str, dict]]:
+        raise NotImplementedError  # subclasses return their own generators from _split_generators
+
+
+_QUIET = ("OpenCV is not installed",  # TFDS then decodes with PIL, which is what we want
+          "Using custom data configuration")  # our folder / synthetic configs are always custom
+
+
+def quiet_absl_warnings() -> None:
+    """Drops two TFDS warnings about what this library does on purpose."""
+    logger = logging.getLogger("absl")
+    if not any(getattr(f, "_segformer_jax", False) for f in logger.filters):
+        def _filter(record: logging.LogRecord) -> bool:
+            message = record.getMessage()
+            return not any(text in message for text in _QUIET)
+        _filter._segformer_jax = True  # type: ignore[attr-defined]
+        logger.addFilter(_filter)

@@ -1,0 +1,158 @@
+"""A user's own segmentation data in a folder, as a TFDS builder.
+
+Layout (``ROOT`` is passed as ``manual_dir``)::
+
+    ROOT/classes.txt                    one class name per line; line i names class id i
+    ROOT/images/<split>/**/NAME.jpg     (or .png, .jpeg, .bmp, .tif, .webp, ...)
+    ROOT/masks/<split>/**/NAME.png      same relative path and stem as its image
+
+The splits are the subfolders of ``ROOT/images`` that hold images (e.g. ``train``,
+``validation``); their names are kept as they are. Mask values are class ids
+``0..len(classes)-1``, or 255 for "ignore". Masks may be 8-bit grayscale, palette (the
+indices are the ids) or 16-bit PNGs; images in any mode PIL reads (converted to RGB). Labels
+are stored as they are (no ``reduce_zero_label``; pass it to the transforms if your class 0
+means "ignore"). An image without its mask is an error; a mask without an image is ignored.
+
+The built dataset's config name is ``<folder name>_<hash>``, where the hash covers the
+folder's absolute path, ``classes.txt`` and every file's name, size and modification time:
+editing the folder makes the next ``load_split`` build a fresh copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import tensorflow_datasets as tfds
+
+from segformer_jax.data.common import (IGNORE_INDEX, IMAGE_EXTENSIONS, DatasetError,
+                                       SegmentationBuilder, check_labels, check_same_size,
+                                       make_example, read_image, read_mask)
+
+LAYOUT = ("ROOT/classes.txt (one class name per line), ROOT/images/<split>/<name>.<jpg|png|...>"
+          " and ROOT/masks/<split>/<name>.png")
+
+
+def read_class_names(root: str | Path) -> tuple[str, ...]:
+    """The names in ``ROOT/classes.txt``: line i (0-based) is class id i."""
+    path = Path(root) / "classes.txt"
+    if not path.is_file():
+        raise DatasetError(f"{path} not found: the folder dataset needs it (one class name per "
+                           f"line, line i = class id i); layout: {LAYOUT}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: cannot read it as UTF-8 text ({e})") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    names = tuple(line.strip() for line in lines)
+    for i, name in enumerate(names):
+        if not name:
+            raise DatasetError(f"{path}: line {i + 1} is empty; line i names class id i - 1, so "
+                               f"every line up to the last must hold a name")
+    if not names:
+        raise DatasetError(f"{path}: no class names")
+    if len(names) > IGNORE_INDEX:
+        raise DatasetError(f"{path}: {len(names)} classes; at most {IGNORE_INDEX} fit uint8 masks "
+                           f"with {IGNORE_INDEX} = ignore")
+    return names
+
+
+def scan(root: str | Path) -> dict[str, list[tuple[Path, Path, str]]]:
+    """{split: [(image path, mask path, name relative to the split folder)]}, sorted."""
+    root = Path(root)
+    images_dir, masks_dir = root / "images", root / "masks"
+    if not images_dir.is_dir():
+        raise DatasetError(f"{images_dir} not found; layout: {LAYOUT}")
+    splits = sorted(p.name for p in images_dir.iterdir() if p.is_dir())
+    if not splits:
+        raise DatasetError(f"{images_dir} has no split subfolders (e.g. images/train/); "
+                           f"layout: {LAYOUT}")
+    out: dict[str, list[tuple[Path, Path, str]]] = {}
+    for split in splits:
+        if not re.fullmatch(r"[A-Za-z0-9_]+", split) or split.lower() == "all":
+            raise DatasetError(f"{images_dir / split}: split folder names must be letters, digits "
+                               f"and '_' (and not 'all'), e.g. train, validation")
+        items = []
+        for image in sorted(p for p in (images_dir / split).rglob("*")
+                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
+            relative = image.relative_to(images_dir / split)
+            mask = (masks_dir / split / relative).with_suffix(".png")
+            if not mask.is_file():
+                raise DatasetError(f"{image}: no mask for this image (expected {mask})")
+            items.append((image, mask, relative.as_posix()))
+        if items:  # an empty split folder is left out
+            out[split] = items
+    if not out:
+        raise DatasetError(f"{images_dir}: no images ({', '.join(IMAGE_EXTENSIONS)}) in "
+                           f"{', '.join(splits)}; layout: {LAYOUT}")
+    return out
+
+
+@dataclasses.dataclass(eq=False)
+class FolderConfig(tfds.core.BuilderConfig):
+    """One folder: ``root`` is its absolute path."""
+
+    root: str = ""
+
+
+def folder_config(root: str | Path) -> FolderConfig:
+    """The config of the folder at ``root``, named after its contents (see the module doc)."""
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DatasetError(f"folder dataset: {root} does not exist; layout: {LAYOUT}")
+    read_class_names(root)
+    digest = hashlib.sha256(str(root).encode())
+    digest.update((root / "classes.txt").read_bytes())
+    for folder in ("images", "masks"):
+        for path in sorted((root / folder).rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+                              .encode())
+    slug = re.sub(r"[^a-z0-9_]+", "_", root.name.lower()).strip("_") or "folder"
+    return FolderConfig(name=f"{slug}_{digest.hexdigest()[:10]}", root=str(root),
+                        description=f"segmentation folder {root}")
+
+
+class Folder(SegmentationBuilder):
+    """Images and masks from ``ROOT/images/<split>`` and ``ROOT/masks/<split>``."""
+
+    name = "segformer_folder"
+    REDUCE_ZERO_LABEL = False
+    DESCRIPTION = "A user's segmentation folder: " + LAYOUT
+    BUILDER_CONFIGS: list[FolderConfig] = []
+
+    def __init__(self, *, root: str | Path | None = None, config: Any = None, **kwargs: Any):
+        if config is None or isinstance(config, str):
+            if root is None:
+                raise DatasetError("folder dataset: pass the folder (root=..., or manual_dir=... "
+                                   f"to load_split); layout: {LAYOUT}")
+            config = folder_config(root)
+        self._class_names = read_class_names(config.root)
+        super().__init__(config=config, **kwargs)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self._class_names
+
+    def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
+        return {split: self._examples(items)
+                for split, items in scan(self.builder_config.root).items()}
+
+    def _examples(self, items: list[tuple[Path, Path, str]]) -> Iterator:
+        num_labels = len(self._class_names)
+        for image_path, mask_path, name in items:
+            try:
+                image_data, mask_data = image_path.read_bytes(), mask_path.read_bytes()
+            except OSError as e:
+                raise DatasetError(f"{e.filename}: cannot read the file ({e.strerror})") from None
+            image_bytes, size = read_image(image_data, str(image_path))
+            mask = read_mask(mask_data, str(mask_path))
+            check_same_size(size, mask, str(image_path), str(mask_path))
+            check_labels(mask, num_labels, str(mask_path), ignore=(IGNORE_INDEX,))
+            yield name, make_example(image_bytes, mask, name)

@@ -1,0 +1,268 @@
+"""Training and evaluation batches from a random-access source, deterministic given (seed, step).
+
+Training (:class:`TrainBatches`): the examples form an endless stream, epoch after epoch; the
+order within epoch ``e`` is ``default_rng([seed, e]).permutation(N)``. Global batch ``s`` is
+stream positions ``s*B .. s*B + B - 1`` (a batch may straddle two epochs; nothing is dropped),
+and the example at position ``j`` of that batch is augmented with
+``default_rng([seed, s, j])``. So batch ``s`` is a pure function of (seed, s): a run resumed
+at step ``k`` (``start_step=k``) sees exactly the batches it would have seen, and the only
+state to checkpoint is the step. With ``process_count`` P > 1, process ``p`` reads and
+augments only rows ``p*B/P .. (p+1)*B/P - 1`` of each global batch; the rows of all
+processes together are the batch a single process would make.
+
+A thread pool decodes and augments the examples of the next ``prefetch`` batches while the
+current one is used (PIL's decoding and resampling, and numpy's big array operations, release
+the GIL).
+
+Evaluation (:func:`eval_batches`): every example once, in order, transformed without
+randomness; batch size 1 by default since image sizes differ.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import functools
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from segformer_jax.data.transforms import IGNORE_INDEX, EvalTransform, as_example
+
+Transform = Callable[..., Mapping[str, Any]]
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    order.setflags(write=False)
+    return order
+
+
+def global_batch_indices(num_examples: int, global_batch_size: int, seed: int,
+                         step: int) -> np.ndarray:
+    """The dataset indices of global batch ``step``: (global_batch_size,) int64."""
+    if num_examples < 1:
+        raise ValueError("the dataset is empty")
+    positions = step * global_batch_size + np.arange(global_batch_size, dtype=np.int64)
+    epochs, offsets = np.divmod(positions, num_examples)
+    out = np.empty(global_batch_size, np.int64)
+    for epoch in np.unique(epochs):
+        rows = epochs == epoch
+        out[rows] = _permutation(int(seed), int(epoch), int(num_examples))[offsets[rows]]
+    return out
+
+
+def process_rows(global_batch_size: int, process_index: int = 0,
+                 process_count: int = 1) -> range:
+    """The rows of each global batch that process ``process_index`` reads."""
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in 0..{process_count - 1}")
+    if global_batch_size % process_count:
+        raise ValueError(f"global batch size {global_batch_size} is not a multiple of the "
+                         f"{process_count} processes")
+    per_process = global_batch_size // process_count
+    return range(process_index * per_process, (process_index + 1) * per_process)
+
+
+def _train_example(source: Any, transform: Transform, index: int, seed: int, step: int,
+                   position: int) -> Mapping[str, Any]:
+    rng = np.random.default_rng([seed, step, position])
+    return transform(as_example(source[int(index)]), rng)
+
+
+def _collate(examples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    shapes = {np.shape(e["image"]) for e in examples}
+    if len(shapes) > 1:
+        raise ValueError(f"the transform returned images of different sizes {sorted(shapes)}; "
+                         f"a training transform must crop and pad to a fixed size")
+    return {"image": np.stack([np.asarray(e["image"], np.float32) for e in examples]),
+            "label": np.stack([np.asarray(e["label"]).astype(np.int32) for e in examples])}
+
+
+def default_num_threads() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+class TrainBatches:
+    """Iterator over training batches ``{"image": f32 (b, H, W, 3), "label": i32 (b, H, W)}``.
+
+    ``b = global_batch_size / process_count``. Iteration starts at ``start_step`` and runs for
+    ``num_steps`` batches (endless if None); ``next_step`` is the step of the next batch (what
+    a checkpoint stores). ``batch(step)`` computes any batch directly, without the pool.
+    Close the iterator (or use it as a context manager) to stop its threads.
+    """
+
+    def __init__(self, source: Any, transform: Transform, global_batch_size: int, *,
+                 seed: int = 0, start_step: int = 0, num_steps: int | None = None,
+                 process_index: int = 0, process_count: int = 1,
+                 num_threads: int | None = None, prefetch: int = 2):
+        if global_batch_size < 1:
+            raise ValueError(f"global_batch_size must be positive; got {global_batch_size}")
+        if len(source) < 1:
+            raise ValueError("the dataset split is empty")
+        self.source = source
+        self.transform = transform
+        self.global_batch_size = int(global_batch_size)
+        self.seed = int(seed)
+        self.rows = process_rows(self.global_batch_size, process_index, process_count)
+        self.next_step = int(start_step)
+        self._stop = None if num_steps is None else int(start_step) + int(num_steps)
+        self._prefetch = max(0, int(prefetch))
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            num_threads or default_num_threads(), thread_name_prefix="segformer-data")
+        self._pending: collections.deque = collections.deque()
+        self._scheduled = self.next_step
+        self._closed = False
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.source)
+
+    def indices(self, step: int) -> np.ndarray:
+        """The dataset indices this process reads for batch ``step``."""
+        full = global_batch_indices(len(self.source), self.global_batch_size, self.seed, step)
+        return full[self.rows.start:self.rows.stop]
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """Batch ``step`` of this process, computed in the calling thread."""
+        examples = [_train_example(self.source, self.transform, index, self.seed, step,
+                                   position)
+                    for position, index in zip(self.rows, self.indices(step))]
+        return _collate(examples)
+
+    def _schedule(self) -> None:
+        while (len(self._pending) <= self._prefetch
+               and (self._stop is None or self._scheduled < self._stop)):
+            step = self._scheduled
+            futures = [self._pool.submit(_train_example, self.source, self.transform, index,
+                                         self.seed, step, position)
+                       for position, index in zip(self.rows, self.indices(step))]
+            self._pending.append((step, futures))
+            self._scheduled += 1
+
+    def __iter__(self) -> "TrainBatches":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._closed or (self._stop is not None and self.next_step >= self._stop):
+            self.close()
+            raise StopIteration
+        self._schedule()
+        step, futures = self._pending.popleft()
+        assert step == self.next_step
+        try:
+            examples = [f.result() for f in futures]
+        except BaseException:
+            self.close()
+            raise
+        self.next_step += 1
+        self._schedule()
+        return _collate(examples)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for _, futures in self._pending:
+            for f in futures:
+                f.cancel()
+        self._pending.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "TrainBatches":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def train_batches(source: Any, transform: Transform, global_batch_size: int, *,
+                  seed: int = 0, start_step: int = 0, num_steps: int | None = None,
+                  process_index: int = 0, process_count: int = 1,
+                  num_threads: int | None = None, prefetch: int = 2) -> TrainBatches:
+    """Training batches from ``start_step`` on; see :class:`TrainBatches` and the module doc."""
+    return TrainBatches(source, transform, global_batch_size, seed=seed, start_step=start_step,
+                        num_steps=num_steps, process_index=process_index,
+                        process_count=process_count, num_threads=num_threads,
+                        prefetch=prefetch)
+
+
+def _eval_example(source: Any, transform: Transform, index: int) -> dict[str, Any]:
+    record = source[int(index)]
+    out = dict(transform(as_example(record)))
+    name = record.get("file_name", b"")
+    out["file_name"] = name.decode() if isinstance(name, bytes) else str(name)
+    out["index"] = int(index)
+    return out
+
+
+def _collate_eval(examples: list[dict[str, Any]], pad_to: Sequence[int] | None
+                  ) -> dict[str, np.ndarray]:
+    image_sizes = np.array([e["image"].shape[:2] for e in examples], np.int32)
+    label_sizes = np.array([e["label"].shape[:2] for e in examples], np.int32)
+    if pad_to is None:
+        height, width = image_sizes.max(axis=0)
+    else:
+        height, width = int(pad_to[0]), int(pad_to[1])
+        too_big = [e["file_name"] for e, (h, w) in zip(examples, image_sizes)
+                   if h > height or w > width]
+        if too_big:
+            raise ValueError(f"eval images larger than pad_to={tuple(pad_to)} after the "
+                             f"transform: {too_big[:3]}")
+    label_h, label_w = label_sizes.max(axis=0)
+    images = np.zeros((len(examples), height, width, 3), np.float32)
+    labels = np.full((len(examples), label_h, label_w), IGNORE_INDEX, np.int32)
+    for i, e in enumerate(examples):
+        h, w = e["image"].shape[:2]
+        images[i, :h, :w] = e["image"]
+        lh, lw = e["label"].shape[:2]
+        labels[i, :lh, :lw] = e["label"]
+    return {"image": images, "label": labels, "image_size": image_sizes,
+            "label_size": label_sizes,
+            "index": np.array([e["index"] for e in examples], np.int64),
+            "file_name": np.array([e["file_name"] for e in examples], dtype=object)}
+
+
+def eval_batches(source: Any, transform: Transform = EvalTransform(), batch_size: int = 1, *,
+                 pad_to: Sequence[int] | None = None, process_index: int = 0,
+                 process_count: int = 1, num_threads: int | None = None,
+                 prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
+    """Every example of ``source`` once, in order (this process's contiguous share).
+
+    Yields ``image`` f32 (b, h, w, 3) (transformed; padded with 0 to ``pad_to``, or to the
+    largest image of the batch), ``label`` i32 (b, H, W) at the original resolution (padded
+    with 255), ``image_size`` / ``label_size`` (b, 2) the valid (h, w) of each, ``index``
+    (b,) and ``file_name`` (b,). The last batch may be smaller. Predictions are to be cropped
+    to ``image_size``, resized to ``label_size`` and compared with the label's valid part.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive; got {batch_size}")
+    process_rows(process_count, process_index, process_count)  # validates the arguments
+    shard = np.array_split(np.arange(len(source)), process_count)[process_index]
+    batches = [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
+    pool = concurrent.futures.ThreadPoolExecutor(num_threads or default_num_threads(),
+                                                 thread_name_prefix="segformer-eval")
+    pending: collections.deque = collections.deque()
+    try:
+        next_batch = 0
+        while next_batch < len(batches) or pending:
+            while next_batch < len(batches) and len(pending) <= prefetch:
+                pending.append([pool.submit(_eval_example, source, transform, i)
+                                for i in batches[next_batch]])
+                next_batch += 1
+            futures = pending.popleft()
+            yield _collate_eval([f.result() for f in futures], pad_to)
+    finally:
+        for futures in pending:
+            for f in futures:
+                f.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
