@@ -205,3 +205,203 @@ def default_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.log_every = 50
     return c
+
+
+# --------------------------------------------------------------------------------------
+# The run
+
+
+def check_workdir(workdir: pathlib.Path, needed_bytes: int) -> None:
+    """Unwritable or full work directories are reported before any training happens."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".write-test"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as e:
+        raise TrainingError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
+    free = shutil.disk_usage(workdir).free
+    if free < needed_bytes:
+        raise TrainingError(f"workdir {workdir} has {free / 2**20:.0f} MiB free; checkpoints of "
+                            f"this run need at least {needed_bytes / 2**20:.0f} MiB")
+
+
+def _data(config: ml_collections.ConfigDict):
+    from segformer_jax import data
+    from segformer_jax.data.transforms import EvalTransform, TrainTransform
+    d = config.data
+    options = dict(d.get("options", {}) or {})
+    kwargs = dict(data_dir=d.data_dir or None, manual_dir=d.manual_dir or None, **options)
+    train_split = data.load_split(d.name, d.get("train_split", "train"), **kwargs)
+    eval_split = data.load_split(d.name, d.eval_split, **kwargs) if d.eval_split else None
+    reduce = train_split.reduce_zero_label
+    train_tf = TrainTransform(img_scale=tuple(d.img_scale), ratio_range=tuple(d.ratio_range),
+                              crop_size=tuple(d.crop_size), cat_max_ratio=d.cat_max_ratio,
+                              reduce_zero_label=reduce, photometric=d.get("photometric", True))
+    eval_tf = EvalTransform(img_scale=tuple(d.eval_scale) if d.get("eval_scale") else None,
+                            size_divisor=d.get("eval_size_divisor", None), reduce_zero_label=reduce)
+    return train_split, eval_split, train_tf, eval_tf
+
+
+def _meta(step: int, seg_config: SegformerConfig, config: ml_collections.ConfigDict,
+          metrics: Mapping[str, float] | None = None) -> dict[str, Any]:
+    from segformer_jax.hub import config_summary
+    return {"step": int(step), "model": seg_config.to_dict(), "model_summary": config_summary(seg_config),
+            "seed": int(config.seed), "batch_size": int(config.batch_size),
+            "metrics": {k: float(v) for k, v in (metrics or {}).items()}}
+
+
+def _check_compatible(meta: Mapping[str, Any], seg_config: SegformerConfig, config, where: str) -> None:
+    saved = SegformerConfig.from_dict(meta["model"])
+    if saved != seg_config:
+        diff = [f"{f}: checkpoint {getattr(saved, f)!r} vs config {getattr(seg_config, f)!r}"
+                for f in ("hidden_sizes", "depths", "decoder_hidden_size", "num_labels", "sr_ratios",
+                          "num_attention_heads", "mlp_ratios", "id2label")
+                if getattr(saved, f) != getattr(seg_config, f)]
+        raise TrainingError(f"{where}: written by a different model ({'; '.join(diff) or 'config differs'}); "
+                            "use a fresh --workdir for this config")
+    for key in ("seed", "batch_size"):
+        if int(meta[key]) != int(config[key]):
+            raise TrainingError(f"{where}: written with {key}={meta[key]}, this config has "
+                                f"{key}={config[key]}; resuming would not replay the same run")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+    """Runs (or resumes) training; returns the final evaluation summary (or {})."""
+    from segformer_jax import metrics as metrics_lib
+    from segformer_jax.checkpoint import TrainCheckpoints
+    from segformer_jax.hub import from_pretrained
+
+    workdir = pathlib.Path(workdir).absolute()
+    is_main = jax.process_index() == 0
+    train_split, eval_split, train_tf, eval_tf = _data(config)
+    seg_config = model_config(config, train_split.num_labels, train_split.id2label)
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
+    model = SegformerForSemanticSegmentation(seg_config, dtype=dtype, remat=config.model.remat)
+    tx = make_optimizer(recipe(config), config.accumulate_steps)
+
+    pretrained = None
+    if config.model.init != "scratch":
+        _, pretrained = from_pretrained(config.model.init, task="semantic_segmentation",
+                                        num_labels=seg_config.num_labels, seed=config.seed)
+    state = initial_state(seg_config, tx, config.seed, pretrained)
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    check_workdir(workdir, needed_bytes=(config.keep_checkpoints + 2) * state_bytes + (64 << 20))
+
+    checkpoints = TrainCheckpoints(workdir, config.checkpoint_every, config.keep_checkpoints)
+    start = checkpoints.latest_step()
+    if start is not None:
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+        state, meta = checkpoints.restore(start, abstract)
+        _check_compatible(meta, seg_config, config, str(checkpoints.directory / str(start)))
+        print(f"resuming from {checkpoints.directory / str(start)} (step {start})", flush=True)
+    start = int(state["step"])
+
+    micro_batch = config.batch_size // config.accumulate_steps
+    train_step = jax.jit(make_train_step(model, tx, config.seed, seg_config.semantic_loss_ignore_index,
+                                         config.loss_reduction), donate_argnums=0)
+    schedule = make_lr_probe(config)
+    predict = make_predict(model)
+    writer = MetricWriter(workdir, enabled=is_main)
+    stop = {"signal": None}
+    previous = signal.signal(signal.SIGTERM, lambda signum, _: stop.__setitem__("signal", signum))
+    from segformer_jax.data.pipeline import TrainBatches
+    batches = TrainBatches(train_split.source, train_tf, micro_batch, seed=config.seed,
+                           start_step=start * config.accumulate_steps,
+                           process_index=jax.process_index(), process_count=jax.process_count(),
+                           num_threads=config.data.num_workers)
+    progress = Progress(config.total_steps, start, config.batch_size, enabled=is_main)
+    pending_losses: list[tuple[int, jax.Array]] = []
+    last_good = start
+    summary: dict[str, Any] = {}
+
+    def check_losses() -> float:
+        """Fetches the losses since the last check; a NaN or Inf stops the run."""
+        nonlocal pending_losses
+        values = [(s, float(v)) for s, v in jax.device_get(pending_losses)]
+        pending_losses = []
+        for s, v in values:
+            if not math.isfinite(v):
+                raise TrainingError(f"loss is {v} at step {s}; training stopped. The last good "
+                                    f"checkpoint (step {checkpoints.latest_step()}) is kept in "
+                                    f"{checkpoints.directory}")
+        return values[-1][1] if values else float("nan")
+
+    def run_eval(step: int) -> dict[str, Any]:
+        from segformer_jax.data.pipeline import eval_batches
+        examples = eval_batches(eval_split.source, eval_tf, 1,
+                                process_index=jax.process_index(), process_count=jax.process_count())
+        cm = evaluate_split(predict, {"params": state["params"], "batch_stats": state["batch_stats"]},
+                            ({"image": e["image"], "label": e["label"]} for e in examples),
+                            seg_config.num_labels, seg_config.semantic_loss_ignore_index)
+        result = metrics_lib.summarize(cm, [seg_config.id2label[i] for i in range(seg_config.num_labels)])
+        writer.write(step, {"val/mIoU": result["mIoU"], "val/aAcc": result["aAcc"], "val/mAcc": result["mAcc"]})
+        return result
+
+    try:
+        step = start
+        for step in range(start + 1, config.total_steps + 1):
+            for _ in range(config.accumulate_steps):
+                state, out = train_step(state, next(batches))
+            pending_losses.append((step, out["loss"]))
+            if step % config.log_every == 0 or step == config.total_steps:
+                loss = check_losses()
+                lr = float(schedule(step - 1))
+                progress.update(step, loss, lr, force_line=step % (config.log_every * 10) == 0)
+                writer.write(step, {"train/loss": loss, "train/lr": lr,
+                                    "train/grad_norm": float(out["grad_norm"])})
+            evaluated = None
+            if eval_split is not None and (step % config.eval_every == 0 or step == config.total_steps):
+                check_losses()
+                evaluated = run_eval(step)
+                if is_main:
+                    print(f"\nstep {step}: validation mIoU {100 * evaluated['mIoU']:.2f} "
+                          f"aAcc {100 * evaluated['aAcc']:.2f}", flush=True)
+            final = step == config.total_steps or stop["signal"] is not None
+            if final or step % config.checkpoint_every == 0:
+                check_losses()
+                metrics = {"mIoU": evaluated["mIoU"]} if evaluated and math.isfinite(evaluated["mIoU"]) else None
+                checkpoints.save(step, state, _meta(step, seg_config, config, metrics), metrics, force=final)
+                last_good = step
+            if stop["signal"] is not None:
+                checkpoints.wait()
+                raise TrainingError(f"stopped by signal {stop['signal']} at step {step}; "
+                                    f"checkpoint {last_good} saved in {checkpoints.directory}")
+            if evaluated is not None and step == config.total_steps:
+                summary = evaluated
+    finally:
+        checkpoints.wait()
+        checkpoints.close()
+        batches.close()
+        writer.close()
+        signal.signal(signal.SIGTERM, previous)
+    if summary and is_main:
+        print(metrics_lib.format_table(summary))
+    return summary
+
+
+def make_lr_probe(config: ml_collections.ConfigDict) -> Callable[[int], float]:
+    """The base (backbone) learning rate at a step, for the logs."""
+    from segformer_jax.optim import poly_with_warmup
+    return poly_with_warmup(recipe(config))
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    from segformer_jax.cli_config import parse_args
+    config, workdir = parse_args(sys.argv[1:] if argv is None else argv, prog="python -m segformer_jax.train")
+    try:
+        start = time.perf_counter()
+        train(config, workdir)
+        print(f"done in {time.perf_counter() - start:.0f} s; workdir {workdir}")
+    except (TrainingError, ConfigError) as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
