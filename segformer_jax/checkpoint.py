@@ -114,21 +114,24 @@ class TrainCheckpoints:
         return self.manager.save(step, args=args, metrics=dict(metrics) if metrics else None,
                                  force=force)
 
-    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+    def meta(self, step: int) -> dict[str, Any]:
+        """The JSON record of ``step``: read it to check a checkpoint before restoring it."""
+        ocp = self._ocp
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files
+            raise CheckpointError(f"{self.directory / str(step)}: cannot read its meta record ({e})") from None
+
+    def restore(self, step: int, abstract_state: Any) -> Any:
         """The state at ``step``, laid out (dtypes, shardings) as ``abstract_state``."""
         ocp = self._ocp
         try:
-            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files
-            raise CheckpointError(f"{self.directory / str(step)}: cannot read its meta record ({e})") from None
-        try:
             restored = self.manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(
-                f"{self.directory / str(step)}: does not fit this run's model and optimiser "
-                f"(saved by model {meta.get('model_summary', '?')}): {str(e).splitlines()[0]}") from None
-        return restored["state"], meta
+        except Exception as e:  # noqa: BLE001 - orbax raises many types for mismatches
+            raise CheckpointError(f"{self.directory / str(step)}: does not fit this run's model and "
+                                  f"optimiser: {str(e).splitlines()[0]}") from None
+        return restored["state"]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -65,7 +65,9 @@ def _parse_value(text: str, old: Any, key: str) -> Any:
         value = float(value)
     if isinstance(old, (tuple, list)) and isinstance(value, (tuple, list)):
         return tuple(value)
-    if not isinstance(value, type(old)) and not (isinstance(old, dict) and isinstance(value, dict)):
+    if isinstance(old, (dict, ml_collections.ConfigDict)) and isinstance(value, dict):
+        return value
+    if not isinstance(value, type(old)):
         raise ValueError(f"--config.{key}={text}: expected a {type(old).__name__} like {old!r}")
     return value
 

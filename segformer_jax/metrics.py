@@ -83,6 +83,17 @@ def confusion_matrix(pred: jax.Array, label: jax.Array, num_classes: int,
     return counts.astype(jnp.int32).reshape(k, k)
 
 
+def confusion_matrix_host(pred: np.ndarray, label: np.ndarray, num_classes: int,
+                          ignore_index: int = 255) -> np.ndarray:
+    """``confusion_matrix`` in numpy int64, for per-image shapes that would each need a compile."""
+    k = int(num_classes)
+    pred, label = np.asarray(pred).astype(np.int64), np.asarray(label).astype(np.int64)
+    if pred.shape != label.shape:
+        raise ValueError(f"pred {pred.shape} and label {label.shape} shapes differ")
+    valid = (label != ignore_index) & (label >= 0) & (label < k) & (pred >= 0) & (pred < k)
+    return np.bincount(label[valid] * k + pred[valid], minlength=k * k).reshape(k, k)
+
+
 def zeros(num_classes: int) -> np.ndarray:
     """An empty split-level confusion matrix: numpy int64 (K, K)."""
     return np.zeros((num_classes, num_classes), dtype=np.int64)

@@ -8,7 +8,6 @@ exactly what an uninterrupted run would have done after step k.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -26,7 +25,9 @@ import ml_collections
 import numpy as np
 
 from segformer_jax.config import ConfigError, SegformerConfig
+from segformer_jax.hub import CheckpointError
 from segformer_jax.losses import segmentation_loss
+from segformer_jax.models.ops import resize_bilinear
 from segformer_jax.models.segformer import SegformerForSemanticSegmentation, init_variables
 from segformer_jax.optim import Recipe, make_optimizer
 
@@ -96,12 +97,17 @@ def _global_norm(tree: Any) -> jax.Array:
 
 
 def make_predict(model: SegformerForSemanticSegmentation) -> Callable:
-    """Whole-image prediction at the input resolution: argmax of the upsampled logits."""
+    """mmseg's whole-image test: logits resized to the (test-resized) input on the device,
+    then to the label's original size on the host, then argmax.
 
-    @jax.jit
-    def predict(variables: dict, images: jax.Array) -> jax.Array:
-        from segformer_jax.inference import whole_inference
-        return whole_inference(model.apply, variables, images).argmax(-1)
+    Only the first part is jitted: test sizes are few (aligned to 32), original sizes many.
+    """
+    from segformer_jax.inference import whole_inference
+    logits_at_input = jax.jit(lambda variables, images: whole_inference(model.apply, variables, images))
+
+    def predict(variables: dict, images: np.ndarray, label_size: tuple[int, int]) -> np.ndarray:
+        logits = np.asarray(logits_at_input(variables, images))
+        return resize_bilinear(logits, label_size).argmax(-1)
 
     return predict
 
@@ -112,9 +118,10 @@ def evaluate_split(predict: Callable, variables: dict, examples: Iterator[dict],
     from segformer_jax import metrics
     total = metrics.zeros(num_classes)
     for example in examples:
-        pred = predict(variables, example["image"])
-        total = metrics.update(total, metrics.confusion_matrix(pred, example["label"], num_classes,
-                                                               ignore_index))
+        label = np.asarray(example["label"])
+        pred = predict(variables, example["image"], label.shape[1:3])
+        total = metrics.update(total, metrics.confusion_matrix_host(pred, label, num_classes,
+                                                                    ignore_index))
     return total
 
 
@@ -155,25 +162,24 @@ class MetricWriter:
 
 
 class Progress:
-    """One refreshed line: step, loss, learning rate, images/s and ETA."""
+    """Step, loss, learning rate, images/s and ETA: one refreshed line on a terminal, one
+    line per log step otherwise (log files)."""
 
     def __init__(self, total: int, start: int, batch_size: int, enabled: bool = True):
         self.total, self.start, self.batch = total, start, batch_size
-        self.enabled = enabled and sys.stdout.isatty()
-        self.enabled_lines = enabled
+        self.enabled = enabled
+        self.tty = sys.stdout.isatty()
         self.t0 = time.perf_counter()
 
-    def update(self, step: int, loss: float, lr: float, force_line: bool = False) -> str:
+    def update(self, step: int, loss: float, lr: float) -> str:
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
         done = step - self.start
         rate = done * self.batch / elapsed
         eta = (self.total - step) * elapsed / max(done, 1)
         line = (f"step {step:>6d}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  "
                 f"{rate:6.1f} img/s  ETA {int(eta) // 60:d}:{int(eta) % 60:02d}")
-        if self.enabled and not force_line:
-            print("\r" + line, end="", flush=True)
-        elif self.enabled_lines:
-            print(("\r" if self.enabled else "") + line, flush=True)
+        if self.enabled:
+            print("\r" + line if self.tty else line, end="" if self.tty else "\n", flush=True)
         return line
 
 
@@ -291,9 +297,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     checkpoints = TrainCheckpoints(workdir, config.checkpoint_every, config.keep_checkpoints)
     start = checkpoints.latest_step()
     if start is not None:
+        _check_compatible(checkpoints.meta(start), seg_config, config,
+                          str(checkpoints.directory / str(start)))
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
-        state, meta = checkpoints.restore(start, abstract)
-        _check_compatible(meta, seg_config, config, str(checkpoints.directory / str(start)))
+        state = checkpoints.restore(start, abstract)
         print(f"resuming from {checkpoints.directory / str(start)} (step {start})", flush=True)
     start = int(state["step"])
 
@@ -347,7 +354,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             if step % config.log_every == 0 or step == config.total_steps:
                 loss = check_losses()
                 lr = float(schedule(step - 1))
-                progress.update(step, loss, lr, force_line=step % (config.log_every * 10) == 0)
+                progress.update(step, loss, lr)
                 writer.write(step, {"train/loss": loss, "train/lr": lr,
                                     "train/grad_norm": float(out["grad_norm"])})
             evaluated = None
@@ -397,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         train(config, workdir)
         print(f"done in {time.perf_counter() - start:.0f} s; workdir {workdir}")
-    except (TrainingError, ConfigError) as e:
+    except (TrainingError, ConfigError, CheckpointError) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 1
     return 0

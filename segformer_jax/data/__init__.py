@@ -121,6 +121,7 @@ def prepare(name: str, data_dir: str | os.PathLike | None = None,
     import tensorflow_datasets as tfds
     builder = get_builder(name, data_dir, manual_dir, **options)
     config = tfds.download.DownloadConfig(manual_dir=_expand(manual_dir))
+    tfds.disable_progress_bar()  # one bar per split and shard would swamp training logs
     builder.download_and_prepare(download_config=config)
     return builder
 

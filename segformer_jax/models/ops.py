@@ -34,17 +34,22 @@ def _resize_axis(x: jax.Array, axis: int, out_size: int) -> jax.Array:
     in_size = x.shape[axis]
     if in_size == out_size:
         return x
+    xp = np if isinstance(x, np.ndarray) else jnp
     lo, hi, frac = _lerp_taps(in_size, out_size)
     shape = [1] * x.ndim
     shape[axis] = out_size
-    frac = jnp.asarray(frac.reshape(shape), dtype=x.dtype)
-    a = jnp.take(x, lo, axis=axis)
-    b = jnp.take(x, hi, axis=axis)
+    frac = xp.asarray(frac.reshape(shape), dtype=x.dtype)
+    a = xp.take(x, lo, axis=axis)
+    b = xp.take(x, hi, axis=axis)
     return a * (1 - frac) + b * frac
 
 
 def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """Resizes the spatial axes of an NHWC array to ``size`` = (height, width)."""
+    """Resizes the spatial axes of an NHWC array to ``size`` = (height, width).
+
+    A numpy array is resized in numpy (same arithmetic): evaluation resizes logits to each
+    image's original size on the host, where a jitted resize would compile once per size.
+    """
     x = _resize_axis(x, 1, int(size[0]))
     return _resize_axis(x, 2, int(size[1]))
 

@@ -1,0 +1,330 @@
+"""Training benchmark: segformer_jax's train step against transformers + torch, same weights.
+
+What it measures, for one SegFormer variant (b0…b5, ADE20K head with 150 classes), at
+``--size`` crops (default 512x512) and batch ``--batch`` (default 2):
+
+* ours: the jitted update of ``segformer_jax.train.make_train_step`` (forward in train mode
+  with dropout / drop-path, cross-entropy on logits upsampled to the label size with 255
+  ignored, backward, the NVlabs AdamW of ``segformer_jax.optim`` with its three parameter
+  groups and poly/warmup schedule, new BatchNorm statistics), compiled with the state donated;
+* torch: ``transformers.SegformerForSemanticSegmentation`` in train mode (eager attention),
+  ``zero_grad`` -> ``model(pixel_values, labels=labels).loss.backward()`` -> ``AdamW(lr 6e-5,
+  weight_decay 0.01).step()`` (one parameter group: the per-group learning rates of ours
+  change no arithmetic);
+* for both: ``--warmup`` untimed steps, then the median / min / max wall time of
+  ``--repeats`` timed steps and the images/s of the median; for ours also the compile time
+  (trace + lower, and XLA compile, apart from the first run);
+* the first-step losses of both (same weights, same batch; dropout and drop-path draw
+  different random numbers in the two frameworks, so they agree only approximately), and
+  an exact check without randomness: both models' loss in eval mode (running BatchNorm
+  statistics, no dropout) on the same batch;
+* memory: the buffers of the compiled XLA step (``memory_analysis``: temporaries,
+  arguments, outputs; outputs alias the donated arguments) and the process's peak RSS.
+
+Both models start from the same weights: torch's seeded random init, saved with
+``save_pretrained`` and read back with ``segformer_jax.from_pretrained``. The batch is
+random: images N(0, 1) (already normalised), labels in blocks of random classes 0..149 with
+some 255 (ignored) pixels; it is put on the device once, so host->device copies are not timed.
+
+Run it from the repository root::
+
+    PYTHONPATH=. python experiments/benchmark_train.py                      # b0, 512², batch 2
+    PYTHONPATH=. python experiments/benchmark_train.py --variant b2 --batch 8 --threads 8
+    PYTHONPATH=. python experiments/benchmark_train.py --size 128 --repeats 2 --warmup 1  # smoke
+
+``--threads`` only calls ``torch.set_num_threads``; JAX's CPU thread pool is not set by it.
+Time on an otherwise idle machine (see benchmark_inference.py: torch's spin-waiting OpenMP
+threads run many times slower against other load; the script prints the load average).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: never touch the network
+
+import argparse
+import dataclasses
+import importlib.util
+import pathlib
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import segformer_jax
+from segformer_jax import SegformerConfig
+
+
+def _load_sibling(name: str) -> Any:
+    """A script of this folder as a module (experiments/ is not a package)."""
+    module_name = f"_experiments_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    path = pathlib.Path(__file__).resolve().with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+bi = _load_sibling("benchmark_inference")
+Timing, time_calls, parse_size, mib = bi.Timing, bi.time_calls, bi.parse_size, bi.mib
+
+NUM_LABELS = bi.NUM_LABELS  # ADE20K
+IGNORE_INDEX = 255
+
+
+# -- command line -----------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variant", default="b0", choices=sorted(bi.PAPER_GMACS))
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--size", type=parse_size, default=(512, 512), help="N or HxW (default 512)")
+    p.add_argument("--repeats", type=int, default=10, help="timed steps (default 10)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed steps after the first one (default 2)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--torch-device", default=None,
+                   help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--skip-torch", action="store_true",
+                   help="time JAX only, with freshly initialised weights (no transformers)")
+    args = p.parse_args(argv)
+    if args.batch < 1 or args.repeats < 1 or args.warmup < 0:
+        p.error("--batch and --repeats must be >= 1, --warmup >= 0")
+    return args
+
+
+# -- data -------------------------------------------------------------------------------
+
+def random_batch(batch: int, height: int, width: int, channels: int = 3,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """float32 NHWC images ~ N(0, 1) and int32 (B, H, W) labels: 16x16-pixel blocks of random
+    classes 0..NUM_LABELS-1, about 10 % of the blocks 255 (ignored)."""
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch, height, width, channels), dtype=np.float32)
+    blocks = rng.integers(0, NUM_LABELS, (batch, -(-height // 16), -(-width // 16)))
+    blocks[rng.random(blocks.shape) < 0.1] = IGNORE_INDEX
+    labels = blocks.repeat(16, axis=1).repeat(16, axis=2)[:, :height, :width]
+    return images, np.ascontiguousarray(labels, dtype=np.int32)
+
+
+# -- ours -------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class JaxResult:
+    lower_s: float           # trace + lower to StableHLO
+    compile_s: float         # XLA compile
+    first_step_s: float      # the first run of the compiled step
+    first_loss: float
+    timing: Timing
+    compiled: Any
+
+
+def jax_train_step(config: SegformerConfig, variables: dict, images: np.ndarray,
+                   labels: np.ndarray, warmup: int, repeats: int) -> JaxResult:
+    """Compiles and times ``segformer_jax.train``'s update on one device-resident batch."""
+    from segformer_jax.optim import Recipe, make_optimizer
+    from segformer_jax.train import initial_state, make_train_step
+
+    model = segformer_jax.SegformerForSemanticSegmentation(config)
+    tx = make_optimizer(Recipe())
+    state = initial_state(config, tx, seed=0, pretrained=variables)
+    batch = {"image": jax.device_put(images), "label": jax.device_put(labels)}
+    step = jax.jit(make_train_step(model, tx, seed=0, ignore_index=IGNORE_INDEX,
+                                   loss_reduction="valid"), donate_argnums=0)
+
+    start = time.perf_counter()
+    lowered = step.lower(state, batch)
+    lower_s = time.perf_counter() - start
+    start = time.perf_counter()
+    compiled = lowered.compile()  # the executable jit would build; donation included
+    compile_s = time.perf_counter() - start
+
+    holder = {"state": state}
+
+    def one_step() -> dict:
+        holder["state"], out = compiled(holder["state"], batch)
+        return jax.block_until_ready(out)
+
+    start = time.perf_counter()
+    first = one_step()
+    first_step_s = time.perf_counter() - start
+    timing = time_calls(one_step, warmup, repeats)
+    return JaxResult(lower_s, compile_s, first_step_s, float(first["loss"]), timing, compiled)
+
+
+def jax_eval_loss(config: SegformerConfig, variables: dict, images: np.ndarray,
+                  labels: np.ndarray) -> float:
+    """Our loss in eval mode (running BN statistics, no dropout / drop-path)."""
+    from segformer_jax.losses import segmentation_loss
+
+    model = segformer_jax.SegformerForSemanticSegmentation(config)
+    logits = jax.jit(model.apply)(variables, jnp.asarray(images))
+    return float(segmentation_loss(logits, jnp.asarray(labels), IGNORE_INDEX, "valid"))
+
+
+# -- torch ------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TorchResult:
+    first_step_s: float
+    first_loss: float
+    timing: Timing
+
+
+def torch_device(requested: str | None) -> Any:
+    import torch
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def torch_eval_loss(torch_model: Any, pixel_values: Any, labels: Any) -> float:
+    import torch
+    torch_model.eval()
+    with torch.inference_mode():
+        return float(torch_model(pixel_values=pixel_values, labels=labels).loss)
+
+
+def torch_train_step(torch_model: Any, pixel_values: Any, labels: Any, warmup: int,
+                     repeats: int) -> TorchResult:
+    """zero_grad -> fwd + CE on upsampled logits -> bwd -> AdamW, in train mode."""
+    import torch
+
+    torch_model.train()
+    opt = torch.optim.AdamW(torch_model.parameters(), lr=6e-5, weight_decay=0.01)
+    sync = torch.cuda.synchronize if pixel_values.device.type == "cuda" else (lambda: None)
+
+    def one_step() -> Any:
+        opt.zero_grad(set_to_none=True)
+        loss = torch_model(pixel_values=pixel_values, labels=labels).loss
+        loss.backward()
+        opt.step()
+        sync()
+        return loss
+
+    start = time.perf_counter()
+    first_loss = float(one_step().detach())  # also allocates AdamW's moments
+    first_step_s = time.perf_counter() - start
+    timing = time_calls(one_step, warmup, repeats)
+    return TorchResult(first_step_s, first_loss, timing)
+
+
+# -- report -----------------------------------------------------------------------------
+
+def images_per_s(batch: int, timing: Timing) -> float:
+    return batch / (timing.median_ms / 1e3)
+
+
+def print_memory(compiled: Any, rss_after_jax: int) -> None:
+    stats = compiled.memory_analysis()
+    print("memory")
+    if stats is None:
+        print("  XLA program                          not reported by this backend")
+    else:
+        fields = [("temporaries", "temp_size_in_bytes"), ("arguments", "argument_size_in_bytes"),
+                  ("outputs", "output_size_in_bytes"),
+                  ("outputs aliasing arguments", "alias_size_in_bytes")]
+        for label, field in fields:
+            value = getattr(stats, field, None)
+            print(f"  XLA {label:<33}{mib(value) if value is not None else 'not reported'}")
+        total = bi.xla_program_bytes(compiled)
+        print(f"  XLA temp + args + outputs            "
+              f"{mib(total) if total is not None else 'not reported'}"
+              "  (donated state: outputs reuse the arguments' buffers)")
+    print(f"  process peak RSS after the jax steps {mib(rss_after_jax)}")
+    print(f"  process peak RSS at the end          {mib(bi.process_peak_rss_bytes())}"
+          "  (ru_maxrss of the whole process: both frameworks and models)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    height, width = args.size
+    torch = None
+    if not args.skip_torch:
+        import torch
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+    bi.print_machine(torch)
+
+    config = SegformerConfig.from_variant(args.variant, num_labels=NUM_LABELS)
+    if args.skip_torch:
+        torch_model = None
+        variables = segformer_jax.init_variables(config)
+    else:
+        torch_model = bi.build_torch_model(config)
+        config, variables = bi.convert(torch_model)
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(variables["params"]))
+    print(f"model          SegFormer-{args.variant}, {NUM_LABELS} classes, "
+          f"{n_params / 1e6:.2f} M parameters; dropout {config.classifier_dropout_prob} "
+          f"(classifier), drop-path {config.drop_path_rate}")
+    print(f"input          batch {args.batch}, {height}x{width}, float32 images, int32 labels "
+          f"({IGNORE_INDEX} ignored); warmup {args.warmup}, repeats {args.repeats}")
+
+    images, labels = random_batch(args.batch, height, width, config.num_channels)
+
+    # Loss check first: the training steps change both models' weights (and donate ours).
+    jax_eval = jax_eval_loss(config, variables, images, labels)
+    torch_eval = None
+    if torch_model is not None:
+        device = torch_device(args.torch_device)
+        torch_model.to(device)
+        pixel_values = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
+        torch_labels = torch.from_numpy(labels.astype(np.int64)).to(device)
+        torch_eval = torch_eval_loss(torch_model, pixel_values, torch_labels)
+
+    ours = jax_train_step(config, variables, images, labels, args.warmup, args.repeats)
+    del variables  # its buffers may have been donated with the state
+    print(f"jax compile    trace + lower {ours.lower_s:.2f} s, XLA compile {ours.compile_s:.2f} s, "
+          f"first step {ours.first_step_s:.2f} s")
+    print(f"jax            {ours.timing}   {images_per_s(args.batch, ours.timing):7.2f} img/s")
+    rss_after_jax = bi.process_peak_rss_bytes()
+
+    theirs = None
+    if torch_model is not None:
+        theirs = torch_train_step(torch_model, pixel_values, torch_labels, args.warmup,
+                                  args.repeats)
+        print(f"torch ({device.type})    first step {theirs.first_step_s:.2f} s")
+        print(f"torch          {theirs.timing}   "
+              f"{images_per_s(args.batch, theirs.timing):7.2f} img/s")
+
+    print("loss")
+    if theirs is None:
+        print(f"  first step (train mode)   jax {ours.first_loss:.5f}")
+        print(f"  eval mode, same batch     jax {jax_eval:.5f}")
+    else:
+        print(f"  first step (train mode)   jax {ours.first_loss:.5f}   torch {theirs.first_loss:.5f}"
+              f"   |diff| {abs(ours.first_loss - theirs.first_loss):.2e}")
+        print("    (same weights and batch; dropout and drop-path draw different random numbers "
+              "in the two frameworks, so only close)")
+        print(f"  eval mode, same batch     jax {jax_eval:.5f}   torch {torch_eval:.5f}"
+              f"   |diff| {abs(jax_eval - torch_eval):.2e}")
+        print("    (no randomness, running BN statistics: the same function, equal to float32 "
+              "rounding)")
+
+    flops = bi.xla_flops(ours.compiled)
+    if flops is not None:
+        print(f"compute        XLA cost analysis of the step: {flops / args.batch / 1e9:.2f} "
+              f"GFLOP per image (forward + backward + optimiser)")
+    print_memory(ours.compiled, rss_after_jax)
+
+    head = (f"train {args.variant} bs{args.batch} {height}x{width}: "
+            f"jax {ours.timing.median_ms:.1f} ms/step "
+            f"({images_per_s(args.batch, ours.timing):.2f} img/s)")
+    if theirs is None:
+        print(f"{head}, torch skipped")
+    else:
+        print(f"{head}, torch {theirs.timing.median_ms:.1f} ms/step "
+              f"({images_per_s(args.batch, theirs.timing):.2f} img/s), "
+              f"speed-up {theirs.timing.median_ms / ours.timing.median_ms:.2f}x (torch/jax)")
+
+
+if __name__ == "__main__":
+    main()
