@@ -109,8 +109,10 @@ def resolve(split_name: str, mode: str | None = None, crop: int | None = None,
         stride = stride or max(1, crop * 3 // 4)
         if min(crop, stride) < 1:
             raise EvaluationError(f"crop and stride must be positive; got {crop}, {stride}")
-    img_scale = preset.img_scale if img_scale == PRESET else img_scale
-    size_divisor = preset.size_divisor if size_divisor == PRESET else size_divisor
+    if isinstance(img_scale, str) and img_scale == PRESET:
+        img_scale = preset.img_scale
+    if isinstance(size_divisor, str) and size_divisor == PRESET:
+        size_divisor = preset.size_divisor
     if img_scale is not None:
         img_scale = tuple(int(v) for v in img_scale)
         if len(img_scale) != 2 or min(img_scale) < 1:

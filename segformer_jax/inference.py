@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segformer_jax.data.transforms import rescale_size  # mmcv's imrescale rule, one copy
 from segformer_jax.models.ops import resize_bilinear
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -175,30 +176,6 @@ def slide_inference(apply_fn: ApplyFn, variables: Any, images: Any,
 
 
 # ----------------------------------------------------------------------------- test sizes
-
-
-def rescale_size(height: int, width: int, scale: float | Sequence[int]) -> tuple[int, int]:
-    """mmcv's ``rescale_size`` (``imrescale`` with ``keep_ratio``): the new (H, W).
-
-    With ``scale = (a, b)`` (order irrelevant: mmcv takes ``long_max = max(a, b)`` and
-    ``short_max = min(a, b)``)::
-
-        factor = min(long_max / max(H, W), short_max / min(H, W))
-        new H  = int(H * factor + 0.5);  new W = int(W * factor + 0.5)
-
-    i.e. as large as possible with the long side <= long_max and the short side <=
-    short_max; a number ``scale`` is the factor itself.
-
-    >>> rescale_size(375, 500, (2048, 512))     # factor 512/375
-    (512, 683)
-    """
-    h, w = int(height), int(width)
-    if isinstance(scale, (int, float, np.integer, np.floating)):
-        factor = float(scale)
-    else:
-        a, b = scale
-        factor = min(max(a, b) / max(h, w), min(a, b) / min(h, w))
-    return int(h * factor + 0.5), int(w * factor + 0.5)
 
 
 def aligned_test_size(height: int, width: int, scale: Sequence[int] = (2048, 512),

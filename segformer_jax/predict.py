@@ -44,6 +44,7 @@ from segformer_jax.config import ConfigError, SegformerConfig
 from segformer_jax.hub import SEMSEG, CheckpointError
 
 MASK_SUFFIX, OVERLAY_SUFFIX = "_mask.png", "_overlay.png"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
 
 
 class PredictError(ValueError):
@@ -119,6 +120,9 @@ def load_training_checkpoint(step_dir: str | os.PathLike) -> tuple[SegformerConf
         raise CheckpointError(f"{step_dir / 'meta'}: holds no 'model' config; not written by "
                               "segformer_jax.train")
     config = SegformerConfig.from_dict(meta["model"], source=str(step_dir / "meta"))
+    absl = logging.getLogger("absl")  # orbax warns that a step's item has no step metadata
+    level = absl.level
+    absl.setLevel(logging.ERROR)
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             tree = checkpointer.metadata(step_dir / "state")
@@ -127,6 +131,8 @@ def load_training_checkpoint(step_dir: str | os.PathLike) -> tuple[SegformerConf
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{step_dir / 'state'}: cannot be restored "
                               f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    finally:
+        absl.setLevel(level)
     if not isinstance(state, Mapping) or not {"params", "batch_stats"} <= set(state):
         raise CheckpointError(f"{step_dir / 'state'}: not a training state (expected params "
                               "and batch_stats)")
@@ -146,11 +152,15 @@ def _load_hub(path: pathlib.Path) -> tuple[SegformerConfig, dict[str, Any]]:
     from segformer_jax.hub import from_pretrained
     recorder = _Recorder()
     logger = logging.getLogger("segformer_jax.hub")
+    level = logger.level
+    if logger.getEffectiveLevel() > logging.WARNING:
+        logger.setLevel(logging.WARNING)
     logger.addHandler(recorder)
     try:
         config, variables = from_pretrained(path, task=SEMSEG)
     finally:
         logger.removeHandler(recorder)
+        logger.setLevel(level)
     if any("freshly initialised" in m for m in recorder.messages):
         raise CheckpointError(f"{path}: has no (complete) semantic segmentation head, so its "
                               "predictions would come from random weights; it is an encoder or "
@@ -182,6 +192,9 @@ def load_for_inference(path: str | os.PathLike) -> tuple[SegformerConfig, dict[s
         if task != SEMSEG:
             raise CheckpointError(f"{path}: an {task} model, not a semantic segmentation one")
         return config, variables
+    if path.is_file() and path.suffix.lower() not in WEIGHT_SUFFIXES:
+        raise CheckpointError(f"{path}: not a weight file (expected "
+                              f"{', '.join(WEIGHT_SUFFIXES)}) nor a checkpoint directory")
     if path.is_file() or any((path / n).is_file() for n in WEIGHT_FILES):
         return _load_hub(path)
     step_dir = training_step_dir(path)
@@ -229,7 +242,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return rgb
 
 
-def test_size(height: int, width: int, size: int, divisor: int = 32) -> tuple[int, int]:
+def scaled_size(height: int, width: int, size: int, divisor: int = 32) -> tuple[int, int]:
     """Short side ``size``, aspect ratio kept (``int(x * f + 0.5)``), sides up to a multiple."""
     factor = size / min(height, width)
     h, w = int(height * factor + 0.5), int(width * factor + 0.5)
@@ -309,7 +322,7 @@ class Segmenter:
 
     def plan(self, height: int, width: int) -> tuple[tuple[int, int], str, int, int]:
         """``(test size, "whole" | "slide", crop, stride)`` for an image of this size."""
-        scaled = test_size(height, width, self.size)
+        scaled = scaled_size(height, width, self.size)
         slide = self.mode == "slide" or (self.mode == "auto" and (
             self.crop is not None or self.stride is not None or max(scaled) > 2 * self.size))
         crop = self.crop or self.size

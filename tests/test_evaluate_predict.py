@@ -110,6 +110,9 @@ def test_load_for_inference_reads_every_checkpoint_kind(tiny, tmp_path):
 
     with pytest.raises(sj.CheckpointError, match="nowhere"):
         pr.load_for_inference(tmp_path / "nowhere")
+    (tmp_path / "photo.jpg").write_bytes(b"not weights")
+    with pytest.raises(sj.CheckpointError, match="photo.jpg: not a weight file"):
+        pr.load_for_inference(tmp_path / "photo.jpg")
     (tmp_path / "empty").mkdir()
     with pytest.raises(sj.CheckpointError, match="empty.*not a checkpoint"):
         pr.load_for_inference(tmp_path / "empty")
@@ -158,10 +161,10 @@ def test_banded_logits_to_mask_equals_the_full_resize():
     np.testing.assert_array_equal(pr.logits_to_mask(logits, (7, 40), chunk_elements=99), same_h)
 
 
-def test_test_size_and_plan(tiny):
+def test_scaled_size_and_plan(tiny):
     config, variables, _, _ = tiny
-    assert pr.test_size(50, 70, 32) == (32, 64)
-    assert pr.test_size(375, 500, 512) == (512, 704)         # ADE's aligned test size
+    assert pr.scaled_size(50, 70, 32) == (32, 64)
+    assert pr.scaled_size(375, 500, 512) == (512, 704)         # ADE's aligned test size
     seg = pr.Segmenter(config, variables, size=32)
     assert seg.plan(50, 70)[1] == "whole"
     assert seg.plan(30, 200) == ((32, 224), "slide", 32, 24)
@@ -263,8 +266,8 @@ def test_uint16_masks_for_many_classes(tmp_path):
 
 def _reference_confusion(config, variables, split, img_scale, divisor):
     """Independently: resize, normalise, whole-image logits, resize, argmax, np.bincount."""
-    from segformer_jax.data.transforms import MEAN_RGB, STD_RGB, resize_image
-    from segformer_jax.inference import aligned_test_size, rescale_size, whole_inference
+    from segformer_jax.data.transforms import MEAN_RGB, STD_RGB, rescale_size, resize_image
+    from segformer_jax.inference import aligned_test_size, whole_inference
     from segformer_jax.models.ops import resize_bilinear
     apply = pr.model_for(config).apply
     k = config.num_labels
@@ -365,6 +368,7 @@ def test_evaluate_errors(tiny, tmp_path, capsys):
                  ["--dataset", "synthetic", "--mode", "slide"],
                  ["--dataset", "ade20k", "--mode", "whole", "--crop", "512"],
                  ["--dataset", "synthetic", "--scales", "0.5,x"],
+                 ["--dataset", "synthetic", "--data-option", "novalue"],
                  ["--dataset", "folder", "--manual-dir", str(tmp_path / "absent")]):
         with pytest.raises(SystemExit) as exit_info:
             ev.main(["--checkpoint", str(hub_dir), *argv])
