@@ -1,7 +1,7 @@
 """Converts between Hub checkpoints and our Orbax model checkpoints.
 
     python -m segformer_jax.convert to-orbax HUB_DIR_OR_FILE OUT_DIR [--task T] [--num-labels K]
-    python -m segformer_jax.convert to-hub   ORBAX_DIR OUT_DIR
+    python -m segformer_jax.convert to-hub   ORBAX_DIR_OR_TRAIN_WORKDIR OUT_DIR
 
 ``to-orbax`` reads anything ``segformer_jax.from_pretrained`` reads (Hub directories with
 safetensors or pytorch_model.bin, transformers 5 names, NVlabs ``.pth``); ``to-hub`` writes
@@ -14,9 +14,9 @@ import argparse
 import logging
 import sys
 
-from segformer_jax.checkpoint import load_model, save_model
+from segformer_jax.checkpoint import is_model_checkpoint, load_model, save_model
 from segformer_jax.config import ConfigError
-from segformer_jax.hub import CheckpointError, from_pretrained, save_pretrained
+from segformer_jax.hub import SEMSEG, CheckpointError, from_pretrained, save_pretrained
 from segformer_jax.models.segformer import TASKS
 
 
@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
                           help="model head (default: the one the checkpoint has)")
     to_orbax.add_argument("--num-labels", type=int, default=None,
                           help="re-initialise the classifier for this many classes")
-    to_hub = sub.add_parser("to-hub", help="Orbax model checkpoint -> Hub directory (safetensors)")
+    to_hub = sub.add_parser("to-hub", help="Orbax model checkpoint or training workdir -> Hub "
+                                           "directory (safetensors)")
     to_hub.add_argument("source")
     to_hub.add_argument("output")
     for p in (to_orbax, to_hub):
@@ -42,11 +43,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "to-orbax":
             config, variables = from_pretrained(args.source, task=args.task, num_labels=args.num_labels)
             out = save_model(args.output, config, variables, args.task, overwrite=args.overwrite)
-        else:
+        elif is_model_checkpoint(args.source):
             config, variables, task = load_model(args.source)
+        else:  # a training workdir (its latest checkpoint) or a step directory
+            from segformer_jax.predict import load_for_inference
+            config, variables = load_for_inference(args.source)
+            task = SEMSEG
+        if args.command == "to-hub":
             _refuse_non_empty(args.output, args.overwrite)
             out = save_pretrained(args.output, config, variables, task)
-    except (CheckpointError, ConfigError) as e:
+    except (CheckpointError, ConfigError, ValueError) as e:  # ValueError: predict's PredictError
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out}")

@@ -196,8 +196,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict({"name": "synthetic", "data_dir": "", "manual_dir": "",
                                         "crop_size": (512, 512), "img_scale": (2048, 512),
                                         "ratio_range": (0.5, 2.0), "cat_max_ratio": 0.75,
-                                        "reduce_zero_label": False, "eval_split": "validation",
-                                        "eval_examples": -1, "num_workers": 2})
+                                        "eval_split": "validation", "eval_scale": (2048, 512),
+                                        "eval_size_divisor": 32, "num_workers": 2})
     c.optimizer = ml_collections.ConfigDict({"learning_rate": 6e-5, "b1": 0.9, "b2": 0.999,
                                              "weight_decay": 0.01, "head_lr_mult": 10.0,
                                              "warmup_steps": 1500, "warmup_ratio": 1e-6,
@@ -244,8 +244,8 @@ def _data(config: ml_collections.ConfigDict):
     train_tf = TrainTransform(img_scale=tuple(d.img_scale), ratio_range=tuple(d.ratio_range),
                               crop_size=tuple(d.crop_size), cat_max_ratio=d.cat_max_ratio,
                               reduce_zero_label=reduce, photometric=d.get("photometric", True))
-    eval_tf = EvalTransform(img_scale=tuple(d.eval_scale) if d.get("eval_scale") else None,
-                            size_divisor=d.get("eval_size_divisor", None), reduce_zero_label=reduce)
+    eval_tf = EvalTransform(img_scale=tuple(d.eval_scale) if d.eval_scale else None,
+                            size_divisor=d.eval_size_divisor or None, reduce_zero_label=reduce)
     return train_split, eval_split, train_tf, eval_tf
 
 

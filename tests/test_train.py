@@ -131,3 +131,39 @@ def test_bad_command_lines(tmp_path):
     (tmp_path / "file").write_text("")
     done = _run(tmp_path / "file" / "w", tmp_path / "tfds")
     assert done.returncode == 1 and "is not writable" in done.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_saves_before_exit(uninterrupted):
+    root, _, _ = uninterrupted
+    proc = _run(root / "c", root / "tfds", total=500, wait=False, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE)
+    for line in proc.stdout:
+        if line.startswith("step      3/500"):
+            proc.send_signal(signal.SIGTERM)  # what a preempting scheduler sends
+            break
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr[-2000:]
+    step = int(stderr.split("stopped by signal 15 at step ")[1].split(";")[0])
+    assert 3 <= step < 500 and f"checkpoint {step} saved" in stderr
+    assert (root / "c" / "checkpoints" / str(step) / "state").is_dir()
+
+
+def test_final_checkpoint_exports_to_transformers(uninterrupted, tmp_path):
+    import torch
+    import transformers
+    from segformer_jax.predict import load_for_inference
+    root, _, _ = uninterrupted
+    done = subprocess.run([sys.executable, "-m", "segformer_jax.convert", "to-hub", str(root / "a"),
+                           str(tmp_path / "hub")], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.returncode == 0, done.stderr
+    config, variables = load_for_inference(root / "a")
+    torch_model = transformers.SegformerForSemanticSegmentation.from_pretrained(
+        tmp_path / "hub", attn_implementation="eager").eval()
+    images = np.random.default_rng(0).standard_normal((1, 40, 56, 3), dtype=np.float32)
+    with jax.default_matmul_precision("highest"):
+        ours = jax.jit(sj.SegformerForSemanticSegmentation(config).apply)(variables, images)
+    with torch.no_grad():
+        theirs = torch_model(torch.from_numpy(images.transpose(0, 3, 1, 2))).logits.numpy()
+    np.testing.assert_allclose(np.asarray(ours), theirs.transpose(0, 2, 3, 1), atol=1e-4)  # see test_parity

@@ -1,0 +1,29 @@
+"""ADE20K-150 as NVlabs trains it: ``--config configs/ade20k.py:b2`` (b0…b5).
+
+    python -m segformer_jax.train --config configs/ade20k.py:b2 --workdir DIR \\
+        --config.data.manual_dir=/data/ade --config.model.init=/weights/mit-b2
+
+``manual_dir`` holds ADEChallengeData2016.zip (or the extracted folder); ``model.init`` the
+ImageNet backbone (a Hub ``nvidia/mit-b2`` directory or NVlabs ``mit_b2.pth``). 160k steps
+of global batch 16 (8 GPUs × 2), 512² crops (640² for B5), whole-image validation at short
+side 512 aligned to 32 every 16k steps.
+"""
+
+from segformer_jax.train import default_config
+
+
+def get_config(variant: str = "b0"):
+    c = default_config()
+    c.model.variant = variant
+    crop = 640 if variant == "b5" else 512
+    c.data.name = "ade20k"
+    c.data.crop_size = (crop, crop)
+    c.data.img_scale = (2048, crop)
+    c.data.eval_scale = (2048, crop)
+    c.data.eval_size_divisor = 32
+    c.data.num_workers = 8
+    c.batch_size = 16
+    c.total_steps = 160_000
+    c.eval_every = 16_000
+    c.checkpoint_every = 4000
+    return c

@@ -1,0 +1,27 @@
+"""Cityscapes (19 classes) as NVlabs trains it: ``--config configs/cityscapes.py:b5``.
+
+    python -m segformer_jax.train --config configs/cityscapes.py:b5 --workdir DIR \\
+        --config.data.manual_dir=/data/cityscapes --config.model.init=/weights/mit-b5
+
+``manual_dir`` holds leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip. 160k steps of
+global batch 8 (8 GPUs × 1), 1024² crops. Validation during training is whole-image at the
+native 1024×2048; the paper's number uses sliding windows (1024 crops, stride 768):
+``python -m segformer_jax.evaluate --dataset cityscapes`` does that on the final checkpoint.
+"""
+
+from segformer_jax.train import default_config
+
+
+def get_config(variant: str = "b0"):
+    c = default_config()
+    c.model.variant = variant
+    c.data.name = "cityscapes"
+    c.data.crop_size = (1024, 1024)
+    c.data.img_scale = (2048, 1024)
+    c.data.eval_scale = (2048, 1024)
+    c.data.num_workers = 8
+    c.batch_size = 8
+    c.total_steps = 160_000
+    c.eval_every = 4000
+    c.checkpoint_every = 4000
+    return c
