@@ -35,6 +35,8 @@ def save_model(path: str | os.PathLike, config: SegformerConfig, variables: Mapp
     import orbax.checkpoint as ocp
     task = task or task_of(variables)
     path = pathlib.Path(path).absolute()
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{path}: exists and is not a directory")
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise CheckpointError(f"{path}: exists and is not empty; choose another directory "
                               "or pass overwrite=True (--overwrite)")

@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConfigError, ValueError) as e:  # ValueError: predict's PredictError
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # permission denied, disk full, a file where a directory should be
+        print(f"error: {e.filename or args.output}: {e.strerror or e}", file=sys.stderr)
+        return 1
     print(f"wrote {out}")
     return 0
 
@@ -62,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 def _refuse_non_empty(path: str, overwrite: bool) -> None:
     import pathlib
     p = pathlib.Path(path)
+    if p.exists() and not p.is_dir():
+        raise CheckpointError(f"{p}: exists and is not a directory")
     if p.exists() and any(p.iterdir()) and not overwrite:
         raise CheckpointError(f"{p}: exists and is not empty; choose another directory or pass --overwrite")
 

@@ -279,6 +279,11 @@ class _StorageType:
 
 
 def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *_: Any) -> np.ndarray:
+    # as_strided does no bounds check: a malformed file must not read outside its storage.
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(n > 0 for n in size) else offset
+    if offset < 0 or any(n < 0 for n in size) or any(s < 0 for s in stride) or last >= max(len(storage), 1):
+        raise CheckpointError(f"tensor of size {tuple(size)} and stride {tuple(stride)} at offset "
+                              f"{offset} does not fit its storage of {len(storage)} elements")
     if not size:
         return storage[offset:offset + 1].reshape(()).copy()
     item = storage.dtype.itemsize

@@ -196,8 +196,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict({"name": "synthetic", "data_dir": "", "manual_dir": "",
                                         "crop_size": (512, 512), "img_scale": (2048, 512),
                                         "ratio_range": (0.5, 2.0), "cat_max_ratio": 0.75,
-                                        "eval_split": "validation", "eval_scale": (2048, 512),
-                                        "eval_size_divisor": 32, "num_workers": 2})
+                                        "train_split": "train", "eval_split": "validation",
+                                        "eval_scale": (2048, 512), "eval_size_divisor": 32,
+                                        "photometric": True, "num_workers": 2, "options": {}})
     c.optimizer = ml_collections.ConfigDict({"learning_rate": 6e-5, "b1": 0.9, "b2": 0.999,
                                              "weight_decay": 0.01, "head_lr_mult": 10.0,
                                              "warmup_steps": 1500, "warmup_ratio": 1e-6,
@@ -236,14 +237,14 @@ def _data(config: ml_collections.ConfigDict):
     from segformer_jax import data
     from segformer_jax.data.transforms import EvalTransform, TrainTransform
     d = config.data
-    options = dict(d.get("options", {}) or {})
+    options = dict(d.options)
     kwargs = dict(data_dir=d.data_dir or None, manual_dir=d.manual_dir or None, **options)
-    train_split = data.load_split(d.name, d.get("train_split", "train"), **kwargs)
+    train_split = data.load_split(d.name, d.train_split, **kwargs)
     eval_split = data.load_split(d.name, d.eval_split, **kwargs) if d.eval_split else None
     reduce = train_split.reduce_zero_label
     train_tf = TrainTransform(img_scale=tuple(d.img_scale), ratio_range=tuple(d.ratio_range),
                               crop_size=tuple(d.crop_size), cat_max_ratio=d.cat_max_ratio,
-                              reduce_zero_label=reduce, photometric=d.get("photometric", True))
+                              reduce_zero_label=reduce, photometric=d.photometric)
     eval_tf = EvalTransform(img_scale=tuple(d.eval_scale) if d.eval_scale else None,
                             size_divisor=d.eval_size_divisor or None, reduce_zero_label=reduce)
     return train_split, eval_split, train_tf, eval_tf
@@ -272,13 +273,38 @@ def _check_compatible(meta: Mapping[str, Any], seg_config: SegformerConfig, conf
                                 f"{key}={config[key]}; resuming would not replay the same run")
 
 
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Config values that would fail deep inside a run fail here, naming the key."""
+    def positive(key: str) -> None:
+        if int(config[key]) < 1:
+            raise ConfigError(f"config {key} must be at least 1; got {config[key]}")
+    for key in ("batch_size", "accumulate_steps", "total_steps", "eval_every", "checkpoint_every",
+                "log_every", "keep_checkpoints"):
+        positive(key)
+    if config.batch_size % config.accumulate_steps:
+        raise ConfigError(f"batch_size {config.batch_size} is not a multiple of accumulate_steps "
+                          f"{config.accumulate_steps}")
+    if config.batch_size % jax.process_count():
+        raise ConfigError(f"batch_size {config.batch_size} does not split over "
+                          f"{jax.process_count()} processes")
+    if config.model.dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"model.dtype must be 'float32' or 'bfloat16'; got {config.model.dtype!r}")
+    if config.loss_reduction not in ("valid", "all"):
+        raise ConfigError(f"loss_reduction must be 'valid' or 'all'; got {config.loss_reduction!r}")
+    if jax.process_count() > 1:
+        raise TrainingError("multi-process training (jax.distributed, a device mesh) is not wired "
+                            "in yet; run one process per job for now")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
     """Runs (or resumes) training; returns the final evaluation summary (or {})."""
+    validate(config)
     from segformer_jax import metrics as metrics_lib
     from segformer_jax.checkpoint import TrainCheckpoints
     from segformer_jax.hub import from_pretrained
 
     workdir = pathlib.Path(workdir).absolute()
+    check_workdir(workdir, needed_bytes=0)  # unwritable: say so before building any dataset
     is_main = jax.process_index() == 0
     train_split, eval_split, train_tf, eval_tf = _data(config)
     seg_config = model_config(config, train_split.num_labels, train_split.id2label)
@@ -302,7 +328,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
         state = checkpoints.restore(start, abstract)
         print(f"resuming from {checkpoints.directory / str(start)} (step {start})", flush=True)
-    start = int(state["step"])
+    # state["step"] counts micro-batches (it seeds dropout); the loop counts optimiser steps.
+    start = int(state["step"]) // config.accumulate_steps
 
     micro_batch = config.batch_size // config.accumulate_steps
     train_step = jax.jit(make_train_step(model, tx, config.seed, seg_config.semantic_loss_ignore_index,
@@ -348,9 +375,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     try:
         step = start
         for step in range(start + 1, config.total_steps + 1):
+            micro_losses = []
             for _ in range(config.accumulate_steps):
                 state, out = train_step(state, next(batches))
-            pending_losses.append((step, out["loss"]))
+                micro_losses.append(out["loss"])
+            pending_losses.append((step, sum(micro_losses) / len(micro_losses)))
             if step % config.log_every == 0 or step == config.total_steps:
                 loss = check_losses()
                 lr = float(schedule(step - 1))
@@ -399,12 +428,13 @@ def make_lr_probe(config: ml_collections.ConfigDict) -> Callable[[int], float]:
 
 def main(argv: list[str] | None = None) -> int:
     from segformer_jax.cli_config import parse_args
+    from segformer_jax.data.common import DatasetError
     config, workdir = parse_args(sys.argv[1:] if argv is None else argv, prog="python -m segformer_jax.train")
     try:
         start = time.perf_counter()
         train(config, workdir)
         print(f"done in {time.perf_counter() - start:.0f} s; workdir {workdir}")
-    except (TrainingError, ConfigError, CheckpointError) as e:
+    except (TrainingError, ConfigError, CheckpointError, DatasetError) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 1
     return 0

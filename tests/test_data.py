@@ -18,8 +18,11 @@ from segformer_jax.data import pipeline, transforms as T
 
 @pytest.fixture
 def DatasetError():  # noqa: N802 - the exception class
-    """Skips without TFDS; quiets its progress bars; gives the builders' exception class."""
-    tfds = pytest.importorskip("tensorflow_datasets")
+    """Quiets TFDS's progress bars; gives the builders' exception class.
+
+    TFDS is a hard dependency: a broken install must fail these tests, not skip them.
+    """
+    import tensorflow_datasets as tfds
     tfds.disable_progress_bar()
     return sd.DatasetError
 

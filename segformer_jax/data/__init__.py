@@ -120,7 +120,9 @@ def prepare(name: str, data_dir: str | os.PathLike | None = None,
     """``get_builder``, then builds the dataset unless ``data_dir`` already holds it."""
     import tensorflow_datasets as tfds
     builder = get_builder(name, data_dir, manual_dir, **options)
-    config = tfds.download.DownloadConfig(manual_dir=_expand(manual_dir))
+    # Never look for a prepared copy on Google Cloud Storage: nothing is downloaded, ever
+    # (and on a closed network the look-up can stall for a minute per build).
+    config = tfds.download.DownloadConfig(manual_dir=_expand(manual_dir), try_download_gcs=False)
     tfds.disable_progress_bar()  # one bar per split and shard would swamp training logs
     builder.download_and_prepare(download_config=config)
     return builder
