@@ -135,6 +135,11 @@ class TrainCheckpoints:
                                   f"optimiser: {str(e).splitlines()[0]}") from None
         return restored["state"]
 
+    def reached_preemption(self, step: int) -> bool:
+        """True on every process at the same step once any was told to stop (multi-process
+        runs; JAX's preemption service decides the step)."""
+        return self.manager.reached_preemption(step)
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

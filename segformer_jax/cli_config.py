@@ -12,6 +12,7 @@ import ast
 import importlib.util
 import pathlib
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
@@ -84,11 +85,16 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
     node[leaf] = _parse_value(text, node[leaf], key)
 
 
-def parse_args(argv: list[str], prog: str) -> tuple[ml_collections.ConfigDict, str]:
-    """``--config`` (+ overrides) and ``--workdir``; errors exit with one line (status 2)."""
+def parse_args(argv: list[str], prog: str,
+               add_flags: Callable[[argparse.ArgumentParser], None] | None = None
+               ) -> tuple[ml_collections.ConfigDict, argparse.Namespace]:
+    """``--config`` (+ overrides), ``--workdir`` and the flags ``add_flags`` adds; errors exit
+    with one line (status 2)."""
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--config", required=True, help="FILE.py[:ARG] defining get_config(arg)")
     parser.add_argument("--workdir", required=True, help="checkpoints, metrics and logs go here")
+    if add_flags is not None:
+        add_flags(parser)
     args, rest = parser.parse_known_args(argv)
     try:
         config = load_config(args.config)
@@ -99,7 +105,7 @@ def parse_args(argv: list[str], prog: str) -> tuple[ml_collections.ConfigDict, s
             apply_override(config, key, value)
     except ValueError as e:
         parser.error(str(e))
-    return config, args.workdir
+    return config, args
 
 
 if __name__ == "__main__":  # pragma: no cover - prints a config, for debugging

@@ -42,6 +42,11 @@ class SegformerConfig:
 
     ``layer_norm_eps`` is kept for Hub round trips only: like transformers, every
     LayerNorm of the model uses eps 1e-5 whatever this field says (see the spec, §1.1).
+
+    ``mix_ffn_conv`` is a segformer_jax extension for ablations, not a transformers field:
+    False drops the 3×3 depthwise conv of every Mix-FFN (a plain MLP, no positional leak).
+    It is written to ``config.json`` only when False, and Hub export refuses such a model,
+    because transformers cannot represent it.
     """
 
     num_channels: int = 3
@@ -64,6 +69,7 @@ class SegformerConfig:
     semantic_loss_ignore_index: int = 255
     num_labels: int = 2
     id2label: Mapping[int, str] | None = None
+    mix_ffn_conv: bool = True  # segformer_jax ablation switch; see the class docstring
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -90,6 +96,8 @@ class SegformerConfig:
                 raise ConfigError(f"{name} must be in [0, 1); got {getattr(self, name)!r}")
         if self.num_labels < 1:
             raise ConfigError(f"num_labels must be at least 1; got {self.num_labels}")
+        if not isinstance(self.mix_ffn_conv, bool):
+            raise ConfigError(f"mix_ffn_conv must be true or false; got {self.mix_ffn_conv!r}")
         if self.num_channels < 1 or self.decoder_hidden_size < 1:
             raise ConfigError("num_channels and decoder_hidden_size must be positive")
         if self.id2label is None:
@@ -141,11 +149,14 @@ class SegformerConfig:
             raise ConfigError(f"{source}: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        """The transformers ``config.json`` fields (without ``architectures``)."""
+        """The transformers ``config.json`` fields (without ``architectures``), plus
+        ``mix_ffn_conv`` when it is False."""
         out: dict[str, Any] = {"model_type": "segformer"}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
+        if self.mix_ffn_conv:  # not a transformers field: absent from Hub configs
+            del out["mix_ffn_conv"]
         out["id2label"] = {str(k): v for k, v in self.id2label.items()}
         out["label2id"] = {v: k for k, v in self.id2label.items()}
         return out

@@ -143,10 +143,11 @@ def hub_layout(config: SegformerConfig, task: str = SEMSEG) -> list[HubTensor]:
             out += _module(f"{att}.output.dense", (*fatt, "output"), "linear")
             out += _module(f"{b}.layer_norm_2", (*fb, "layer_norm_2"), "norm")
             out += _module(f"{b}.mlp.dense1", (*fb, "mlp", "dense1"), "linear")
-            out += [HubTensor(f"{b}.mlp.dwconv.dwconv.weight", ("params", *fb, "mlp", "dwconv_kernel"),
-                              "depthwise"),
-                    HubTensor(f"{b}.mlp.dwconv.dwconv.bias", ("params", *fb, "mlp", "dwconv_bias"),
-                              "vector")]
+            if config.mix_ffn_conv:  # False: our ablation without the conv (no Hub form)
+                out += [HubTensor(f"{b}.mlp.dwconv.dwconv.weight",
+                                  ("params", *fb, "mlp", "dwconv_kernel"), "depthwise"),
+                        HubTensor(f"{b}.mlp.dwconv.dwconv.bias", ("params", *fb, "mlp", "dwconv_bias"),
+                                  "vector")]
             out += _module(f"{b}.mlp.dense2", (*fb, "mlp", "dense2"), "linear")
         out += _module(f"encoder.layer_norm.{i}", (*enc, f"layer_norm_{i}"), "norm")
     if task == CLASSIFY:
@@ -584,6 +585,10 @@ def task_of(variables: Mapping[str, Any]) -> str:
 def to_hub_tensors(config: SegformerConfig, variables: Mapping[str, Any],
                    task: str | None = None) -> dict[str, np.ndarray]:
     """The transformers state dict (Hub v4 names, torch layouts) of Flax ``variables``."""
+    if not config.mix_ffn_conv:
+        raise CheckpointError("this model has mix_ffn_conv=False (Mix-FFN without its 3x3 "
+                              "depthwise conv, a segformer_jax ablation); transformers cannot "
+                              "represent it, so it has no Hub export")
     task = task or task_of(variables)
     out: dict[str, np.ndarray] = {}
     for t in hub_layout(config, task):

@@ -1,9 +1,14 @@
 """Training: ``python -m segformer_jax.train --config configs/FILE.py[:ARG] --workdir DIR``.
 
 One pure, jitted update function that donates its state; the state is a plain dict
-``{'step', 'params', 'batch_stats', 'opt_state'}``. Every batch and every random number is
-a function of (seed, step) alone, so a run resumed from a checkpoint at step k replays
-exactly what an uninterrupted run would have done after step k.
+``{'step', 'params', 'batch_stats', 'opt_state'}``, created already laid out on the device
+mesh (``config.mesh``, see :mod:`segformer_jax.sharding`). Every batch and every random
+number is a function of (seed, step) alone, so a run resumed from a checkpoint at step k
+replays exactly what an uninterrupted run would have done after step k, on any mesh.
+
+Multi-process runs (TPU pods, GPU clusters; :mod:`segformer_jax.distributed`): every process
+runs this same program, reads only its rows of each global batch and saves and restores
+checkpoints together with the others; only process 0 writes logs and metrics.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from segformer_jax.losses import segmentation_loss
 from segformer_jax.models.ops import resize_bilinear
 from segformer_jax.models.segformer import SegformerForSemanticSegmentation, init_variables
 from segformer_jax.optim import Recipe, make_optimizer
+from jax.sharding import Mesh
 
 State = dict[str, Any]
 
@@ -63,6 +69,22 @@ def initial_state(seg_config: SegformerConfig, tx, seed: int,
     return {"step": jnp.zeros((), jnp.int32), "params": params,
             "batch_stats": jax.tree.map(jnp.asarray, variables["batch_stats"]),
             "opt_state": tx.init(params)}
+
+
+def create_state(seg_config: SegformerConfig, tx, seed: int, mesh: Mesh,
+                 pretrained: Mapping[str, Any] | None = None,
+                 fsdp_min_size: int | None = None) -> tuple[State, Any]:
+    """The initial state born sharded on ``mesh`` (shapes first, no full host copy of a
+    fresh model), and the shardings of its leaves."""
+    from segformer_jax import sharding
+    abstract = jax.eval_shape(lambda: initial_state(seg_config, tx, seed))
+    shardings = sharding.state_shardings(abstract, mesh, fsdp_min_size or sharding.MIN_FSDP_SIZE)
+    if pretrained is None:
+        return jax.jit(lambda: initial_state(seg_config, tx, seed), out_shardings=shardings)(), shardings
+    variables = {k: pretrained[k] for k in ("params", "batch_stats")}
+    variables = jax.device_put(variables, {k: shardings[k] for k in variables})
+    build = jax.jit(lambda v: initial_state(seg_config, tx, seed, v), out_shardings=shardings)
+    return build(variables), shardings
 
 
 # --------------------------------------------------------------------------------------
@@ -122,7 +144,28 @@ def evaluate_split(predict: Callable, variables: dict, examples: Iterator[dict],
         pred = predict(variables, example["image"], label.shape[1:3])
         total = metrics.update(total, metrics.confusion_matrix_host(pred, label, num_classes,
                                                                     ignore_index))
-    return total
+    return sum_over_processes(total)
+
+
+def sum_over_processes(counts: np.ndarray) -> np.ndarray:
+    """Exact int64 sum of every process's counts (JAX's collectives carry 32-bit ints, so
+    the counts travel as two 30-bit halves)."""
+    if jax.process_count() == 1:
+        return counts
+    from jax.experimental import multihost_utils
+    counts = np.asarray(counts, np.int64)
+    halves = np.stack([counts >> 30, counts & (2 ** 30 - 1)]).astype(np.int32)
+    gathered = np.asarray(multihost_utils.process_allgather(halves), np.int64)
+    return (gathered[:, 0].sum(0) << 30) + gathered[:, 1].sum(0)
+
+
+def host_variables(state: State, mesh: Mesh) -> dict[str, Any]:
+    """The model's variables, whole, on this process's first device (for evaluation, which
+    runs image by image on each process's share of the split)."""
+    from segformer_jax import sharding
+    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    whole = jax.jit(lambda v: v, out_shardings=sharding.replicated(mesh))(variables)
+    return jax.device_put(jax.tree.map(np.asarray, whole), jax.local_devices()[0])
 
 
 # --------------------------------------------------------------------------------------
@@ -191,6 +234,9 @@ def default_config() -> ml_collections.ConfigDict:
     """The NVlabs recipe (spec §7) with a data section to be filled by a config file."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # Devices: data x fsdp = all devices of all processes (data=-1: whatever fsdp leaves).
+    # Leaves with fewer elements than fsdp_min_size stay replicated when fsdp > 1.
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "fsdp_min_size": 2 ** 14})
     c.model = ml_collections.ConfigDict({"variant": "b0", "dtype": "float32", "remat": False,
                                          "init": "scratch", "overrides": {}})
     c.data = ml_collections.ConfigDict({"name": "synthetic", "data_dir": "", "manual_dir": "",
@@ -222,7 +268,7 @@ def check_workdir(workdir: pathlib.Path, needed_bytes: int) -> None:
     """Unwritable or full work directories are reported before any training happens."""
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".write-test"
+        probe = workdir / f".write-test-{jax.process_index()}"
         probe.write_bytes(b"x")
         probe.unlink()
     except OSError as e:
@@ -291,21 +337,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"model.dtype must be 'float32' or 'bfloat16'; got {config.model.dtype!r}")
     if config.loss_reduction not in ("valid", "all"):
         raise ConfigError(f"loss_reduction must be 'valid' or 'all'; got {config.loss_reduction!r}")
-    if jax.process_count() > 1:
-        raise TrainingError("multi-process training (jax.distributed, a device mesh) is not wired "
-                            "in yet; run one process per job for now")
+    if config.model.remat not in (True, False):
+        raise ConfigError(f"model.remat must be true or false; got {config.model.remat!r}")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
     """Runs (or resumes) training; returns the final evaluation summary (or {})."""
     validate(config)
     from segformer_jax import metrics as metrics_lib
+    from segformer_jax import sharding
     from segformer_jax.checkpoint import TrainCheckpoints
     from segformer_jax.hub import from_pretrained
 
     workdir = pathlib.Path(workdir).absolute()
     check_workdir(workdir, needed_bytes=0)  # unwritable: say so before building any dataset
     is_main = jax.process_index() == 0
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    micro_batch = config.batch_size // config.accumulate_steps
+    sharding.check_batch(micro_batch, mesh, "batch_size / accumulate_steps")
     train_split, eval_split, train_tf, eval_tf = _data(config)
     seg_config = model_config(config, train_split.num_labels, train_split.id2label)
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
@@ -316,7 +365,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     if config.model.init != "scratch":
         _, pretrained = from_pretrained(config.model.init, task="semantic_segmentation",
                                         num_labels=seg_config.num_labels, seed=config.seed)
-    state = initial_state(seg_config, tx, config.seed, pretrained)
+    state, state_sharding = create_state(seg_config, tx, config.seed, mesh, pretrained,
+                                          config.mesh.fsdp_min_size)
+    del pretrained
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
     check_workdir(workdir, needed_bytes=(config.keep_checkpoints + 2) * state_bytes + (64 << 20))
 
@@ -325,24 +376,34 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     if start is not None:
         _check_compatible(checkpoints.meta(start), seg_config, config,
                           str(checkpoints.directory / str(start)))
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+        # The target's shardings are this run's mesh: a checkpoint from any mesh fits.
+        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                state, state_sharding)
+        del state
         state = checkpoints.restore(start, abstract)
-        print(f"resuming from {checkpoints.directory / str(start)} (step {start})", flush=True)
+        if is_main:
+            print(f"resuming from {checkpoints.directory / str(start)} (step {start})", flush=True)
     # state["step"] counts micro-batches (it seeds dropout); the loop counts optimiser steps.
     start = int(state["step"]) // config.accumulate_steps
 
-    micro_batch = config.batch_size // config.accumulate_steps
+    images_sharding = sharding.batch_sharding(mesh)
     train_step = jax.jit(make_train_step(model, tx, config.seed, seg_config.semantic_loss_ignore_index,
-                                         config.loss_reduction), donate_argnums=0)
+                                         config.loss_reduction),
+                         in_shardings=(state_sharding, images_sharding),
+                         out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
     schedule = make_lr_probe(config)
     predict = make_predict(model)
     writer = MetricWriter(workdir, enabled=is_main)
+    multi_process = jax.process_count() > 1
     stop = {"signal": None}
-    previous = signal.signal(signal.SIGTERM, lambda signum, _: stop.__setitem__("signal", signum))
+    # One process: our own SIGTERM handler. Several: JAX's preemption service (started by
+    # jax.distributed) agrees on one step at which every process saves and stops.
+    previous = None if multi_process else signal.signal(
+        signal.SIGTERM, lambda signum, _: stop.__setitem__("signal", signum))
     from segformer_jax.data.pipeline import TrainBatches
     batches = TrainBatches(train_split.source, train_tf, micro_batch, seed=config.seed,
                            start_step=start * config.accumulate_steps,
-                           process_index=jax.process_index(), process_count=jax.process_count(),
+                           rows=sharding.process_rows(images_sharding, micro_batch),
                            num_threads=config.data.num_workers)
     progress = Progress(config.total_steps, start, config.batch_size, enabled=is_main)
     pending_losses: list[tuple[int, jax.Array]] = []
@@ -365,7 +426,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         from segformer_jax.data.pipeline import eval_batches
         examples = eval_batches(eval_split.source, eval_tf, 1,
                                 process_index=jax.process_index(), process_count=jax.process_count())
-        cm = evaluate_split(predict, {"params": state["params"], "batch_stats": state["batch_stats"]},
+        cm = evaluate_split(predict, host_variables(state, mesh),
                             ({"image": e["image"], "label": e["label"]} for e in examples),
                             seg_config.num_labels, seg_config.semantic_loss_ignore_index)
         result = metrics_lib.summarize(cm, [seg_config.id2label[i] for i in range(seg_config.num_labels)])
@@ -377,7 +438,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         for step in range(start + 1, config.total_steps + 1):
             micro_losses = []
             for _ in range(config.accumulate_steps):
-                state, out = train_step(state, next(batches))
+                state, out = train_step(state, sharding.global_batch(next(batches), images_sharding))
                 micro_losses.append(out["loss"])
             pending_losses.append((step, sum(micro_losses) / len(micro_losses)))
             if step % config.log_every == 0 or step == config.total_steps:
@@ -393,6 +454,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                 if is_main:
                     print(f"\nstep {step}: validation mIoU {100 * evaluated['mIoU']:.2f} "
                           f"aAcc {100 * evaluated['aAcc']:.2f}", flush=True)
+            if multi_process and checkpoints.reached_preemption(step):
+                stop["signal"] = "SIGTERM (preemption)"
             final = step == config.total_steps or stop["signal"] is not None
             if final or step % config.checkpoint_every == 0:
                 check_losses()
@@ -410,7 +473,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         checkpoints.close()
         batches.close()
         writer.close()
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if summary and is_main:
         print(metrics_lib.format_table(summary))
     return summary
@@ -426,14 +490,29 @@ def make_lr_probe(config: ml_collections.ConfigDict) -> Callable[[int], float]:
 # Command line
 
 
+def distributed_flags(parser) -> None:
+    """Multi-process runs: see segformer_jax/distributed.py (SLURM and TPU pods need none)."""
+    group = parser.add_argument_group("multi-process")
+    group.add_argument("--coordinator_address", default=None, help="HOST:PORT of process 0")
+    group.add_argument("--num_processes", type=int, default=None)
+    group.add_argument("--process_id", type=int, default=None)
+    group.add_argument("--distributed", action="store_true",
+                       help="call jax.distributed.initialize() and let JAX detect the cluster")
+
+
 def main(argv: list[str] | None = None) -> int:
     from segformer_jax.cli_config import parse_args
     from segformer_jax.data.common import DatasetError
-    config, workdir = parse_args(sys.argv[1:] if argv is None else argv, prog="python -m segformer_jax.train")
+    from segformer_jax import distributed
+    config, args = parse_args(sys.argv[1:] if argv is None else argv, prog="python -m segformer_jax.train",
+                              add_flags=distributed_flags)
     try:
+        distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                               force=args.distributed)
         start = time.perf_counter()
-        train(config, workdir)
-        print(f"done in {time.perf_counter() - start:.0f} s; workdir {workdir}")
+        train(config, args.workdir)
+        if jax.process_index() == 0:
+            print(f"done in {time.perf_counter() - start:.0f} s; workdir {args.workdir}")
     except (TrainingError, ConfigError, CheckpointError, DatasetError) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 1

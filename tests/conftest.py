@@ -4,9 +4,14 @@ No test reaches the network: HF_HUB_OFFLINE is set before transformers is import
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One persistent XLA compilation cache for the session and every subprocess it starts: the
+# same tiny train step is compiled by many command-line runs, 20-50 s each on XLA:CPU.
+# Cached executables are the compiler's own output, so no test sees anything different.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="segformer-jax-xla-cache-"))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -38,15 +38,20 @@ def test_a_few_steps_lower_the_loss():
     assert int(state["step"]) == 8
 
 
-def _run(workdir, data_dir, *overrides, total=12, wait=True, **popen):
-    args = [sys.executable, "-m", "segformer_jax.train", "--config", os.path.join(ROOT, "configs/quickstart.py"),
-            "--workdir", str(workdir), f"--config.total_steps={total}", "--config.batch_size=4",
+def train_args(workdir, data_dir, total):
+    """The training command line for a tiny model on a tiny synthetic split."""
+    return ["--config", os.path.join(ROOT, "configs/quickstart.py"), "--workdir", str(workdir),
+            f"--config.total_steps={total}", "--config.batch_size=4",
             "--config.checkpoint_every=4", "--config.eval_every=1000", "--config.log_every=1",
             "--config.data.crop_size=(32, 32)", "--config.data.img_scale=(64, 32)",
             f"--config.data.data_dir={data_dir}", "--config.data.options.num_train=16",
             "--config.data.options.num_validation=2", "--config.data.eval_scale=(64, 32)",
             "--config.optimizer.warmup_steps=2", "--config.data.num_workers=1",
-            f"--config.model.overrides={TINY_OVERRIDES}", *overrides]
+            f"--config.model.overrides={TINY_OVERRIDES}"]
+
+
+def _run(workdir, data_dir, *overrides, total=12, wait=True, **popen):
+    args = [sys.executable, "-m", "segformer_jax.train", *train_args(workdir, data_dir, total), *overrides]
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     if wait:
         return subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)

@@ -97,7 +97,7 @@ class TrainBatches:
 
     def __init__(self, source: Any, transform: Transform, global_batch_size: int, *,
                  seed: int = 0, start_step: int = 0, num_steps: int | None = None,
-                 process_index: int = 0, process_count: int = 1,
+                 process_index: int = 0, process_count: int = 1, rows: range | None = None,
                  num_threads: int | None = None, prefetch: int = 2):
         if global_batch_size < 1:
             raise ValueError(f"global_batch_size must be positive; got {global_batch_size}")
@@ -107,7 +107,11 @@ class TrainBatches:
         self.transform = transform
         self.global_batch_size = int(global_batch_size)
         self.seed = int(seed)
-        self.rows = process_rows(self.global_batch_size, process_index, process_count)
+        # ``rows`` (from the device mesh, see sharding.process_rows) overrides the even split.
+        self.rows = (process_rows(self.global_batch_size, process_index, process_count)
+                     if rows is None else rows)
+        if not 0 <= self.rows.start < self.rows.stop <= self.global_batch_size:
+            raise ValueError(f"rows {self.rows} are not inside a batch of {self.global_batch_size}")
         self.next_step = int(start_step)
         self._stop = None if num_steps is None else int(start_step) + int(num_steps)
         self._prefetch = max(0, int(prefetch))

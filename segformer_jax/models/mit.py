@@ -104,7 +104,10 @@ class EfficientSelfAttention(nn.Module):
 
 
 class MixFFN(nn.Module):
-    """Dense → 3×3 depthwise conv → GELU → Dense: the conv leaks position, replacing encodings."""
+    """Dense → 3×3 depthwise conv → GELU → Dense: the conv leaks position, replacing encodings.
+
+    With ``config.mix_ffn_conv`` False (an ablation) the conv and its parameters are left out.
+    """
 
     config: SegformerConfig
     stage: int
@@ -116,9 +119,10 @@ class MixFFN(nn.Module):
         c = x.shape[-1]
         hidden = int(c * cfg.mlp_ratios[self.stage])
         x = nn.Dense(hidden, dtype=self.dtype, kernel_init=dense_init(cfg), name="dense1")(x)
-        kernel = self.param("dwconv_kernel", dense_init(cfg), (3, 3, hidden), jnp.float32)
-        bias = self.param("dwconv_bias", nn.initializers.zeros, (hidden,), jnp.float32)
-        x = depthwise_conv3x3(x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype))
+        if cfg.mix_ffn_conv:
+            kernel = self.param("dwconv_kernel", dense_init(cfg), (3, 3, hidden), jnp.float32)
+            bias = self.param("dwconv_bias", nn.initializers.zeros, (hidden,), jnp.float32)
+            x = depthwise_conv3x3(x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype))
         x = ACTIVATIONS[cfg.hidden_act](x)
         x = nn.Dropout(cfg.hidden_dropout_prob, deterministic=not train)(x)
         x = nn.Dense(c, dtype=self.dtype, kernel_init=dense_init(cfg), name="dense2")(x)
