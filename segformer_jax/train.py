@@ -374,13 +374,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     checkpoints = TrainCheckpoints(workdir, config.checkpoint_every, config.keep_checkpoints)
     start = checkpoints.latest_step()
     if start is not None:
-        _check_compatible(checkpoints.meta(start), seg_config, config,
-                          str(checkpoints.directory / str(start)))
-        # The target's shardings are this run's mesh: a checkpoint from any mesh fits.
-        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                state, state_sharding)
-        del state
-        state = checkpoints.restore(start, abstract)
+        try:
+            _check_compatible(checkpoints.meta(start), seg_config, config,
+                              str(checkpoints.directory / str(start)))
+            # The target's shardings are this run's mesh: a checkpoint from any mesh fits.
+            abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                    state, state_sharding)
+            del state
+            state = checkpoints.restore(start, abstract)
+        except BaseException:
+            checkpoints.close()
+            raise
         if is_main:
             print(f"resuming from {checkpoints.directory / str(start)} (step {start})", flush=True)
     # state["step"] counts micro-batches (it seeds dropout); the loop counts optimiser steps.

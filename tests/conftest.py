@@ -11,7 +11,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One persistent XLA compilation cache for the session and every subprocess it starts: the
 # same tiny train step is compiled by many command-line runs, 20-50 s each on XLA:CPU.
 # Cached executables are the compiler's own output, so no test sees anything different.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="segformer-jax-xla-cache-"))
+# pytest-xdist's workers share one run id, hence one cache.
+_run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"segformer-jax-xla-cache-{_run_id}"))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

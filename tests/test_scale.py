@@ -192,3 +192,61 @@ def test_two_processes_train_like_one_and_their_checkpoint_resumes_in_one(tmp_pa
     assert "resuming from" in done.stdout
     _compare_params(reference["params"], _state(resumed / "checkpoints" / "8")["params"], nu,
                     bound_for_zero_grad=2 * 8 * 6e-3)
+
+
+# --------------------------------------------------------------------------------------
+# The pieces, without compiling anything
+
+
+def test_leaf_spec_splits_the_largest_divisible_dimension():
+    from segformer_jax.sharding import leaf_spec
+    assert leaf_spec((256, 1024), fsdp=8) == jax.P(None, "fsdp")
+    assert leaf_spec((1024, 256), fsdp=8) == jax.P("fsdp", None)
+    assert leaf_spec((3, 3, 1, 2000), fsdp=8) == jax.P(None, None, None, "fsdp")
+    assert leaf_spec((150, 250), fsdp=8, min_size=1) == jax.P()       # nothing divides: replicate
+    assert leaf_spec((150, 256), fsdp=8, min_size=1) == jax.P(None, "fsdp")
+    assert leaf_spec((256,), fsdp=8) == jax.P()                       # below min_size
+    assert leaf_spec((1024, 256), fsdp=1) == jax.P()
+
+
+def test_mesh_and_batch_errors_name_the_keys():
+    from segformer_jax.config import ConfigError
+    from segformer_jax.sharding import check_batch, make_mesh
+    devices = jax.devices()[:1]
+    with pytest.raises(ConfigError, match="mesh.fsdp=2"):
+        make_mesh(-1, 2, devices=devices)
+    with pytest.raises(ConfigError, match="mesh.data=3"):
+        make_mesh(3, 1, devices=devices)
+    mesh = make_mesh(devices=devices)
+    check_batch(5, mesh)  # one device takes any batch
+    fake = type("Mesh", (), {"devices": np.empty(8), "shape": {"data": 4, "fsdp": 2}})()
+    with pytest.raises(ConfigError, match="batch_size=12 must be a multiple of the 8 devices"):
+        check_batch(12, fake)
+
+
+def test_process_rows_are_this_process_slice_of_the_batch():
+    from segformer_jax.sharding import batch_sharding, make_mesh, process_rows
+    assert process_rows(batch_sharding(make_mesh(devices=jax.devices()[:1])), 6) == range(0, 6)
+
+
+def test_distributed_initialisation_is_chosen_from_flags_and_environment(monkeypatch):
+    from segformer_jax import distributed
+    from segformer_jax.config import ConfigError
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    assert distributed.cluster_detected({}) is None
+    assert distributed.cluster_detected({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}) is None
+    assert distributed.cluster_detected({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}) == "SLURM"
+    assert distributed.cluster_detected({"TPU_WORKER_HOSTNAMES": "t0,t1,t2,t3"}) == "TPU pod slice"
+    assert distributed.cluster_detected({"TPU_WORKER_HOSTNAMES": "t0"}) is None
+
+    assert distributed.initialize(environ={}) is False and calls == []
+    assert distributed.initialize(environ={"SLURM_JOB_ID": "7", "SLURM_NTASKS": "2"}) is True
+    assert calls.pop() == {}  # JAX reads SLURM's variables itself
+    assert distributed.initialize("h:1", 2, 1, environ={}) is True
+    assert calls.pop() == {"coordinator_address": "h:1", "num_processes": 2, "process_id": 1}
+    with pytest.raises(ConfigError, match="--num_processes, --process_id missing"):
+        distributed.initialize("h:1", environ={})
+    with pytest.raises(ConfigError, match="--process_id 2 is not in 0..1"):
+        distributed.initialize("h:1", 2, 2, environ={})
+    assert calls == []
