@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 
 from segformer_jax.config import ConfigError, SegformerConfig
 from segformer_jax.hub import CheckpointError
@@ -35,7 +36,6 @@ from segformer_jax.losses import segmentation_loss
 from segformer_jax.models.ops import resize_bilinear
 from segformer_jax.models.segformer import SegformerForSemanticSegmentation, init_variables
 from segformer_jax.optim import Recipe, make_optimizer
-from jax.sharding import Mesh
 
 State = dict[str, Any]
 
