@@ -309,7 +309,7 @@ def _check_compatible(meta: Mapping[str, Any], seg_config: SegformerConfig, conf
     if saved != seg_config:
         diff = [f"{f}: checkpoint {getattr(saved, f)!r} vs config {getattr(seg_config, f)!r}"
                 for f in ("hidden_sizes", "depths", "decoder_hidden_size", "num_labels", "sr_ratios",
-                          "num_attention_heads", "mlp_ratios", "id2label")
+                          "num_attention_heads", "mlp_ratios", "id2label", "mix_ffn_conv")
                 if getattr(saved, f) != getattr(seg_config, f)]
         raise TrainingError(f"{where}: written by a different model ({'; '.join(diff) or 'config differs'}); "
                             "use a fresh --workdir for this config")

@@ -135,6 +135,30 @@ def test_variants_and_overrides():
         sj.SegformerConfig(num_attention_heads=(1, 2, 3, 8))
 
 
+def test_mix_ffn_without_conv_is_an_ablation_with_no_hub_form(tmp_path):
+    from segformer_jax.hub import CheckpointError, save_pretrained
+    config = TINY.replace(mix_ffn_conv=False)
+    variables = sj.init_variables(config)
+    paths = ["/".join(str(k.key) for k in path) for path, _ in
+             jax.tree_util.tree_leaves_with_path(variables["params"])]
+    assert paths and not [p for p in paths if "dwconv" in p]
+    full = sj.init_variables(TINY)
+    count = lambda v: sum(x.size for x in jax.tree.leaves(v["params"]))  # noqa: E731
+    hidden = [4 * c for c in TINY.hidden_sizes]  # mlp ratio 4, one block per stage
+    assert count(full) - count(variables) == sum(10 * h for h in hidden)  # 3x3 kernel + bias
+    logits = jax.jit(sj.SegformerForSemanticSegmentation(config).apply)(variables, random_images(1, 64, 64))
+    assert logits.shape == (1, 16, 16, 5) and np.isfinite(np.asarray(logits)).all()
+    # Not a transformers field: written only when False, read back, refused by Hub export.
+    assert "mix_ffn_conv" not in TINY.to_dict() and config.to_dict()["mix_ffn_conv"] is False
+    config.to_json_file(tmp_path / "config.json")
+    assert sj.SegformerConfig.from_json_file(tmp_path / "config.json") == config
+    with pytest.raises(CheckpointError, match="mix_ffn_conv=False .* transformers cannot represent it"):
+        save_pretrained(tmp_path / "hub", config, variables)
+    assert not (tmp_path / "hub" / "model.safetensors").exists()
+    with pytest.raises(sj.ConfigError, match="mix_ffn_conv must be true or false; got 'no'"):
+        sj.SegformerConfig.from_variant("b0", mix_ffn_conv="no")
+
+
 def test_hub_config_json_round_trip(tmp_path):
     hub = {"model_type": "segformer", "architectures": ["SegformerForSemanticSegmentation"],
            "depths": [3, 4, 6, 3], "hidden_sizes": [64, 128, 320, 512], "decoder_hidden_size": 768,

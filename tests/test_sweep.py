@@ -1,0 +1,175 @@
+"""Sweeps (experiments/sweep.py): two tiny points end to end, a restart after SIGKILL runs only
+the missing point, and malformed sweep files are refused before anything runs."""
+
+import importlib.util
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEP = os.path.join(ROOT, "experiments", "sweep.py")
+TINY = {"hidden_sizes": (8, 16, 24, 32), "num_attention_heads": (1, 2, 3, 4),
+        "depths": (1, 1, 1, 1), "decoder_hidden_size": 16}
+
+
+def _sweep_module():
+    spec = importlib.util.spec_from_file_location("_experiments_sweep", SWEEP)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["_experiments_sweep"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_sweep(path, data_dir, body):
+    """A sweep file over a tiny model, 32² crops, 3 steps, a 16 + 2 image synthetic dataset."""
+    base = {"total_steps": 3, "batch_size": 4, "checkpoint_every": 2, "eval_every": 1000,
+            "log_every": 1, "data.crop_size": (32, 32), "data.img_scale": (64, 32),
+            "data.eval_scale": (64, 32), "data.data_dir": str(data_dir), "data.num_workers": 1,
+            # square 64² images: every validation image is 32² after the eval rescale (one compile)
+            "data.options": {"num_train": 16, "num_validation": 2, "size_range": (64, 64)},
+            "optimizer.warmup_steps": 1, "model.overrides": TINY}
+    path.write_text(f"BASE = {os.path.join(ROOT, 'configs', 'quickstart.py')!r}\n"
+                    f"BASE_OVERRIDES = {base!r}\n"
+                    "MEASURE = {'size': (32, 32), 'warmup': 0, 'repeats': 2, "
+                    "'train_warmup': 0, 'train_repeats': 1}\n" + body)
+    return path
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", "HF_HUB_OFFLINE": "1"}
+
+
+# Both points train the same programs (photometric distortion is host-side augmentation), so the
+# second one is served by the sweep's compilation cache: XLA:CPU compiles cost most of the time.
+TWO_POINTS = "POINTS = [{'name': 'a'}, {'name': 'b', 'data.photometric': False}]\n"
+
+
+def test_sweep_runs_two_points_and_a_restart_after_sigkill_runs_only_the_missing_one(tmp_path):
+    sweep_file = _write_sweep(tmp_path / "tiny.py", tmp_path / "tfds", TWO_POINTS)
+    workdir = tmp_path / "sweep"
+    cache = tmp_path / "xla-cache"  # its own, not the session's: its entries are counted below
+    command = [sys.executable, SWEEP, str(sweep_file), "--workdir", str(workdir),
+               "--compilation-cache", str(cache)]
+    a, b = workdir / "points" / "a", workdir / "points" / "b"
+
+    # First run: killed (the sweep and its point process, no chance to clean up) as soon as
+    # point a is finished, while point b is starting.
+    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True, text=True)
+    deadline = time.monotonic() + 600
+    while not (a / "result.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"the sweep ended before it was killed:\n{stderr[-3000:]}"
+    assert (a / "result.json").exists() and not (b / "result.json").exists()
+    result_a = (a / "result.json").read_bytes()
+    mtime_a = (a / "result.json").stat().st_mtime_ns
+    metrics_a = (a / "metrics.jsonl").read_bytes()
+
+    # Second run: a is skipped (neither retrained nor re-measured), b runs.
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "[a] finished, skipped" in done.stdout
+    assert "[b] starting" in done.stdout or "[b] resuming" in done.stdout
+    assert (a / "result.json").read_bytes() == result_a
+    assert (a / "result.json").stat().st_mtime_ns == mtime_a
+    assert (a / "metrics.jsonl").read_bytes() == metrics_a  # no training step of a was re-run
+
+    table = json.loads((workdir / "results.json").read_text())
+    assert [p["name"] for p in table["points"]] == ["a", "b"]
+    for point in table["points"]:
+        for key in ("params", "gflops", "infer_images_per_s", "train_images_per_s",
+                    "train_memory_bytes", "mIoU", "aAcc"):
+            assert isinstance(point[key], (int, float)) and math.isfinite(point[key]), (key, point)
+            assert point[key] > 0 or key in ("mIoU", "aAcc"), (key, point)
+        assert 0.0 <= point["mIoU"] <= 1.0 and len(point["IoU"]) == 6  # the synthetic classes
+        assert point["total_steps"] == 3 and point["machine"]["cpu_count"] >= 1
+    assert table["points"][0]["params"] == table["points"][1]["params"]
+    # The measured training step is the program train() ran: one compile, shared by both
+    # points' training and measurement through the sweep's compilation cache.
+    assert len(list(cache.glob("jit_train_step-*"))) == 1
+    assert table["points"][1]["changes"] == {"data.photometric": False}
+
+    csv_lines = (workdir / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == 3 and csv_lines[0].startswith("name,variant,")
+    markdown = (workdir / "results.md").read_text()
+    assert "| a | b0 |" in markdown and "| b | b0 | data.photometric=False |" in markdown
+    from PIL import Image
+    with Image.open(workdir / "plot.png") as image:
+        assert image.format == "PNG" and image.size == (1500, 680)
+        assert len(image.convert("RGB").getcolors(1 << 20)) > 10  # axes, markers and text drawn
+
+
+@pytest.mark.parametrize("body, message", [
+    ("POINTS = [{'name': 'x', 'model.decoder_size': 128}]", "unknown config key 'model.decoder_size'"),
+    ("POINTS = [{'model.overrides.decoder_size': 128}]",
+     "unknown model field 'model.overrides.decoder_size'"),
+    ("GRID = {'model.variant': ['b0', 'b9']}", "model.variant='b9' is not a SegFormer variant"),
+    ("POINTS = [{'name': 'x', 'total_steps': '100'}]",
+     "total_steps='100' is a str; total_steps takes an int like"),
+    ("POINTS = [{'name': 'x', 'model.overrides.mix_ffn_conv': 0}]",
+     "mix_ffn_conv=0 is an int; model.overrides.mix_ffn_conv takes a bool"),
+    ("POINTS = [{'name': 'x', 'model.overrides.sr_ratios': (8, 4, 2)}]", "sr_ratios=(8, 4, 2)"),
+    ("POINTS = [{'name': 'x', 'data.crop_size': 64}]",
+     "data.crop_size=64 is an int; data.crop_size takes a list of 2"),
+    ("POINTS = [{'name': 'x', 'model.overrides.hidden_sizes': (8, 16, 24, 30)}]",
+     "hidden size 30 is not a multiple of its 4 attention heads"),
+    ("POINTS = [{'name': 'x'}, {'name': 'x', 'seed': 1}]", "the name 'x' is already used"),
+    ("AXES = {'model.variant': ['b0']}", "unknown name(s) ['AXES']"),
+    ("", "defines no points"),
+])
+def test_malformed_sweeps_are_refused_naming_the_key(tmp_path, body, message):
+    sweep = _sweep_module()
+    sweep_file = _write_sweep(tmp_path / "bad.py", tmp_path / "tfds", body + "\n")
+    with pytest.raises(sweep.SweepError) as error:
+        sweep.load_sweep(sweep_file)
+    assert message in str(error.value)
+    assert str(sweep_file) in str(error.value)
+
+
+def test_the_command_refuses_a_malformed_sweep_before_creating_anything(tmp_path):
+    sweep_file = _write_sweep(tmp_path / "bad.py", tmp_path / "tfds",
+                              "GRID = {'model.variant': ['b0', 'b9']}\n")
+    workdir = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, SWEEP, str(sweep_file), "--workdir", str(workdir)],
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "model.variant='b9' is not a SegFormer variant; choose one of b0, b1, b2, b3, b4, b5" \
+        in done.stderr
+    assert not workdir.exists() and not (tmp_path / "tfds").exists()
+
+
+def test_the_shipped_sweeps_are_valid():
+    sweep = _sweep_module()
+    quick = sweep.load_sweep(os.path.join(ROOT, "experiments", "variants_quickstart.py"))
+    assert [p.config.model.variant for p in quick.points][:3] == ["b0", "b1", "b2"]
+    assert any(p.config.model.overrides.get("mix_ffn_conv") is False for p in quick.points)
+    full = sweep.load_sweep(os.path.join(ROOT, "experiments", "ade20k_full.py"))
+    assert [p.name for p in full.points] == ["b0", "b1", "b2", "b3", "b4", "b5"]
+    assert all(p.config.total_steps == 160_000 and p.config.data.name == "ade20k" for p in full.points)
+    assert full.points[5].config.data.crop_size == (640, 640)
+
+
+def test_a_launcher_submits_one_job_per_unfinished_point_once(tmp_path):
+    sweep_file = _write_sweep(tmp_path / "tiny.py", tmp_path / "tfds", TWO_POINTS)
+    workdir, jobs = tmp_path / "sweep", tmp_path / "jobs.txt"
+    command = [sys.executable, SWEEP, str(sweep_file), "--workdir", str(workdir),
+               "--launcher", f"echo {{name}} {{log}} :: {{cmd}} >> {jobs}"]
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = jobs.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["a", "b"]
+    for line, name in zip(lines, "ab"):
+        assert f"{workdir / 'points' / name / 'log.txt'} ::" in line
+        assert f"{SWEEP} {sweep_file} --workdir {workdir} --point {name}" in line
+        assert (workdir / "points" / name / "submitted.json").is_file()
+    again = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "[a] submitted before, skipped" in again.stdout
+    assert jobs.read_text().splitlines() == lines  # nothing submitted twice
