@@ -97,12 +97,12 @@ def measure_inference(model: Any, variables: Any, size: tuple[int, int], batch: 
 
 def measure_training(config: ml_collections.ConfigDict, seg_config: Any, model: Any,
                      warmup: int, repeats: int) -> dict[str, Any]:
-    """Times the step ``segformer_jax.train.train`` builds: the same function, optimiser,
-    mesh, shardings and donation, so that its program is the one training compiled (and the
-    compilation cache serves it). Keep in step with ``train.train``."""
+    """Times the step ``segformer_jax.train.train`` runs (``train.jit_train_step``: the same
+    function, optimiser, mesh, shardings and donation), so that its program is the one
+    training compiled and the compilation cache serves it."""
     from segformer_jax import sharding
     from segformer_jax.optim import make_optimizer
-    from segformer_jax.train import initial_state, make_train_step, recipe
+    from segformer_jax.train import initial_state, jit_train_step, recipe
     bi = _benchmark_inference()
 
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
@@ -121,10 +121,7 @@ def measure_training(config: ml_collections.ConfigDict, seg_config: Any, model: 
                                      dtype=np.float32)[rows.start:rows.stop],
         "label": rng.integers(0, seg_config.num_labels, (micro, height, width),
                               dtype=np.int32)[rows.start:rows.stop]}, images_sharding)
-    step = jax.jit(make_train_step(model, tx, config.seed, seg_config.semantic_loss_ignore_index,
-                                   config.loss_reduction),
-                   in_shardings=(state_sharding, images_sharding),
-                   out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+    step = jit_train_step(model, tx, config, seg_config, mesh, state_sharding)
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start

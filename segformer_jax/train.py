@@ -114,6 +114,17 @@ def make_train_step(model: SegformerForSemanticSegmentation, tx, seed: int,
     return train_step
 
 
+def jit_train_step(model: SegformerForSemanticSegmentation, tx, config: ml_collections.ConfigDict,
+                   seg_config: SegformerConfig, mesh: Mesh, state_sharding: Any) -> Callable:
+    """The step ``train`` runs: jitted with the state's and the batch's shardings, donating
+    the state (experiments/sweep_measure.py times this very program)."""
+    from segformer_jax import sharding
+    step = make_train_step(model, tx, config.seed, seg_config.semantic_loss_ignore_index,
+                           config.loss_reduction)
+    return jax.jit(step, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                   out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+
+
 def _global_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
@@ -391,10 +402,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     start = int(state["step"]) // config.accumulate_steps
 
     images_sharding = sharding.batch_sharding(mesh)
-    train_step = jax.jit(make_train_step(model, tx, config.seed, seg_config.semantic_loss_ignore_index,
-                                         config.loss_reduction),
-                         in_shardings=(state_sharding, images_sharding),
-                         out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+    train_step = jit_train_step(model, tx, config, seg_config, mesh, state_sharding)
     schedule = make_lr_probe(config)
     predict = make_predict(model)
     writer = MetricWriter(workdir, enabled=is_main)
