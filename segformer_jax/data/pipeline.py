@@ -89,7 +89,9 @@ def default_num_threads() -> int:
 class TrainBatches:
     """Iterator over training batches ``{"image": f32 (b, H, W, 3), "label": i32 (b, H, W)}``.
 
-    ``b = global_batch_size / process_count``. Iteration starts at ``start_step`` and runs for
+    Each batch holds this process's rows of the global batch: ``rows`` when given (training
+    takes them from the device mesh), else the ``process_index``-th of ``process_count`` equal
+    slices. Iteration starts at ``start_step`` and runs for
     ``num_steps`` batches (endless if None); ``next_step`` is the step of the next batch (what
     a checkpoint stores). ``batch(step)`` computes any batch directly, without the pool.
     Close the iterator (or use it as a context manager) to stop its threads.
