@@ -42,11 +42,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import io
 import math
 import os
-import pathlib
 import platform
 import statistics
 import sys
@@ -62,17 +60,8 @@ from segformer_jax.data import transforms as T
 from segformer_jax.data.pipeline import TrainBatches
 
 
-def _load_sibling(name: str) -> Any:
-    """A script of this folder as a module (experiments/ is not a package)."""
-    module_name = f"_experiments_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    path = pathlib.Path(__file__).resolve().with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _siblings, when loaded by path
+from _siblings import load_sibling  # noqa: E402
 
 
 # (height, width) of typical ADE20K training images (most have a side of 512 or more).
@@ -307,7 +296,7 @@ def measure_model_step_ms(crop: int, batch: int) -> float:
     import jax
     import segformer_jax
 
-    bt = _load_sibling("benchmark_train")
+    bt = load_sibling("benchmark_train")
     config = segformer_jax.SegformerConfig.from_variant("b0", num_labels=bt.NUM_LABELS)
     variables = segformer_jax.init_variables(config)
     images, labels = bt.random_batch(batch, crop, crop, config.num_channels)

@@ -45,8 +45,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: never tou
 
 import argparse
 import dataclasses
-import importlib.util
-import pathlib
 import sys
 import time
 from typing import Any
@@ -59,20 +57,11 @@ import segformer_jax
 from segformer_jax import SegformerConfig
 
 
-def _load_sibling(name: str) -> Any:
-    """A script of this folder as a module (experiments/ is not a package)."""
-    module_name = f"_experiments_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    path = pathlib.Path(__file__).resolve().with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _siblings, when loaded by path
+from _siblings import load_sibling  # noqa: E402
 
 
-bi = _load_sibling("benchmark_inference")
+bi = load_sibling("benchmark_inference")
 Timing, time_calls, parse_size, mib = bi.Timing, bi.time_calls, bi.parse_size, bi.mib
 
 NUM_LABELS = bi.NUM_LABELS  # ADE20K

@@ -24,8 +24,6 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # save_pretrained's,
 
 import argparse
 import dataclasses
-import importlib.util
-import pathlib
 import sys
 from typing import Any
 
@@ -34,21 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _load_sibling(name: str) -> Any:
-    """A script of this folder as a module (experiments/ is not a package)."""
-    module_name = f"_experiments_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    path = pathlib.Path(__file__).resolve().with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _siblings, when loaded by path
+from _siblings import load_sibling  # noqa: E402
 
 
-bi = _load_sibling("benchmark_inference")
-bt = _load_sibling("benchmark_train")
+bi = load_sibling("benchmark_inference")
+bt = load_sibling("benchmark_train")
 
 # The paper's Table 1 parameter counts (M, ADE20K model); its GFLOPs are bi.PAPER_GMACS.
 PAPER_PARAMS_M = {"b0": 3.8, "b1": 13.7, "b2": 27.5, "b3": 47.3, "b4": 64.1, "b5": 84.7}

@@ -79,17 +79,8 @@ class SweepError(ValueError):
     """A sweep file that cannot be run, or a workdir that holds another sweep's points."""
 
 
-def load_sibling(name: str) -> Any:
-    """A script of this folder as a module (experiments/ is not a package)."""
-    module_name = f"_experiments_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    path = pathlib.Path(__file__).resolve().with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _siblings, when loaded by path
+from _siblings import load_sibling  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------

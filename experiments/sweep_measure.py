@@ -20,7 +20,6 @@ the values, and the shared compilation cache then serves the very programs train
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 import platform
@@ -33,17 +32,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-
-def _benchmark_inference() -> Any:
-    """experiments/benchmark_inference.py (timing, FLOP and memory helpers), by path."""
-    name = "_experiments_benchmark_inference"
-    if name not in sys.modules:
-        path = pathlib.Path(__file__).resolve().with_name("benchmark_inference.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _siblings, when loaded by path
+from _siblings import load_sibling  # noqa: E402
 
 
 def cpu_name() -> str:
@@ -82,7 +72,7 @@ def program_bytes(compiled: Any) -> int | None:
 
 def measure_inference(model: Any, variables: Any, size: tuple[int, int], batch: int,
                       channels: int, warmup: int, repeats: int) -> dict[str, Any]:
-    bi = _benchmark_inference()
+    bi = load_sibling("benchmark_inference")
     images = jnp.asarray(np.random.default_rng(0).standard_normal(
         (batch, *size, channels), dtype=np.float32))
     forward = jax.jit(lambda v, x: model.apply(v, x))
@@ -103,7 +93,7 @@ def measure_training(config: ml_collections.ConfigDict, seg_config: Any, model: 
     from segformer_jax import sharding
     from segformer_jax.optim import make_optimizer
     from segformer_jax.train import initial_state, jit_train_step, recipe
-    bi = _benchmark_inference()
+    bi = load_sibling("benchmark_inference")
 
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     tx = make_optimizer(recipe(config), config.accumulate_steps)
@@ -143,7 +133,7 @@ def measure_point(config: ml_collections.ConfigDict, measure: dict[str, Any],
     """Every measurement of the point trained with ``config`` (see the module docstring)."""
     from segformer_jax.models.segformer import SegformerForSemanticSegmentation, init_variables
     from segformer_jax.train import model_config
-    bi = _benchmark_inference()
+    bi = load_sibling("benchmark_inference")
 
     seg_config = model_config(config, len(class_names), dict(enumerate(class_names)))
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]

@@ -25,7 +25,6 @@ All outputs are float32 NHWC: logits for ``whole_inference`` / ``slide_inference
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Callable, NamedTuple, Sequence
 

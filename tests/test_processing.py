@@ -16,7 +16,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from segformer_jax.processing import CONFIG_NAME, ProcessingError, SegformerImageProcessor
+from segformer_jax.processing import CONFIG_NAME, SegformerImageProcessor
 
 SIZES = [(480, 640), (333, 517), (1024, 768), (50, 70)]          # (height, width)
 MODES = ["RGB", "L", "RGBA", "P"]

@@ -88,7 +88,7 @@ def test_resume_after_sigkill_is_exact(uninterrupted):
 
     done = _run(root / "b", root / "tfds")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"resuming from" in done.stdout and f"(step {max(saved)})" in done.stdout
+    assert "resuming from" in done.stdout and f"(step {max(saved)})" in done.stdout
     resumed = _final_state(root / "b", 12)
     leaves_a, tree_a = jax.tree.flatten(reference)
     leaves_b, tree_b = jax.tree.flatten(resumed)
