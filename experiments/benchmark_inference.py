@@ -221,6 +221,16 @@ def mib(n: int) -> str:
 
 # -- report -----------------------------------------------------------------------------
 
+def import_torch(skip: bool, threads: int | None) -> Any | None:
+    """torch (with ``threads`` intra-op threads when given), or None when it is skipped."""
+    if skip:
+        return None
+    import torch
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch
+
+
 def print_machine(torch_module: Any | None) -> None:
     print("machine")
     print(f"  cpu          {platform.processor() or '?'} / {platform.machine()}, "
@@ -268,11 +278,7 @@ def print_flops(config: SegformerConfig, variant: str, size: tuple[int, int],
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     height, width = args.size
-    torch = None
-    if not args.skip_torch:
-        import torch
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
+    torch = import_torch(args.skip_torch, args.threads)
     print_machine(torch)
 
     config = SegformerConfig.from_variant(args.variant, num_labels=NUM_LABELS)

@@ -236,11 +236,7 @@ def print_memory(compiled: Any, rss_after_jax: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     height, width = args.size
-    torch = None
-    if not args.skip_torch:
-        import torch
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
+    torch = bi.import_torch(args.skip_torch, args.threads)
     bi.print_machine(torch)
 
     config = SegformerConfig.from_variant(args.variant, num_labels=NUM_LABELS)

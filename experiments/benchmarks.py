@@ -185,11 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.paper:
         print(paper_table(sorted(PAPER_PARAMS_M)))
         return
-    torch = None
-    if not args.skip_torch:
-        import torch
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
+    torch = bi.import_torch(args.skip_torch, args.threads)
     bi.print_machine(torch)
     rows = []
     for variant in args.variants:

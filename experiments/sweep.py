@@ -39,7 +39,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import argparse
 import dataclasses
 import datetime
-import importlib.util
 import itertools
 import json
 import pathlib
@@ -225,15 +224,11 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def _load_module(file: pathlib.Path) -> Any:
-    if not file.is_file():
-        raise SweepError(f"no such sweep file {str(file)!r}")
-    spec = importlib.util.spec_from_file_location(f"_sweep_{file.stem}", file)
-    module = importlib.util.module_from_spec(spec)
+    from segformer_jax.cli_config import run_python_file
     try:
-        spec.loader.exec_module(module)
-    except Exception as e:  # noqa: BLE001 - a sweep file can raise anything
-        raise SweepError(f"{file}: failed to load ({type(e).__name__}: {e})") from None
-    return module
+        return run_python_file(file, f"_sweep_{file.stem}")
+    except ValueError as e:
+        raise SweepError(f"sweep file: {e}") from None
 
 
 def _measure_settings(measure_in: Mapping[str, Any], file: pathlib.Path) -> dict[str, Any]:

@@ -12,24 +12,35 @@ import ast
 import importlib.util
 import pathlib
 import sys
+import types
 from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Runs ``get_config(arg)`` of ``FILE.py[:ARG]``."""
-    path, _, arg = spec.partition(":")
-    file = pathlib.Path(path)
+def run_python_file(file: pathlib.Path, module_name: str) -> types.ModuleType:
+    """Executes a config or sweep file as a module; ValueError (naming the file) if it is
+    missing or raises while loading."""
     if not file.is_file():
-        raise ValueError(f"--config: no such file {path!r}")
-    module_spec = importlib.util.spec_from_file_location(f"_config_{file.stem}", file)
+        raise ValueError(f"no such file {str(file)!r}")
+    module_spec = importlib.util.spec_from_file_location(module_name, file)
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)
     except Exception as e:  # noqa: BLE001 - a config file can raise anything
-        raise ValueError(f"--config {path}: failed to load ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{file}: failed to load ({type(e).__name__}: {e})") from None
+    return module
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Runs ``get_config(arg)`` of ``FILE.py[:ARG]``."""
+    path, _, arg = spec.partition(":")
+    file = pathlib.Path(path)
+    try:
+        module = run_python_file(file, f"_config_{file.stem}")
+    except ValueError as e:
+        raise ValueError(f"--config: {e}") from None
     if not hasattr(module, "get_config"):
         raise ValueError(f"--config {path}: defines no get_config(arg) function")
     try:
