@@ -9,18 +9,13 @@ of global batch 16 (8 GPUs × 2), 512² crops (640² for B5), whole-image valida
 side 512 aligned to 32 every 16k steps.
 """
 
-from segformer_jax.train import default_config
+from segformer_jax.run_config import default_config, use_dataset
 
 
 def get_config(variant: str = "b0"):
     c = default_config()
     c.model.variant = variant
-    crop = 640 if variant == "b5" else 512
-    c.data.name = "ade20k"
-    c.data.crop_size = (crop, crop)
-    c.data.img_scale = (2048, crop)
-    c.data.eval_scale = (2048, crop)
-    c.data.eval_size_divisor = 32
+    use_dataset(c, "ade20k", crop=640 if variant == "b5" else 512)
     c.data.num_workers = 8
     c.batch_size = 16
     c.total_steps = 160_000

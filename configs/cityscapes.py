@@ -9,16 +9,13 @@ native 1024×2048; the paper's number uses sliding windows (1024 crops, stride 7
 ``python -m segformer_jax.evaluate --dataset cityscapes`` does that on the final checkpoint.
 """
 
-from segformer_jax.train import default_config
+from segformer_jax.run_config import default_config, use_dataset
 
 
 def get_config(variant: str = "b0"):
     c = default_config()
     c.model.variant = variant
-    c.data.name = "cityscapes"
-    c.data.crop_size = (1024, 1024)
-    c.data.img_scale = (2048, 1024)
-    c.data.eval_scale = (2048, 1024)
+    use_dataset(c, "cityscapes")
     c.data.num_workers = 8
     c.batch_size = 8
     c.total_steps = 160_000

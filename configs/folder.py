@@ -6,17 +6,13 @@ ignore) and ``classes.txt`` (one name per line, line i = class i); the splits ar
 MiT directory, an NVlabs ``.pth``); the recipe is NVlabs' with a run length for small sets.
 """
 
-from segformer_jax.train import default_config
+from segformer_jax.run_config import default_config, use_dataset
 
 
 def get_config(variant: str = "b0"):
     c = default_config()
     c.model.variant = variant
-    c.data.name = "folder"
-    c.data.crop_size = (512, 512)
-    c.data.img_scale = (2048, 512)
-    c.data.eval_scale = (2048, 512)
-    c.data.eval_size_divisor = 32
+    use_dataset(c, "folder")
     c.batch_size = 8
     c.total_steps = 20_000
     c.optimizer.warmup_steps = 500

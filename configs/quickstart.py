@@ -6,18 +6,16 @@ Sized to finish in under 10 minutes on 2 CPU cores. From scratch a transformer w
 larger learning rate than the fine-tuning recipe's 6e-5, and a shorter warmup.
 """
 
-from segformer_jax.train import default_config
+from segformer_jax.run_config import default_config, use_dataset
 
 
 def get_config(arg=None):
     c = default_config()
     c.model.variant = "b0"
-    c.data.name = "synthetic"
+    # 96² crops of images rescaled into (256, 128) before the 0.5–2.0 random rescale; test at
+    # short side 128 aligned to 32 (SegFormer's AlignedResize): segformer_jax/data/presets.py.
+    use_dataset(c, "synthetic")
     c.data.options = {"num_train": 1000, "num_validation": 100}
-    c.data.crop_size = (96, 96)
-    c.data.img_scale = (256, 128)      # (long, short) before the 0.5–2.0 random rescale
-    c.data.eval_scale = (256, 128)     # test: short side 128 …
-    c.data.eval_size_divisor = 32      # … aligned to 32 (SegFormer's AlignedResize)
     c.batch_size = 8
     c.total_steps = 500
     c.optimizer.learning_rate = 6e-4

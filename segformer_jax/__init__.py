@@ -1,7 +1,8 @@
 """SegFormer (Xie et al., NeurIPS 2021) in JAX and Flax."""
 
-from segformer_jax.config import ConfigError, SegformerConfig
-from segformer_jax.hub import CheckpointError, from_pretrained, save_pretrained
+from segformer_jax.config import SegformerConfig
+from segformer_jax.errors import CheckpointError, ConfigError
+from segformer_jax.hub import from_pretrained, save_pretrained
 from segformer_jax.models import (MixTransformer, SegformerDecodeHead,
                                   SegformerForImageClassification,
                                   SegformerForSemanticSegmentation, init_variables)

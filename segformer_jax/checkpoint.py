@@ -1,9 +1,13 @@
-"""Our model checkpoints: a config.json (Hub format) and the variables as an Orbax pytree.
+"""Checkpoints: writing, finding and reading every kind this library makes or reads.
 
-    DIR/config.json      the SegformerConfig, with ``architectures`` naming the task
-    DIR/variables/       Orbax StandardCheckpointer output ({'params', 'batch_stats'})
+* Model checkpoints, what ``python -m segformer_jax.convert`` writes::
 
-This is what ``python -m segformer_jax.convert`` writes and what inference reads.
+      DIR/config.json      the SegformerConfig, with ``architectures`` naming the task
+      DIR/variables/       Orbax StandardCheckpointer output ({'params', 'batch_stats'})
+
+* Training checkpoints (``TrainCheckpoints``): an Orbax ``CheckpointManager`` in
+  ``workdir/checkpoints/<step>/{state,meta}``.
+* ``load_for_inference``: the model of any of these, or of a Hub / NVlabs weight file.
 """
 
 from __future__ import annotations
@@ -13,13 +17,19 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Any, Mapping
+import logging
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
 
-from segformer_jax.config import ConfigError, SegformerConfig
-from segformer_jax.hub import ARCHITECTURES, CheckpointError, SEMSEG, task_of
+from segformer_jax.config import SegformerConfig
+from segformer_jax.errors import CheckpointError, ConfigError
+from segformer_jax.hub import ARCHITECTURES, SEMSEG, WEIGHT_FILES, task_of
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+CHECKPOINTS = "checkpoints"   # a training workdir's Orbax directory
 
 _TASK_OF_ARCHITECTURE = {v: k for k, v in ARCHITECTURES.items()}
 
@@ -101,7 +111,7 @@ class TrainCheckpoints:
             save_decision_policy=policies.FixedIntervalPolicy(max(every, 1)),
             preservation_policy=policies.AnyPreservationPolicy(preserve),
             enable_async_checkpointing=True)
-        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+        self.directory = pathlib.Path(workdir).absolute() / CHECKPOINTS
         self._ocp = ocp
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "meta"))
@@ -145,3 +155,136 @@ class TrainCheckpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+# --------------------------------------------------------------------------------------
+# Reading a training run's checkpoints back (for inference, evaluation, conversion)
+
+
+def finished_steps(checkpoints: str | os.PathLike) -> list[int]:
+    """The steps Orbax's ``CheckpointManager`` has finished in ``checkpoints``, oldest first
+    (a step still being written, or interrupted, is not one)."""
+    import orbax.checkpoint as ocp
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    with ocp.CheckpointManager(pathlib.Path(checkpoints).absolute(), options=options,
+                               item_names=("state", "meta")) as manager:
+        return sorted(int(s) for s in manager.all_steps())
+
+
+def training_step_dir(path: str | os.PathLike) -> pathlib.Path | None:
+    """The checkpoint a training-run path points to, or None if it is not one.
+
+    Accepts the workdir (its latest step), ``workdir/checkpoints`` (the same) or one step
+    directory ``workdir/checkpoints/<step>``.
+    """
+    path = pathlib.Path(path)
+    if not path.is_dir():
+        return None
+    if path.name.isdigit() and (path / "state").is_dir() and (path / "meta").is_dir():
+        return path
+    if (path / CHECKPOINTS).is_dir():
+        checkpoints = path / CHECKPOINTS
+    elif path.name == CHECKPOINTS:
+        checkpoints = path
+    else:
+        return None
+    steps = finished_steps(checkpoints)
+    if not steps:
+        raise CheckpointError(f"{path}: a training workdir without a finished checkpoint in "
+                              f"{checkpoints} (the run has saved none yet)")
+    return checkpoints / str(steps[-1])
+
+
+def local_target(metadata_tree: Any) -> Any:
+    """Restore target from a checkpoint's metadata: its shapes and dtypes on the local device.
+
+    Restoring with the saved shardings fails when the checkpoint was written on other devices
+    (trained on a GPU, read on a CPU); this puts every array on ``jax.devices()[0]``.
+    """
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def is_array(m: Any) -> bool:
+        return hasattr(m, "shape") and hasattr(m, "dtype")
+
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device)
+                        if is_array(m) else m, metadata_tree, is_leaf=is_array)
+
+
+def load_training_checkpoint(step_dir: str | os.PathLike) -> tuple[SegformerConfig, dict[str, Any]]:
+    """``(config, {'params', 'batch_stats'})`` of a ``TrainCheckpoints`` step directory."""
+    import orbax.checkpoint as ocp
+    step_dir = pathlib.Path(step_dir).absolute()
+    try:
+        meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "meta")
+    except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files
+        raise CheckpointError(f"{step_dir / 'meta'}: cannot read the run's record ({e})") from None
+    if not isinstance(meta, Mapping) or not isinstance(meta.get("model"), Mapping):
+        raise CheckpointError(f"{step_dir / 'meta'}: holds no 'model' config; not written by "
+                              "segformer_jax.train")
+    config = SegformerConfig.from_dict(meta["model"], source=str(step_dir / "meta"))
+    absl = logging.getLogger("absl")  # orbax warns that a step's item has no step metadata
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            tree = checkpointer.metadata(step_dir / "state")
+            tree = getattr(getattr(tree, "item_metadata", None), "tree", tree)
+            state = checkpointer.restore(step_dir / "state", local_target(tree))
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{step_dir / 'state'}: cannot be restored "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    finally:
+        absl.setLevel(level)
+    if not isinstance(state, Mapping) or not {"params", "batch_stats"} <= set(state):
+        raise CheckpointError(f"{step_dir / 'state'}: not a training state (expected params "
+                              "and batch_stats)")
+    return config, {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+
+def _load_hub(path: pathlib.Path) -> tuple[SegformerConfig, dict[str, Any]]:
+    from segformer_jax.hub import from_pretrained
+    config, variables, report = from_pretrained(path, task=SEMSEG, report=True)
+    if report.initialised:
+        raise CheckpointError(f"{path}: has no (complete) semantic segmentation head, so its "
+                              "predictions would come from random weights; it is an encoder or "
+                              "classification checkpoint: fine-tune it first")
+    return config, variables
+
+
+def load_for_inference(path: str | os.PathLike) -> tuple[SegformerConfig, dict[str, Any]]:
+    """``(config, variables)`` of a semantic segmentation model from any checkpoint we read.
+
+    ``path`` is one of:
+
+    * a Hub-layout directory (``config.json`` + ``model.safetensors`` / ``pytorch_model.bin``,
+      or one NVlabs ``*.pth``) or a weight file: read by ``hub.from_pretrained``;
+    * a model checkpoint (``config.json`` + ``variables/``): ``load_model``;
+    * a training workdir (its latest finished step), its ``checkpoints/`` directory, or one
+      step directory ``checkpoints/<step>``: ``params`` + ``batch_stats`` of the state, the
+      config from the step's ``meta`` record.
+
+    Raises ``CheckpointError`` (or ``ConfigError``) naming ``path`` otherwise.
+    """
+    path = pathlib.Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file or directory")
+    if path.is_dir() and is_model_checkpoint(path):
+        config, variables, task = load_model(path)
+        if task != SEMSEG:
+            raise CheckpointError(f"{path}: an {task} model, not a semantic segmentation one")
+        return config, variables
+    if path.is_file() and path.suffix.lower() not in WEIGHT_SUFFIXES:
+        raise CheckpointError(f"{path}: not a weight file (expected "
+                              f"{', '.join(WEIGHT_SUFFIXES)}) nor a checkpoint directory")
+    if path.is_file() or any((path / n).is_file() for n in WEIGHT_FILES):
+        return _load_hub(path)
+    step_dir = training_step_dir(path)
+    if step_dir is not None:
+        return load_training_checkpoint(step_dir)
+    if len(list(path.glob("*.pth")) + list(path.glob("*.pt"))) == 1:  # an NVlabs checkpoint
+        return _load_hub(path)
+    raise CheckpointError(
+        f"{path}: not a checkpoint; expected a Hub directory (config.json + "
+        f"{' or '.join(WEIGHT_FILES)}), a weight file, a segformer_jax model checkpoint "
+        "(config.json + variables/) or a training workdir (checkpoints/<step>/); the directory "
+        f"holds {sorted(p.name for p in path.iterdir())[:10]}")

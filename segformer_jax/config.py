@@ -15,6 +15,8 @@ from typing import Any
 
 from flax.core import FrozenDict
 
+from segformer_jax.errors import ConfigError
+
 # The six MiT variants of the paper (Xie et al. 2021, Table 1 / NVlabs ``mit_bX``).
 # Everything not listed (heads 1,2,5,8; sr 8,4,2,1; patches 7,3,3,3; strides 4,2,2,2;
 # mlp ratio 4) is shared by all variants and is the dataclass default.
@@ -32,16 +34,12 @@ _PER_STAGE = ("depths", "sr_ratios", "hidden_sizes", "patch_sizes", "strides",
 _ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
 
 
-class ConfigError(ValueError):
-    """A config value or a config file that cannot describe a SegFormer."""
-
-
 @dataclasses.dataclass(frozen=True)
 class SegformerConfig:
     """Architecture of a SegFormer (MiT encoder + All-MLP decode head).
 
     ``layer_norm_eps`` is kept for Hub round trips only: like transformers, every
-    LayerNorm of the model uses eps 1e-5 whatever this field says (see the spec, §1.1).
+    LayerNorm of the model uses eps 1e-5 whatever this field says (transformers' modeling_segformer.py builds every nn.LayerNorm with its default eps).
 
     ``mix_ffn_conv`` is a segformer_jax extension for ablations, not a transformers field:
     False drops the 3×3 depthwise conv of every Mix-FFN (a plain MLP, no positional leak).

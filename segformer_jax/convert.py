@@ -14,9 +14,10 @@ import argparse
 import logging
 import sys
 
-from segformer_jax.checkpoint import is_model_checkpoint, load_model, save_model
-from segformer_jax.config import ConfigError
-from segformer_jax.hub import SEMSEG, CheckpointError, from_pretrained, save_pretrained
+from segformer_jax.checkpoint import (is_model_checkpoint, load_for_inference, load_model,
+                                      save_model)
+from segformer_jax.errors import CheckpointError
+from segformer_jax.hub import SEMSEG, from_pretrained, save_pretrained
 from segformer_jax.models.segformer import TASKS
 
 
@@ -46,13 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         elif is_model_checkpoint(args.source):
             config, variables, task = load_model(args.source)
         else:  # a training workdir (its latest checkpoint) or a step directory
-            from segformer_jax.predict import load_for_inference
             config, variables = load_for_inference(args.source)
             task = SEMSEG
         if args.command == "to-hub":
             _refuse_non_empty(args.output, args.overwrite)
             out = save_pretrained(args.output, config, variables, task)
-    except (CheckpointError, ConfigError, ValueError) as e:  # ValueError: predict's PredictError
+    except ValueError as e:  # CheckpointError, ConfigError (segformer_jax.errors) and the like
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # permission denied, disk full, a file where a directory should be

@@ -17,13 +17,16 @@ import time
 import jax
 import numpy as np
 
-from segformer_jax.config import ConfigError, SegformerConfig
-from segformer_jax.hub import CheckpointError, from_pretrained
+from segformer_jax import constants
+from segformer_jax.config import SegformerConfig
+from segformer_jax.errors import CheckpointError, ConfigError
+from segformer_jax.hub import from_pretrained
 from segformer_jax.models.ops import resize_bilinear
 from segformer_jax.models.segformer import SegformerForSemanticSegmentation, init_variables
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+# float32, as they always were here: a float64 mean would move the pixels in the last bits.
+IMAGENET_MEAN = np.array(constants.IMAGENET_MEAN, np.float32)
+IMAGENET_STD = np.array(constants.IMAGENET_STD, np.float32)
 
 
 def generated_image(height: int, width: int, seed: int = 0) -> np.ndarray:

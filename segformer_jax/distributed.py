@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 import jax
 
-from segformer_jax.config import ConfigError
+from segformer_jax.errors import ConfigError
 
 
 def cluster_detected(environ: Mapping[str, str] = os.environ) -> str | None:

@@ -7,16 +7,11 @@
         [--data-option KEY=VALUE ...]
 
 ``PATH``: a Hub directory or weight file, a model checkpoint or a training workdir (see
-``predict.load_for_inference``). ``NAME``: ``synthetic``, ``ade20k``, ``cityscapes`` or
+``checkpoint.load_for_inference``). ``NAME``: ``synthetic``, ``ade20k``, ``cityscapes`` or
 ``folder`` (``--manual-dir ROOT``); see ``segformer_jax.data``. The test pipeline of each
-follows the paper's NVlabs configs unless overridden:
-
-    ade20k      rescale into (2048, 512) (short side 512), sides up to a multiple of 32,
-                whole-image inference; label 0 ("other") ignored (reduce_zero_label)
-    cityscapes  rescale into (2048, 1024) (the native 1024 x 2048), sliding window
-                crop 1024, stride 768
-    synthetic   rescale into (256, 128), multiple of 32, whole (configs/quickstart.py)
-    folder      the images' own size, whole
+is its entry in ``segformer_jax.data.presets`` (the paper's NVlabs configs: ADE20K short
+side 512 aligned to 32, whole; Cityscapes the native 1024 x 2048, sliding windows of 1024
+with stride 768) unless overridden.
 
 Logits are resized to each label's original size before the argmax; the confusion matrix is
 accumulated exactly (int64) over the whole split, so the scores are those of the split, not
@@ -29,201 +24,20 @@ of the crop.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import ast
 import json
 import math
 import os
 import pathlib
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
-from segformer_jax.config import ConfigError, SegformerConfig
-from segformer_jax.hub import CheckpointError
-from segformer_jax.predict import (ArgumentParser, PredictError, load_for_inference,
-                                   logits_to_mask, model_for, positive_int)
-
-PRESET = "preset"   # the default of evaluate()'s img_scale / size_divisor: the dataset's
-
-
-class EvaluationError(ValueError):
-    """A model, dataset and options that cannot be evaluated together; the message says why."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    """A dataset's test pipeline: ``img_scale`` (long, short) or None for the native size."""
-
-    img_scale: tuple[int, int] | None
-    size_divisor: int | None = None
-    mode: str = "whole"
-    crop: int | None = None
-    stride: int | None = None
-
-
-PRESETS: dict[str, Preset] = {
-    "ade20k": Preset((2048, 512), 32, "whole"),
-    "cityscapes": Preset((2048, 1024), None, "slide", 1024, 768),
-    "synthetic": Preset((256, 128), 32, "whole"),
-    "folder": Preset(None, None, "whole"),
-}
-
-
-class _Head:
-    """The first ``n`` examples of a random-access source."""
-
-    def __init__(self, source: Any, n: int):
-        self.source, self.n = source, min(int(n), len(source))
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> Any:
-        if not 0 <= index < self.n:
-            raise IndexError(index)
-        return self.source[index]
-
-
-def resolve(split_name: str, mode: str | None = None, crop: int | None = None,
-            stride: int | None = None, img_scale: Any = PRESET,
-            size_divisor: Any = PRESET) -> dict[str, Any]:
-    """The test settings: the dataset's preset with the given values put over it."""
-    preset = PRESETS.get(split_name, PRESETS["folder"])
-    if mode is None:
-        mode = "slide" if crop is not None else preset.mode
-    if mode not in ("whole", "slide"):
-        raise EvaluationError(f"mode must be 'whole' or 'slide'; got {mode!r}")
-    if mode == "whole":
-        if crop is not None or stride is not None:
-            raise EvaluationError("crop and stride are for sliding-window inference "
-                                  "(mode 'slide'), not mode 'whole'")
-    else:
-        if crop is None:
-            crop, stride = preset.crop, stride or preset.stride
-        if crop is None:
-            raise EvaluationError(f"sliding-window inference needs a crop size for the "
-                                  f"{split_name} dataset (e.g. crop 512, stride 384)")
-        stride = stride or max(1, crop * 3 // 4)
-        if min(crop, stride) < 1:
-            raise EvaluationError(f"crop and stride must be positive; got {crop}, {stride}")
-    if isinstance(img_scale, str) and img_scale == PRESET:
-        img_scale = preset.img_scale
-    if isinstance(size_divisor, str) and size_divisor == PRESET:
-        size_divisor = preset.size_divisor
-    if img_scale is not None:
-        img_scale = tuple(int(v) for v in img_scale)
-        if len(img_scale) != 2 or min(img_scale) < 1:
-            raise EvaluationError(f"img_scale must be two positive sizes; got {img_scale}")
-    return {"mode": mode, "crop": crop, "stride": stride, "img_scale": img_scale,
-            "size_divisor": int(size_divisor) if size_divisor else None}
-
-
-def evaluate(config: SegformerConfig, variables: Mapping[str, Any], split_data: Any,
-             mode: str | None = None, *, crop: int | None = None, stride: int | None = None,
-             img_scale: Any = PRESET, size_divisor: Any = PRESET,
-             scales: Sequence[float] | None = None, flip: bool = False,
-             max_examples: int | None = None, batch_windows: int = 1,
-             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Scores of ``variables`` on a ``data.SplitData``: ``metrics.summarize``'s dict and more.
-
-    ``mode`` / ``crop`` / ``stride`` / ``img_scale`` / ``size_divisor`` default to the
-    dataset's ``PRESETS`` entry (``img_scale=None``: the native size; ``crop`` alone means
-    ``mode="slide"``). ``scales`` and/or ``flip`` run the multi-scale (+ flip) test, each
-    ratio applied to ``img_scale``. ``max_examples`` scores the first examples only;
-    ``progress(done, total)`` is called after each one.
-
-    Returns ``metrics.summarize(cm, class_names)`` (aAcc, mIoU, mAcc, IoU, Acc, areas, ...)
-    plus ``confusion_matrix`` (int64 (K, K), rows = ground truth), ``num_examples`` and
-    ``settings`` (the test pipeline used).
-    """
-    from segformer_jax import metrics
-    from segformer_jax.data.pipeline import eval_batches
-    from segformer_jax.data.transforms import EvalTransform
-    from segformer_jax.inference import (multiscale_flip_inference, slide_inference,
-                                         whole_inference)
-    from segformer_jax.train import evaluate_split
-
-    settings = resolve(split_data.name, mode, crop, stride, img_scale, size_divisor)
-    if config.num_labels != split_data.num_labels:
-        raise EvaluationError(f"the model predicts {config.num_labels} classes but the "
-                              f"{split_data.name} dataset has {split_data.num_labels}")
-    multiscale = bool(scales) or flip
-    if scales is not None and (not scales or min(scales) <= 0):
-        raise EvaluationError(f"scales must be positive ratios; got {scales}")
-    settings.update(scales=list(scales or [1.0]) if multiscale else None, flip=bool(flip))
-    apply = model_for(config).apply
-    mode, crop, stride = settings["mode"], settings["crop"], settings["stride"]
-
-    if multiscale:  # the augmentations resize the original image themselves
-        transform = EvalTransform(img_scale=None, reduce_zero_label=split_data.reduce_zero_label)
-
-        def logits_fn(variables: Any, images: np.ndarray) -> Any:
-            return multiscale_flip_inference(
-                apply, variables, images, scales=tuple(scales or (1.0,)), flip=flip,
-                base_size=settings["img_scale"], size_divisor=settings["size_divisor"],
-                mode=mode, crop=crop, stride=stride, batch_windows=batch_windows)
-    else:
-        transform = EvalTransform(img_scale=settings["img_scale"],
-                                  size_divisor=settings["size_divisor"],
-                                  reduce_zero_label=split_data.reduce_zero_label)
-
-        def logits_fn(variables: Any, images: np.ndarray) -> Any:
-            if mode == "slide":
-                return slide_inference(apply, variables, images, crop, stride,
-                                       batch_windows=batch_windows)
-            return whole_inference(apply, variables, images)
-
-    def predict(variables: Any, images: np.ndarray, label_size: tuple[int, int]) -> np.ndarray:
-        return logits_to_mask(logits_fn(variables, images), label_size)
-
-    source = split_data.source
-    if max_examples is not None:
-        source = _Head(source, max_examples)
-    total = len(source)
-    done = 0
-
-    def examples():
-        nonlocal done
-        for batch in eval_batches(source, transform, 1):
-            yield {"image": batch["image"], "label": batch["label"]}
-            done += 1
-            if progress is not None:
-                progress(done, total)
-
-    import jax
-    cm = evaluate_split(predict, jax.device_put(dict(variables)), examples(),
-                        config.num_labels, getattr(split_data, "ignore_index", 255))
-    summary = metrics.summarize(cm, split_data.class_names)
-    summary.update(confusion_matrix=cm, num_examples=total, settings=settings)
-    return summary
-
-
-# --------------------------------------------------------------------------------------
-# Output
-
-
-def _number(value: Any) -> Any:
-    value = float(value)
-    return None if math.isnan(value) else value
-
-
-def to_json(summary: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
-    """A JSON-ready record of ``evaluate``'s summary; NaN scores become null."""
-    names = summary["class_names"]
-    per_class = {
-        name: {"IoU": _number(summary["IoU"][k]), "Acc": _number(summary["Acc"][k]),
-               "area_label": int(summary["area_label"][k]),
-               "area_pred": int(summary["area_pred"][k])}
-        for k, name in enumerate(names)}
-    return {**extra, **summary.get("settings", {}),
-            "num_examples": int(summary["num_examples"]),
-            "aAcc": _number(summary["aAcc"]), "mIoU": _number(summary["mIoU"]),
-            "mAcc": _number(summary["mAcc"]), "per_class": per_class,
-            "class_names": list(names),
-            "confusion_matrix": np.asarray(summary["confusion_matrix"]).tolist()}
+from segformer_jax.checkpoint import load_for_inference
+from segformer_jax.cli import ArgumentParser, positive_int
+from segformer_jax.errors import EvaluationError, SegformerError
+from segformer_jax.evaluation import PRESET, evaluate, test_settings, to_json
 
 
 # --------------------------------------------------------------------------------------
@@ -268,7 +82,6 @@ def _divisor(text: str) -> Any:
 
 
 def _data_option(text: str) -> tuple[str, Any]:
-    import ast
     key, sep, value = text.partition("=")
     if not sep or not key.strip().isidentifier():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -315,8 +128,8 @@ def parse_args(argv: Sequence[str]):
     if args.mode == "whole" and (args.crop or args.stride):
         parser.error("--crop/--stride are for sliding-window inference, not --mode whole")
     try:
-        resolve(args.dataset, args.mode, args.crop, args.stride, args.img_scale,
-                args.size_divisor)
+        test_settings(args.dataset, args.mode, args.crop, args.stride, args.img_scale,
+                      args.size_divisor)
     except EvaluationError as e:
         parser.error(str(e))
     for flag in ("manual_dir",):
@@ -344,13 +157,12 @@ def _progress_printer() -> Callable[[int, int], None]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
     from segformer_jax import data, metrics
-    DatasetError = data.DatasetError
     try:
         config, variables = load_for_inference(args.checkpoint)
         try:
             split = data.load_split(args.dataset, args.split, data_dir=args.data_dir,
                                     manual_dir=args.manual_dir, **dict(args.data_option))
-        except DatasetError:
+        except SegformerError:
             raise
         except TypeError as e:  # an option the builder does not take
             raise EvaluationError(f"--data-option: {e}") from None
@@ -362,10 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            size_divisor=args.size_divisor, scales=args.scales, flip=args.flip,
                            max_examples=args.max_examples, batch_windows=args.batch_windows,
                            progress=_progress_printer())
-    except (CheckpointError, ConfigError, PredictError, EvaluationError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
+    except (SegformerError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     s = summary["settings"]

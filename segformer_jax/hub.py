@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from segformer_jax.config import ConfigError, SegformerConfig
+from segformer_jax.config import SegformerConfig
+from segformer_jax.errors import CheckpointError, ConfigError
 from segformer_jax.models.segformer import TASKS, init_head_variables
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,18 @@ ARCHITECTURES = {SEMSEG: "SegformerForSemanticSegmentation",
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read into the requested model; the message names why."""
+@dataclasses.dataclass(frozen=True)
+class LoadReport:
+    """What ``from_pretrained`` did not take from the checkpoint as it was.
+
+    ``dropped``: checkpoint tensors the model has no use for (another task's head, or a
+    classifier of another label count); ``initialised``: model tensors made fresh from the
+    seed because the checkpoint lacks them (Hub names both). A model whose task head is in
+    ``initialised`` predicts from random weights until it is fine-tuned.
+    """
+
+    dropped: tuple[str, ...] = ()
+    initialised: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------
@@ -225,7 +236,7 @@ def _is_nvlabs(keys: list[str]) -> bool:
 
 
 def _from_nvlabs(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """NVlabs mix_transformer / SegFormerHead names -> Hub v4 names (spec §3.2)."""
+    """NVlabs names (mmseg/models/backbones/mix_transformer.py, SegFormerHead) -> Hub v4 names."""
     out: dict[str, np.ndarray] = {}
     for key, value in tensors.items():
         if key.startswith("decode_head."):
@@ -480,7 +491,7 @@ def _read_config_json(directory: pathlib.Path) -> tuple[dict[str, Any] | None, l
 
 def from_pretrained(path: str | os.PathLike, *, task: str | None = None,
                     num_labels: int | None = None, id2label: Mapping[int, str] | None = None,
-                    seed: int = 0) -> tuple[SegformerConfig, dict[str, Any]]:
+                    seed: int = 0, report: bool = False) -> Any:
     """Reads a local checkpoint into ``(config, variables)`` for ``TASKS[task]``.
 
     ``path`` is a Hub-layout directory (config.json + model.safetensors or pytorch_model.bin),
@@ -488,7 +499,8 @@ def from_pretrained(path: str | os.PathLike, *, task: str | None = None,
     checkpoint has. Tensors of a head the checkpoint lacks are freshly initialised (``seed``);
     a ``num_labels`` (or ``id2label``) different from the checkpoint's re-initialises the
     classifier, like transformers' ``ignore_mismatched_sizes=True``; every tensor dropped or
-    initialised is logged by name.
+    initialised is logged by name. ``report=True`` returns ``(config, variables, LoadReport)``
+    so that a caller can act on what was dropped and initialised.
     """
     weight_file = find_weight_file(path)
     directory = weight_file.parent
@@ -546,7 +558,10 @@ def from_pretrained(path: str | os.PathLike, *, task: str | None = None,
     if initialised:
         log.warning("%s: freshly initialised %d tensors (seed %d): %s",
                     weight_file, len(initialised), seed, _names(initialised))
-    return config, jax.tree.map(jnp.asarray, variables)
+    variables = jax.tree.map(jnp.asarray, variables)
+    if report:
+        return config, variables, LoadReport(tuple(sorted(other_head)), tuple(initialised))
+    return config, variables
 
 
 def _checkpoint_labels(tensors: Mapping[str, np.ndarray], task: str, default: int) -> int:

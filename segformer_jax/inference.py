@@ -1,37 +1,37 @@
 """Test-time inference as the SegFormer paper's code (NVlabs/SegFormer, on mmseg 0.x) runs it.
 
-* ``whole_inference``: one forward pass; the 1/4-resolution logits are resized (bilinear,
+* ``Inference.whole``: one forward pass; the 1/4-resolution logits are resized (bilinear,
   ``align_corners=False``) to the input size — mmseg's ``test_cfg=dict(mode='whole')``
   (ADE20K, COCO-Stuff).
-* ``slide_inference``: overlapping crops, each one's logits resized to the crop, summed on a
+* ``Inference.slide``: overlapping crops, each one's logits resized to the crop, summed on a
   canvas and divided by how many crops cover each pixel — mmseg's ``mode='slide'``
   (Cityscapes: crop 1024×1024, stride 768×768).
-* ``multiscale_flip_inference``: mmseg's ``MultiScaleFlipAug`` + ``aug_test``: for every scale
+* ``Inference.multiscale_flip``: mmseg's ``MultiScaleFlipAug`` + ``aug_test``: for every scale
   ratio (and the horizontal flip), resize the image, infer, resize the logits back to the
   original size, softmax, un-flip; the softmax probabilities are averaged.
 * ``rescale_size`` / ``aligned_test_size``: mmcv's ``imrescale`` size rule and SegFormer's
   ``AlignedResize`` (ADE20K test size: short side 512, then both sides up to a multiple of 32).
 
-``apply_fn(variables, images) -> logits`` is the model's apply (``model.apply`` or
-``jax.jit(model.apply)``), images NHWC float32, logits NHWC at ``ceil(H/4) × ceil(W/4)``. It
-is a static argument of the jitted functions here: pass the same function object every call
-(``model.apply`` of one model object, or one ``jax.jit(model.apply)``; not a fresh lambda or
-a new model instance per call), or every call compiles anew. Shapes, crops and strides are
-static too: one compilation per input size.
+``Inference(apply_fn)`` holds the jitted programs of one model: build it once per model
+(``apply_fn(variables, images) -> logits`` is the model's apply, images NHWC float32, logits
+NHWC at ``ceil(H/4) × ceil(W/4)``) and call its methods; each compiles once per input shape,
+crop and stride. Nothing is cached at module level: two models are two objects.
 
-All outputs are float32 NHWC: logits for ``whole_inference`` / ``slide_inference`` (mmseg's
-``seg_logit`` before its softmax), probabilities for ``multiscale_flip_inference``.
+All outputs are float32 NHWC: logits for ``Inference.whole`` / ``Inference.slide`` (mmseg's
+``seg_logit`` before its softmax), probabilities for ``Inference.multiscale_flip``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segformer_jax.constants import round_up
 from segformer_jax.data.transforms import rescale_size  # mmcv's imrescale rule, one copy
 from segformer_jax.models.ops import resize_bilinear
 
@@ -54,18 +54,6 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
 def _whole(apply_fn: ApplyFn, variables: Any, images: jax.Array) -> jax.Array:
     logits = apply_fn(variables, images).astype(jnp.float32)
     return resize_bilinear(logits, images.shape[1:3])
-
-
-_whole_jit = jax.jit(_whole, static_argnums=0)
-
-
-def whole_inference(apply_fn: ApplyFn, variables: Any, images: Any) -> jax.Array:
-    """Logits resized to the input size: (N, H, W, 3) images → (N, H, W, K) float32.
-
-    mmseg's ``encode_decode``: ``resize(decode_head(backbone(img)), img.shape[2:],
-    mode='bilinear', align_corners=False)``.
-    """
-    return _whole_jit(apply_fn, variables, jnp.asarray(images))
 
 
 # ----------------------------------------------------------------------------- sliding window
@@ -112,7 +100,7 @@ def window_count(height: int, width: int, crop: int | Sequence[int],
                  stride: int | Sequence[int]) -> np.ndarray:
     """How many sliding windows cover each pixel: int32 (H, W), mmseg's ``count_mat``.
 
-    ``slide_inference`` divides its canvas by this; it is >= 1 everywhere for any size.
+    ``Inference.slide`` divides its canvas by this; it is >= 1 everywhere for any size.
     """
     count = np.zeros((int(height), int(width)), dtype=np.int32)
     for win in slide_windows(height, width, crop, stride):
@@ -147,33 +135,6 @@ def _slide(apply_fn: ApplyFn, variables: Any, images: jax.Array, crop: tuple[int
     return canvas / jnp.asarray(count)[None, :, :, None]
 
 
-_slide_jit = jax.jit(_slide, static_argnums=(0, 3, 4, 5))
-
-
-def slide_inference(apply_fn: ApplyFn, variables: Any, images: Any,
-                    crop: int | Sequence[int], stride: int | Sequence[int],
-                    num_classes: int | None = None, batch_windows: int = 1) -> jax.Array:
-    """mmseg's sliding-window logits: (N, H, W, 3) images → (N, H, W, K) float32.
-
-    Each crop's logits are resized (bilinear, ``align_corners=False``) to the crop size, added
-    into a zero canvas at the crop's place, and the canvas is divided by ``window_count``.
-    The windows are ``slide_windows(H, W, crop, stride)``; their number is static given the
-    shape, so the whole thing is one jitted program.
-
-    Args:
-      crop, stride: (height, width) or one int for both (Cityscapes: 1024 and 768).
-      num_classes: optional check of K (it is read from the model's output otherwise).
-      batch_windows: crops per forward pass (× N images). 1 keeps memory at one crop's
-        activations; more uses a large accelerator better.
-    """
-    images = jnp.asarray(images)
-    logits = _slide_jit(apply_fn, variables, images, _pair(crop, "crop"),
-                        _pair(stride, "stride"), int(batch_windows))
-    if num_classes is not None and logits.shape[-1] != num_classes:
-        raise ValueError(f"model gives {logits.shape[-1]} classes, expected {num_classes}")
-    return logits
-
-
 # ----------------------------------------------------------------------------- test sizes
 
 
@@ -192,8 +153,7 @@ def aligned_test_size(height: int, width: int, scale: Sequence[int] = (2048, 512
     (512, 704)
     """
     h, w = rescale_size(height, width, scale)
-    d = int(divisor)
-    return -(-h // d) * d, -(-w // d) * d
+    return round_up(h, divisor), round_up(w, divisor)
 
 
 def augmentation_sizes(height: int, width: int, ratios: Sequence[float] = (1.0,),
@@ -220,8 +180,7 @@ def augmentation_sizes(height: int, width: int, ratios: Sequence[float] = (1.0,)
         rescaled = rescale_size(height, width, scale)
         final = rescaled
         if size_divisor:
-            d = int(size_divisor)
-            final = (-(-rescaled[0] // d) * d, -(-rescaled[1] // d) * d)
+            final = (round_up(rescaled[0], size_divisor), round_up(rescaled[1], size_divisor))
         sizes.append((rescaled, final))
     return sizes
 
@@ -247,56 +206,110 @@ def _augmented_probs(apply_fn: ApplyFn, variables: Any, images: jax.Array,
     return probs[:, :, ::-1] if flip else probs
 
 
-_augmented_probs_jit = jax.jit(_augmented_probs, static_argnums=(0, 3, 4, 5, 6, 7, 8, 9))
+# ----------------------------------------------------------------------------- one model's programs
 
 
-def multiscale_flip_inference(apply_fn: ApplyFn, variables: Any, images: Any, *,
-                              scales: Sequence[float] = (1.0,), flip: bool = False,
-                              base_size: Sequence[int] | None = None,
-                              size_divisor: int | None = None, mode: str = "whole",
-                              crop: int | Sequence[int] | None = None,
-                              stride: int | Sequence[int] | None = None,
-                              num_classes: int | None = None,
-                              batch_windows: int = 1) -> jax.Array:
-    """mmseg's multi-scale + flip test: averaged softmax probabilities, (N, H, W, K) float32.
+class Inference:
+    """The jitted test-time programs of one model, built once over its ``apply_fn``.
 
-    For each size of ``augmentation_sizes(H, W, scales, base_size, size_divisor)`` and each of
-    (no flip, horizontal flip if ``flip``): resize the image, flip it, run ``whole`` or
-    ``slide`` inference, resize the logits back to (H, W), softmax, un-flip. mmseg's
-    ``inference`` returns that softmax and ``aug_test`` sums it over the augmentations and
-    divides by their number; so does this. ``argmax(-1)`` gives the prediction.
-
-    The paper's ADE20K multi-scale test is ``scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)``,
-    ``base_size=(2048, 512)``, ``size_divisor=32``, ``flip=True``, ``mode="whole"``; its
-    Cityscapes one ``base_size=(2048, 1024)``, ``mode="slide"``, ``crop=1024``, ``stride=768``.
-
-    Image resizing: mmseg resizes the uint8 image with OpenCV's ``INTER_LINEAR`` before
-    normalising; here the (normalised, float) image is resized with ``resize_bilinear``. Both
-    sample at half-pixel centres without antialiasing, and normalisation is per-channel affine,
-    which commutes with bilinear weights that sum to one; the difference is OpenCV's
-    fixed-point arithmetic and rounding to uint8 (< 1 grey level).
-
-    One jitted program per (size, flip); each compiles once per input shape.
+    ``jax.jit`` of a closure over ``apply_fn``: the programs belong to this object, so a
+    second model (or a new object) never shares or evicts them, and one object compiles once
+    per input shape (and crop, stride, scale). Build one per model and keep it.
     """
-    if mode not in ("whole", "slide"):
-        raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
-    if mode == "slide":
-        if crop is None or stride is None:
-            raise ValueError("mode='slide' needs crop and stride")
-        crop, stride = _pair(crop, "crop"), _pair(stride, "stride")
-    else:
-        crop = stride = None
-    if not scales:
-        raise ValueError("scales is empty")
-    images = jnp.asarray(images)
-    _, h, w, _ = images.shape
-    total, count = None, 0
-    for rescaled, final in augmentation_sizes(h, w, tuple(scales), base_size, size_divisor):
-        for flipped in ((False, True) if flip else (False,)):
-            probs = _augmented_probs_jit(apply_fn, variables, images, rescaled, final, flipped,
-                                         mode, crop, stride, int(batch_windows))
-            total = probs if total is None else total + probs
-            count += 1
-    if num_classes is not None and total.shape[-1] != num_classes:
-        raise ValueError(f"model gives {total.shape[-1]} classes, expected {num_classes}")
-    return total / count
+
+    def __init__(self, apply_fn: ApplyFn):
+        self.apply_fn = apply_fn
+        self._whole = jax.jit(lambda variables, images: _whole(apply_fn, variables, images))
+        self._slide = jax.jit(
+            lambda variables, images, crop, stride, batch_windows: _slide(
+                apply_fn, variables, images, crop, stride, batch_windows),
+            static_argnums=(2, 3, 4))
+        self._augmented = jax.jit(
+            lambda variables, images, *static: _augmented_probs(apply_fn, variables, images,
+                                                                *static),
+            static_argnums=tuple(range(2, 9)))
+
+    def whole(self, variables: Any, images: Any) -> jax.Array:
+        """Logits resized to the input size: (N, H, W, 3) images → (N, H, W, K) float32.
+
+        mmseg's ``encode_decode``: ``resize(decode_head(backbone(img)), img.shape[2:],
+        mode='bilinear', align_corners=False)``.
+        """
+        return self._whole(variables, jnp.asarray(images))
+
+    def slide(self, variables: Any, images: Any, crop: int | Sequence[int],
+              stride: int | Sequence[int], num_classes: int | None = None,
+              batch_windows: int = 1) -> jax.Array:
+        """mmseg's sliding-window logits: (N, H, W, 3) images → (N, H, W, K) float32.
+
+        Each crop's logits are resized (bilinear, ``align_corners=False``) to the crop size,
+        added into a zero canvas at the crop's place, and the canvas is divided by
+        ``window_count``. The windows are ``slide_windows(H, W, crop, stride)``; their number
+        is static given the shape, so the whole thing is one jitted program.
+
+        Args:
+          crop, stride: (height, width) or one int for both (Cityscapes: 1024 and 768).
+          num_classes: optional check of K (it is read from the model's output otherwise).
+          batch_windows: crops per forward pass (× N images). 1 keeps memory at one crop's
+            activations; more uses a large accelerator better.
+        """
+        logits = self._slide(variables, jnp.asarray(images), _pair(crop, "crop"),
+                             _pair(stride, "stride"), int(batch_windows))
+        _check_classes(logits, num_classes)
+        return logits
+
+    def multiscale_flip(self, variables: Any, images: Any, *,
+                        scales: Sequence[float] = (1.0,), flip: bool = False,
+                        base_size: Sequence[int] | None = None,
+                        size_divisor: int | None = None, mode: str = "whole",
+                        crop: int | Sequence[int] | None = None,
+                        stride: int | Sequence[int] | None = None,
+                        num_classes: int | None = None,
+                        batch_windows: int = 1) -> jax.Array:
+        """mmseg's multi-scale + flip test: averaged softmax probabilities, (N, H, W, K) float32.
+
+        For each size of ``augmentation_sizes(H, W, scales, base_size, size_divisor)`` and each
+        of (no flip, horizontal flip if ``flip``): resize the image, flip it, run ``whole`` or
+        ``slide`` inference, resize the logits back to (H, W), softmax, un-flip. mmseg's
+        ``inference`` returns that softmax and ``aug_test`` sums it over the augmentations and
+        divides by their number; so does this. ``argmax(-1)`` gives the prediction.
+
+        The paper's ADE20K multi-scale test is ``scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)``,
+        ``base_size=(2048, 512)``, ``size_divisor=32``, ``flip=True``, ``mode="whole"``; its
+        Cityscapes one ``base_size=(2048, 1024)``, ``mode="slide"``, ``crop=1024``,
+        ``stride=768``.
+
+        Image resizing: mmseg resizes the uint8 image with OpenCV's ``INTER_LINEAR`` before
+        normalising; here the (normalised, float) image is resized with ``resize_bilinear``.
+        Both sample at half-pixel centres without antialiasing, and normalisation is
+        per-channel affine, which commutes with bilinear weights that sum to one; the
+        difference is OpenCV's fixed-point arithmetic and rounding to uint8 (< 1 grey level).
+
+        One jitted program per (size, flip); each compiles once per input shape.
+        """
+        if mode not in ("whole", "slide"):
+            raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+        if mode == "slide":
+            if crop is None or stride is None:
+                raise ValueError("mode='slide' needs crop and stride")
+            crop, stride = _pair(crop, "crop"), _pair(stride, "stride")
+        else:
+            crop = stride = None
+        if not scales:
+            raise ValueError("scales is empty")
+        images = jnp.asarray(images)
+        _, h, w, _ = images.shape
+        total, count = None, 0
+        for rescaled, final in augmentation_sizes(h, w, tuple(scales), base_size, size_divisor):
+            for flipped in ((False, True) if flip else (False,)):
+                probs = self._augmented(variables, images, rescaled, final, flipped, mode, crop,
+                                        stride, int(batch_windows))
+                total = probs if total is None else total + probs
+                count += 1
+        _check_classes(total, num_classes)
+        return total / count
+
+
+def _check_classes(logits: jax.Array, num_classes: int | None) -> None:
+    if num_classes is not None and logits.shape[-1] != num_classes:
+        raise ValueError(f"model gives {logits.shape[-1]} classes, expected {num_classes}")

@@ -16,18 +16,17 @@ per-class values, so a class with an empty union (absent from both the predictio
 ground truth of the whole split) has IoU NaN and does not count, and a class absent from the
 ground truth has Acc NaN and does not count in mAcc (its IoU is 0 if it was predicted).
 
-Exactness: the counts are integers throughout. ``confusion_matrix`` counts a batch on the
-accelerator in int32 (JAX's default integer; a batch must hold fewer than 2**31 pixels, i.e.
-any real batch), and ``update`` adds batches into a numpy **int64** matrix on the host, so the
-counts over a whole split cannot overflow or round, and the split's mIoU is the same number
-whether computed at once or batch by batch. The only floating-point step is the final division
+Exactness: the counts are integers throughout. ``confusion_matrix`` counts a batch in numpy
+**int64** on the host and ``update`` adds batches into an int64 matrix, so the counts over a
+whole split cannot overflow or round, and the split's mIoU is the same number whether
+computed at once or batch by batch. The only floating-point step is the final division
 (float64), as in mmseg.
 
 Usage::
 
     total = metrics.zeros(num_classes)
     for images, labels in split:
-        pred = jnp.argmax(logits_fn(images), axis=-1)
+        pred = np.argmax(logits_fn(images), axis=-1)
         total = metrics.update(total, metrics.confusion_matrix(pred, labels, num_classes))
     results = metrics.summarize(total, class_names)
     print(metrics.format_table(results))
@@ -35,17 +34,14 @@ Usage::
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "ignore_index", "reduce_zero_label"))
-def confusion_matrix(pred: jax.Array, label: jax.Array, num_classes: int,
-                     ignore_index: int = 255, reduce_zero_label: bool = False) -> jax.Array:
+def confusion_matrix(pred: Any, label: Any, num_classes: int, ignore_index: int = 255,
+                     reduce_zero_label: bool = False) -> np.ndarray:
     """Counts of (ground truth, prediction) pairs over the valid pixels of a batch.
 
     Args:
@@ -59,37 +55,25 @@ def confusion_matrix(pred: jax.Array, label: jax.Array, num_classes: int,
         applied before ``ignore_index`` is tested, exactly as ``intersect_and_union`` does.
 
     Returns:
-      An int32 (K, K) matrix ``cm`` with ``cm[g, p]`` = number of valid pixels of ground truth
-      ``g`` predicted as ``p``. Add batches with ``update`` (int64 on the host).
+      A numpy int64 (K, K) matrix ``cm`` with ``cm[g, p]`` = number of valid pixels of ground
+      truth ``g`` predicted as ``p``. Add batches with ``update``.
 
-    A pixel is counted only when its label is in [0, K) and its prediction is in [0, K), so a
-    stray value can never spill into another class's bin (``label * K + pred`` with
-    ``pred >= K`` would land in the next row). Labels outside [0, K) other than the ignore
-    index do not occur in a well-formed dataset; predictions from an argmax are always in
-    range. (mmseg's ``histc`` would still count a pixel with an out-of-range prediction in its
-    ground-truth class's area; a (K, K) matrix has no column for it, so it is dropped.)
+    It runs in numpy on the host: evaluation images come at their own sizes, and a jitted
+    count would compile once per size. A pixel is counted only when its label is in [0, K)
+    and its prediction is in [0, K), so a stray value can never spill into another class's
+    bin (``label * K + pred`` with ``pred >= K`` would land in the next row). Labels outside
+    [0, K) other than the ignore index do not occur in a well-formed dataset; predictions
+    from an argmax are always in range. (mmseg's ``histc`` would still count a pixel with an
+    out-of-range prediction in its ground-truth class's area; a (K, K) matrix has no column
+    for it, so it is dropped.)
     """
-    k = int(num_classes)
-    pred = jnp.asarray(pred).astype(jnp.int32)
-    label = jnp.asarray(label).astype(jnp.int32)
-    if pred.shape != label.shape:
-        raise ValueError(f"pred {pred.shape} and label {label.shape} shapes differ")
-    if reduce_zero_label:
-        label = jnp.where(label == 0, 255, label) - 1
-        label = jnp.where(label == 254, 255, label)
-    valid = ((label != ignore_index) & (label >= 0) & (label < k) & (pred >= 0) & (pred < k))
-    index = jnp.where(valid, label * k + pred, 0).ravel()
-    counts = jnp.bincount(index, weights=valid.ravel().astype(jnp.int32), length=k * k)
-    return counts.astype(jnp.int32).reshape(k, k)
-
-
-def confusion_matrix_host(pred: np.ndarray, label: np.ndarray, num_classes: int,
-                          ignore_index: int = 255) -> np.ndarray:
-    """``confusion_matrix`` in numpy int64, for per-image shapes that would each need a compile."""
     k = int(num_classes)
     pred, label = np.asarray(pred).astype(np.int64), np.asarray(label).astype(np.int64)
     if pred.shape != label.shape:
         raise ValueError(f"pred {pred.shape} and label {label.shape} shapes differ")
+    if reduce_zero_label:
+        label = np.where(label == 0, 255, label) - 1
+        label = np.where(label == 254, 255, label)
     valid = (label != ignore_index) & (label >= 0) & (label < k) & (pred >= 0) & (pred < k)
     return np.bincount(label[valid] * k + pred[valid], minlength=k * k).reshape(k, k)
 

@@ -9,12 +9,14 @@ image's own resolution; 8-bit, or 16-bit for models with more than 255 classes) 
 ``DIR/<stem>_overlay.png`` (the image blended with one colour per class, and a legend of the
 classes present). Two inputs with the same stem get ``<stem>-1``, ``<stem>-2``, ...
 
-``PATH`` is anything ``load_for_inference`` reads: a Hub directory or weight file, a
-``segformer_jax`` model checkpoint, or a training workdir (its latest checkpoint).
+``PATH`` is anything ``checkpoint.load_for_inference`` reads: a Hub directory or weight file,
+a ``segformer_jax`` model checkpoint, or a training workdir (its latest checkpoint).
 
-Test-time scale: the image is resized (PIL bilinear, as the processor does) so that its short
-side is ``--size`` (512 for ADE20K models, 1024 for Cityscapes ones), each side rounded up to
-a multiple of 32, and normalised like ``SegformerImageProcessor`` (ImageNet mean/std). At
+Test-time scale: the rule ``evaluate`` applies to ADE20K (and, at ``--size 1024``, to
+Cityscapes' 1024 × 2048 images): the image is rescaled (PIL bilinear, as the processor does)
+to fit into ``(4 × size, size)`` (short side ``--size`` unless the long side would pass
+``4 × size``), each side rounded up to a multiple of 32 (``inference.aligned_test_size``),
+and normalised like ``SegformerImageProcessor`` (ImageNet mean/std). At
 that scale one forward pass covers the whole image (``whole``), unless the image is more than
 ``2 × size`` long (a panorama) or ``--crop`` is given: then overlapping ``crop × crop``
 windows are run (``slide``; crop defaults to ``--size``, stride to 3/4 of the crop). The
@@ -29,184 +31,23 @@ is then 1.
 from __future__ import annotations
 
 import argparse
-import functools
-import logging
 import os
 import pathlib
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from segformer_jax.config import ConfigError, SegformerConfig
-from segformer_jax.hub import SEMSEG, CheckpointError
+from segformer_jax.checkpoint import load_for_inference
+from segformer_jax.cli import ArgumentParser, positive_int
+from segformer_jax.config import SegformerConfig
+from segformer_jax.constants import SIZE_DIVISOR
+from segformer_jax.errors import InputError, SegformerError
+from segformer_jax.evaluation import logits_to_mask, scored_class_names
+from segformer_jax.inference import Inference, aligned_test_size
 
 MASK_SUFFIX, OVERLAY_SUFFIX = "_mask.png", "_overlay.png"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
-
-
-class PredictError(ValueError):
-    """An input image or an option the prediction cannot use; the message names it."""
-
-
-# --------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def _step_dirs(checkpoints: pathlib.Path) -> list[pathlib.Path]:
-    """Finished Orbax step directories (``<int>/state``), oldest first.
-
-    Orbax writes a step into ``<step>.orbax-checkpoint-tmp-*`` and renames it when complete,
-    so a directory named by a bare integer is a finished checkpoint.
-    """
-    steps = [p for p in checkpoints.iterdir()
-             if p.is_dir() and re.fullmatch(r"\d+", p.name) and (p / "state").is_dir()]
-    return sorted(steps, key=lambda p: int(p.name))
-
-
-def training_step_dir(path: str | os.PathLike) -> pathlib.Path | None:
-    """The checkpoint a training-run path points to, or None if it is not one.
-
-    Accepts the workdir (its latest step), ``workdir/checkpoints`` (the same) or one step
-    directory ``workdir/checkpoints/<step>``.
-    """
-    path = pathlib.Path(path)
-    if not path.is_dir():
-        return None
-    if re.fullmatch(r"\d+", path.name) and (path / "state").is_dir() and (path / "meta").is_dir():
-        return path
-    if (path / "checkpoints").is_dir():
-        checkpoints = path / "checkpoints"
-    elif path.name == "checkpoints":
-        checkpoints = path
-    else:
-        return None
-    steps = _step_dirs(checkpoints)
-    if not steps:
-        raise CheckpointError(f"{path}: a training workdir without a finished checkpoint in "
-                              f"{checkpoints} (the run has saved none yet)")
-    return steps[-1]
-
-
-def _local_target(metadata_tree: Any) -> Any:
-    """Restore target from a checkpoint's metadata: its shapes and dtypes on the local device.
-
-    Restoring with the saved shardings fails when the checkpoint was written on other devices
-    (trained on a GPU, read on a CPU); this puts every array on ``jax.devices()[0]``.
-    """
-    import jax
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-
-    def leaf(m: Any) -> Any:
-        if hasattr(m, "shape") and hasattr(m, "dtype"):
-            return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device)
-        return m
-
-    return jax.tree.map(leaf, metadata_tree,
-                        is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
-
-
-def load_training_checkpoint(step_dir: str | os.PathLike) -> tuple[SegformerConfig, dict[str, Any]]:
-    """``(config, {'params', 'batch_stats'})`` of a ``TrainCheckpoints`` step directory."""
-    import orbax.checkpoint as ocp
-    step_dir = pathlib.Path(step_dir).absolute()
-    try:
-        meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "meta")
-    except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files
-        raise CheckpointError(f"{step_dir / 'meta'}: cannot read the run's record ({e})") from None
-    if not isinstance(meta, Mapping) or not isinstance(meta.get("model"), Mapping):
-        raise CheckpointError(f"{step_dir / 'meta'}: holds no 'model' config; not written by "
-                              "segformer_jax.train")
-    config = SegformerConfig.from_dict(meta["model"], source=str(step_dir / "meta"))
-    absl = logging.getLogger("absl")  # orbax warns that a step's item has no step metadata
-    level = absl.level
-    absl.setLevel(logging.ERROR)
-    try:
-        with ocp.StandardCheckpointer() as checkpointer:
-            tree = checkpointer.metadata(step_dir / "state")
-            tree = getattr(getattr(tree, "item_metadata", None), "tree", tree)
-            state = checkpointer.restore(step_dir / "state", _local_target(tree))
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{step_dir / 'state'}: cannot be restored "
-                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    finally:
-        absl.setLevel(level)
-    if not isinstance(state, Mapping) or not {"params", "batch_stats"} <= set(state):
-        raise CheckpointError(f"{step_dir / 'state'}: not a training state (expected params "
-                              "and batch_stats)")
-    return config, {"params": state["params"], "batch_stats": state["batch_stats"]}
-
-
-class _Recorder(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(str(record.msg))
-
-
-def _load_hub(path: pathlib.Path) -> tuple[SegformerConfig, dict[str, Any]]:
-    from segformer_jax.hub import from_pretrained
-    recorder = _Recorder()
-    logger = logging.getLogger("segformer_jax.hub")
-    level = logger.level
-    if logger.getEffectiveLevel() > logging.WARNING:
-        logger.setLevel(logging.WARNING)
-    logger.addHandler(recorder)
-    try:
-        config, variables = from_pretrained(path, task=SEMSEG)
-    finally:
-        logger.removeHandler(recorder)
-        logger.setLevel(level)
-    if any("freshly initialised" in m for m in recorder.messages):
-        raise CheckpointError(f"{path}: has no (complete) semantic segmentation head, so its "
-                              "predictions would come from random weights; it is an encoder or "
-                              "classification checkpoint: fine-tune it first")
-    return config, variables
-
-
-def load_for_inference(path: str | os.PathLike) -> tuple[SegformerConfig, dict[str, Any]]:
-    """``(config, variables)`` of a semantic segmentation model from any checkpoint we write.
-
-    ``path`` is one of:
-
-    * a Hub-layout directory (``config.json`` + ``model.safetensors`` / ``pytorch_model.bin``,
-      or one NVlabs ``*.pth``) or a weight file: read by ``hub.from_pretrained``;
-    * a model checkpoint (``config.json`` + ``variables/``): ``checkpoint.load_model``;
-    * a training workdir (its latest finished step), its ``checkpoints/`` directory, or one
-      step directory ``checkpoints/<step>``: ``params`` + ``batch_stats`` of the state, the
-      config from the step's ``meta`` record.
-
-    Raises ``CheckpointError`` (or ``ConfigError``) naming ``path`` otherwise.
-    """
-    from segformer_jax.checkpoint import is_model_checkpoint, load_model
-    from segformer_jax.hub import WEIGHT_FILES
-    path = pathlib.Path(path).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint file or directory")
-    if path.is_dir() and is_model_checkpoint(path):
-        config, variables, task = load_model(path)
-        if task != SEMSEG:
-            raise CheckpointError(f"{path}: an {task} model, not a semantic segmentation one")
-        return config, variables
-    if path.is_file() and path.suffix.lower() not in WEIGHT_SUFFIXES:
-        raise CheckpointError(f"{path}: not a weight file (expected "
-                              f"{', '.join(WEIGHT_SUFFIXES)}) nor a checkpoint directory")
-    if path.is_file() or any((path / n).is_file() for n in WEIGHT_FILES):
-        return _load_hub(path)
-    step_dir = training_step_dir(path)
-    if step_dir is not None:
-        return load_training_checkpoint(step_dir)
-    if len(list(path.glob("*.pth")) + list(path.glob("*.pt"))) == 1:  # an NVlabs checkpoint
-        return _load_hub(path)
-    raise CheckpointError(
-        f"{path}: not a checkpoint; expected a Hub directory (config.json + "
-        f"{' or '.join(WEIGHT_FILES)}), a weight file, a segformer_jax model checkpoint "
-        "(config.json + variables/) or a training workdir (checkpoints/<step>/); the directory "
-        f"holds {sorted(p.name for p in path.iterdir())[:10]}")
 
 
 # --------------------------------------------------------------------------------------
@@ -216,80 +57,35 @@ def load_for_inference(path: str | os.PathLike) -> tuple[SegformerConfig, dict[s
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An image file as uint8 (H, W, 3) RGB, EXIF orientation applied.
 
-    Grayscale, palette, CMYK, ... go through ``convert("RGB")``; anything with transparency
-    is composited onto white and 16-bit data scaled to 8 bit, as the processor does.
+    The conversion is the one the dataset builders store images with (``images.to_rgb``:
+    transparency composited onto white, 16-bit data scaled to 8 bit), so an image predicted
+    here and the same image evaluated from a dataset are the same pixels.
     """
     import PIL.Image
     import PIL.ImageOps
-    from segformer_jax.processing import _to_rgb
+    from segformer_jax.images import to_rgb
     try:
         with PIL.Image.open(path) as image:
             image.load()
-            image = PIL.ImageOps.exif_transpose(image)
-            rgb = np.asarray(_to_rgb(image, 0))
+            rgb = to_rgb(PIL.ImageOps.exif_transpose(image))
     except FileNotFoundError:
-        raise PredictError(f"{path}: no such file") from None
+        raise InputError(f"{path}: no such file") from None
     except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
-        raise PredictError(f"{path}: cannot read it as an image "
-                           f"({type(e).__name__}: {e})") from None
-    if rgb.dtype != np.uint8:  # PIL modes I and F come back in their own dtype
-        values = rgb.astype(np.float64)
-        if np.issubdtype(rgb.dtype, np.floating) and values.size and values.max() <= 1.0:
-            values = values * 255.0
-        rgb = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        raise InputError(f"{path}: cannot read it as an image "
+                         f"({type(e).__name__}: {e})") from None
     if rgb.ndim != 3 or rgb.shape[-1] != 3 or 0 in rgb.shape:
-        raise PredictError(f"{path}: unsupported image of shape {rgb.shape}")
+        raise InputError(f"{path}: unsupported image of shape {rgb.shape}")
     return rgb
 
 
-def scaled_size(height: int, width: int, size: int, divisor: int = 32) -> tuple[int, int]:
-    """Short side ``size``, aspect ratio kept (``int(x * f + 0.5)``), sides up to a multiple."""
-    factor = size / min(height, width)
-    h, w = int(height * factor + 0.5), int(width * factor + 0.5)
-    return -(-h // divisor) * divisor, -(-w // divisor) * divisor
+def test_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """The test size of an image: rescaled into ``(4 × size, size)``, sides up to a multiple
+    of 32; for ``size`` 512 exactly ``evaluate``'s ADE20K preset ``(2048, 512)``."""
+    return aligned_test_size(height, width, (4 * size, size), SIZE_DIVISOR)
 
 
 # --------------------------------------------------------------------------------------
 # Inference
-
-
-@functools.lru_cache(maxsize=8)
-def model_for(config: SegformerConfig) -> Any:
-    """One ``SegformerForSemanticSegmentation`` per config.
-
-    The inference functions take ``model.apply`` as a static argument, and bound methods of
-    distinct module objects differ: sharing the object keeps one compilation per shape.
-    """
-    from segformer_jax.models.segformer import SegformerForSemanticSegmentation
-    return SegformerForSemanticSegmentation(config)
-
-
-def logits_to_mask(logits: Any, size: Sequence[int], chunk_elements: int = 1 << 25) -> np.ndarray:
-    """argmax of NHWC logits resized (``resize_bilinear``) to ``size``: int32 (N, H, W).
-
-    The resize runs in numpy on the host (no compilation per size). When the resized logits
-    would exceed ``chunk_elements`` values (a 12-megapixel photo × 150 classes is 7 GB), it
-    goes in bands of rows, with the same arithmetic: the result is identical.
-    """
-    from segformer_jax.models.ops import _lerp_taps, resize_bilinear
-    logits = np.asarray(logits, np.float32)
-    n, h, w, k = logits.shape
-    out_h, out_w = int(size[0]), int(size[1])
-    if n * out_h * out_w * k <= chunk_elements:
-        return resize_bilinear(logits, (out_h, out_w)).argmax(-1).astype(np.int32)
-    out = np.empty((n, out_h, out_w), np.int32)
-    rows = max(1, chunk_elements // (n * out_w * k))
-    taps = None if h == out_h else _lerp_taps(h, out_h)
-    for r0 in range(0, out_h, rows):
-        r1 = min(out_h, r0 + rows)
-        if taps is None:
-            band = logits[:, r0:r1]
-        else:  # _resize_axis along the height, for these output rows only
-            lo, hi, frac = (t[r0:r1] for t in taps)
-            frac = frac.reshape(1, -1, 1, 1)
-            band = logits[:, lo] * (1 - frac) + logits[:, hi] * frac
-        out[:, r0:r1] = resize_bilinear(band, (r1 - r0, out_w)).argmax(-1)
-    return out
 
 
 class Segmenter:
@@ -304,25 +100,26 @@ class Segmenter:
                  mode: str = "auto", crop: int | None = None, stride: int | None = None,
                  batch_windows: int = 1):
         import jax
+        from segformer_jax.models.segformer import SegformerForSemanticSegmentation
         from segformer_jax.processing import SegformerImageProcessor
         if mode not in ("auto", "whole", "slide"):
-            raise PredictError(f"mode must be auto, whole or slide; got {mode!r}")
+            raise InputError(f"mode must be auto, whole or slide; got {mode!r}")
         if size < 1 or (crop is not None and crop < 1) or (stride is not None and stride < 1):
-            raise PredictError("size, crop and stride must be positive")
+            raise InputError("size, crop and stride must be positive")
         if mode == "whole" and (crop is not None or stride is not None):
-            raise PredictError("crop and stride are for sliding-window inference; not with "
-                               "mode 'whole'")
+            raise InputError("crop and stride are for sliding-window inference; not with "
+                             "mode 'whole'")
         self.config, self.size, self.mode = config, int(size), mode
         self.crop = int(crop) if crop is not None else None
         self.stride = int(stride) if stride is not None else None
         self.batch_windows = int(batch_windows)
         self.variables = jax.device_put(dict(variables))
-        self.apply = model_for(config).apply
+        self.inference = Inference(SegformerForSemanticSegmentation(config).apply)
         self.processor = SegformerImageProcessor()
 
     def plan(self, height: int, width: int) -> tuple[tuple[int, int], str, int, int]:
         """``(test size, "whole" | "slide", crop, stride)`` for an image of this size."""
-        scaled = scaled_size(height, width, self.size)
+        scaled = test_size(height, width, self.size)
         slide = self.mode == "slide" or (self.mode == "auto" and (
             self.crop is not None or self.stride is not None or max(scaled) > 2 * self.size))
         crop = self.crop or self.size
@@ -331,13 +128,12 @@ class Segmenter:
 
     def logits(self, rgb: np.ndarray) -> tuple[Any, str]:
         """Logits at test scale (1, h, w, K) on the device, and the mode used."""
-        from segformer_jax.inference import slide_inference, whole_inference
         scaled, mode, crop, stride = self.plan(*rgb.shape[:2])
         pixels = self.processor(rgb, size={"height": scaled[0], "width": scaled[1]})["pixel_values"]
         if mode == "whole":
-            return whole_inference(self.apply, self.variables, pixels), mode
-        return slide_inference(self.apply, self.variables, pixels, crop, stride,
-                               batch_windows=self.batch_windows), mode
+            return self.inference.whole(self.variables, pixels), mode
+        return self.inference.slide(self.variables, pixels, crop, stride,
+                                     batch_windows=self.batch_windows), mode
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """int32 (H, W) class ids of a uint8 (H, W, 3) RGB image."""
@@ -371,24 +167,6 @@ def output_stems(paths: Sequence[str | os.PathLike]) -> list[str]:
 
 # --------------------------------------------------------------------------------------
 # Command line
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (``error: ...``, exit status 2) instead of usage dumps."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _fraction(text: str) -> float:
@@ -441,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         segmenter = Segmenter(config, variables, args.size, args.mode, args.crop, args.stride,
                               args.batch_windows)
         out.mkdir(parents=True, exist_ok=True)
-    except (CheckpointError, ConfigError, PredictError) as e:
+    except SegformerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:
@@ -451,13 +229,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import PIL.Image
     from segformer_jax import visualize
-    names = [config.id2label[i] for i in range(config.num_labels)]
+    # A binary model's masks hold 0 (background) and 1 (its class): two names.
+    names = list(scored_class_names(config.num_labels,
+                                    [config.id2label[i] for i in range(config.num_labels)]))
     colours = visualize.palette_for(names)
     failures = 0
     for path, stem in zip(args.images, output_stems(args.images)):
         try:
             rgb = read_image(path)
-        except PredictError as e:
+        except InputError as e:
             print(f"error: {e}", file=sys.stderr)
             failures += 1
             continue
@@ -466,12 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         figure = visualize.overlay_with_legend(rgb, mask, colours, names, args.alpha, args.legend)
         mask_path, overlay_path = out / f"{stem}{MASK_SUFFIX}", out / f"{stem}{OVERLAY_SUFFIX}"
         try:
-            save_mask(mask_path, mask, config.num_labels)
+            save_mask(mask_path, mask, len(names))
             PIL.Image.fromarray(figure).save(overlay_path)
         except OSError as e:
             print(f"error: {out}: cannot write the outputs ({e.strerror or e})", file=sys.stderr)
             return 1
-        top = visualize.class_areas(mask, config.num_labels)[:3]
+        top = visualize.class_areas(mask, len(names))[:3]
         summary = ", ".join(f"{names[k]} {100 * s:.0f}%" for k, s in top)
         print(f"{path}: {rgb.shape[0]}x{rgb.shape[1]} ({mode}) -> {mask_path.name}, "
               f"{overlay_path.name}  [{summary}]", flush=True)

@@ -33,25 +33,21 @@ import numpy as np
 import PIL.Image
 from flax.core import FrozenDict
 
+from segformer_jax import images as _images  # (``images`` is an argument name here)
+from segformer_jax.constants import IMAGENET_MEAN, IMAGENET_STD
+from segformer_jax.errors import ProcessingError
 from segformer_jax.models.ops import resize_bilinear
 
 CONFIG_NAME = "preprocessor_config.json"
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # PIL resampling filters by their enum value (PIL.Image.Resampling), as transformers stores them.
 RESAMPLING: dict[int, str] = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC",
                               4: "BOX", 5: "HAMMING"}
 # The ``image_processor_type`` / ``feature_extractor_type`` values of a SegFormer config.
 _OWN_TYPES = ("SegformerImageProcessor", "SegformerImageProcessorPil",
               "SegformerImageProcessorFast", "SegformerFeatureExtractor")
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-_MASK_MODES = ("L", "P", "1", "I") + _SIXTEEN_BIT_MODES
+_MASK_MODES = ("L", "P", "1", "I") + _images.SIXTEEN_BIT_MODES
 
 ImageLike = Any  # PIL.Image.Image | np.ndarray | jax.Array | a list of them
-
-
-class ProcessingError(ValueError):
-    """An input image, mask, option value or config file the processor cannot use."""
 
 
 def _is_bool(value: Any) -> bool:
@@ -163,7 +159,8 @@ class SegformerImageProcessor:
 
         * 16-bit data (PIL I;16 modes, uint16 arrays) is scaled to 8 bit, ``round(v * 255 /
           65535)``; transformers' ``convert("RGB")`` saturates every value above 255 instead.
-          PIL modes I and F are read as arrays (integers in [0, 255], or floats in [0, 1]).
+          PIL modes I and F are read as arrays (integers in [0, 255], or floats in [0, 1]),
+          by transformers' array rules: see ``_to_rgb`` for why not ``images.to_rgb``'s.
         * (H, W) arrays are grayscale images (transformers cannot batch them).
         * A mask whose (H, W) differs from its image's is an error, not silently stretched.
         * Labels outside [0, 255] (after reduction) are resized in PIL mode I instead of
@@ -414,25 +411,24 @@ def _as_array(value: Any, what: str) -> np.ndarray:
     return array
 
 
-def _sixteen_to_eight(x: np.ndarray) -> np.ndarray:
-    """round(v * 255 / 65535) in integers, so 0 -> 0 and 65535 -> 255."""
-    return ((x.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-
-
 def _to_rgb(image: Any, index: int) -> np.ndarray:
-    """(H, W, 3) RGB array of one image; uint8 for PIL, the input dtype for arrays."""
+    """(H, W, 3) RGB array of one image: uint8 for PIL (modes I, F aside), else the input dtype.
+
+    PIL images go through ``images.to_rgb``, the conversion the datasets and ``predict``
+    use, except modes I and F. Those are read as ``np.asarray(image)`` and follow
+    transformers' array rules (integers must lie in [0, 255] to be resized; floats in
+    [0, 1] stay floats and are rescaled again, with a warning), because the processor's job
+    is transformers' numbers, and transformers' PIL path (``convert("RGB")``) saturates I
+    above 255 and rounds F to whole grey levels, which no caller wants. ``images.to_rgb``
+    must make *one* uint8 image per file to store or segment, so it guesses the bit depth
+    instead (I above 255 as 16-bit data, F in [0, 1] scaled by 255). For I in [0, 255] and
+    integer-valued F in [0, 255] all three give the same pixels.
+    """
     what = f"image {index}"
     if isinstance(image, PIL.Image.Image):
-        if image.mode in _SIXTEEN_BIT_MODES:
-            return np.repeat(_sixteen_to_eight(np.asarray(image))[..., None], 3, axis=-1)
         if image.mode in ("I", "F"):
             return _array_to_rgb(np.asarray(image), what)
-        # transformers' convert_to_rgb: anything with transparency goes onto white.
-        if "A" in image.getbands() or image.info.get("transparency") is not None:
-            rgba = image.convert("RGBA")
-            white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return np.asarray(PIL.Image.alpha_composite(white, rgba).convert("RGB"))
-        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+        return _images.to_rgb(image)
     return _array_to_rgb(image, what)
 
 
@@ -447,7 +443,7 @@ def _array_to_rgb(x: np.ndarray, what: str) -> np.ndarray:
     if x.dtype == np.bool_ or np.issubdtype(x.dtype, np.complexfloating):
         raise ProcessingError(f"{what}: unsupported dtype {x.dtype}")
     if x.dtype == np.uint16:
-        x = _sixteen_to_eight(x)
+        x = _images.sixteen_to_eight(x)
     if x.shape[-1] == 1:
         return np.repeat(x, 3, axis=-1)
     if x.shape[-1] == 4:

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from segformer_jax.config import ConfigError
+from segformer_jax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp")
 # Leaves below this many elements are replicated: sharding a bias saves nothing and costs

@@ -6,6 +6,11 @@ mesh (``config.mesh``, see :mod:`segformer_jax.sharding`). Every batch and every
 number is a function of (seed, step) alone, so a run resumed from a checkpoint at step k
 replays exactly what an uninterrupted run would have done after step k, on any mesh.
 
+Phases of ``train``: check the config and the workdir, build the run (mesh, data, model,
+optimiser, evaluator: ``build_run``), create or restore the state (``resume``), then the loop
+(``run_loop``: steps, logs, validation, checkpoints, the NaN and SIGTERM stops). The resolved
+config is written to ``workdir/config.json``.
+
 Multi-process runs (TPU pods, GPU clusters; :mod:`segformer_jax.distributed`): every process
 runs this same program, reads only its rows of each global batch and saves and restores
 checkpoints together with the others; only process 0 writes logs and metrics.
@@ -13,6 +18,7 @@ checkpoints together with the others; only process 0 writes logs and metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -21,45 +27,31 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from jax.sharding import Mesh
 
-from segformer_jax.config import ConfigError, SegformerConfig
-from segformer_jax.hub import CheckpointError
+from segformer_jax import run_config, sharding
+from segformer_jax.checkpoint import TrainCheckpoints
+from segformer_jax.config import SegformerConfig
+from segformer_jax.errors import SegformerError, TrainingError
+from segformer_jax.evaluation import Evaluator, SegmentationEvaluator, TestSettings
 from segformer_jax.losses import segmentation_loss
-from segformer_jax.models.ops import resize_bilinear
 from segformer_jax.models.segformer import SegformerForSemanticSegmentation, init_variables
-from segformer_jax.optim import Recipe, make_optimizer
+from segformer_jax.optim import make_optimizer, poly_with_warmup
 
 State = dict[str, Any]
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot start or continue; the message says why and what was kept."""
+METRICS = "metrics.jsonl"
 
 
 # --------------------------------------------------------------------------------------
-# Model and optimiser from the config
-
-
-def model_config(config: ml_collections.ConfigDict, num_labels: int,
-                 id2label: Mapping[int, str] | None = None) -> SegformerConfig:
-    overrides = dict(config.model.get("overrides", {}) or {})
-    return SegformerConfig.from_variant(config.model.variant, num_labels=num_labels,
-                                        id2label=id2label, **overrides)
-
-
-def recipe(config: ml_collections.ConfigDict) -> Recipe:
-    o = config.optimizer
-    return Recipe(learning_rate=o.learning_rate, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
-                  head_lr_mult=o.head_lr_mult, total_steps=config.total_steps,
-                  warmup_steps=o.warmup_steps, warmup_ratio=o.warmup_ratio, power=o.power)
+# The state
 
 
 def initial_state(seg_config: SegformerConfig, tx, seed: int,
@@ -106,10 +98,10 @@ def make_train_step(model: SegformerForSemanticSegmentation, tx, seed: int,
 
         (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         changes, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = jax.tree.map(jnp.add, state["params"], changes)
+        params = optax.apply_updates(state["params"], changes)
         new_state = {"step": state["step"] + 1, "params": params,
                      "batch_stats": updates["batch_stats"], "opt_state": opt_state}
-        return new_state, {"loss": loss, "grad_norm": _global_norm(grads)}
+        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
     return train_step
 
@@ -117,7 +109,7 @@ def make_train_step(model: SegformerForSemanticSegmentation, tx, seed: int,
 def jit_train_step(model: SegformerForSemanticSegmentation, tx, config: ml_collections.ConfigDict,
                    seg_config: SegformerConfig, mesh: Mesh, state_sharding: Any) -> Callable:
     """The step ``train`` runs: jitted with the state's and the batch's shardings, donating
-    the state (experiments/sweep_measure.py times this very program)."""
+    the state (the sweeps, the benchmarks and the memory report time this very program)."""
     from segformer_jax import sharding
     step = make_train_step(model, tx, config.seed, seg_config.semantic_loss_ignore_index,
                            config.loss_reduction)
@@ -125,55 +117,9 @@ def jit_train_step(model: SegformerForSemanticSegmentation, tx, config: ml_colle
                    out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
 
 
-def _global_norm(tree: Any) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
-
-
-def make_predict(model: SegformerForSemanticSegmentation) -> Callable:
-    """mmseg's whole-image test: logits resized to the (test-resized) input on the device,
-    then to the label's original size on the host, then argmax.
-
-    Only the first part is jitted: test sizes are few (aligned to 32), original sizes many.
-    """
-    from segformer_jax.inference import whole_inference
-    logits_at_input = jax.jit(lambda variables, images: whole_inference(model.apply, variables, images))
-
-    def predict(variables: dict, images: np.ndarray, label_size: tuple[int, int]) -> np.ndarray:
-        logits = np.asarray(logits_at_input(variables, images))
-        return resize_bilinear(logits, label_size).argmax(-1)
-
-    return predict
-
-
-def evaluate_split(predict: Callable, variables: dict, examples: Iterator[dict],
-                   num_classes: int, ignore_index: int = 255) -> np.ndarray:
-    """The split's confusion matrix, accumulated exactly in int64 on the host."""
-    from segformer_jax import metrics
-    total = metrics.zeros(num_classes)
-    for example in examples:
-        label = np.asarray(example["label"])
-        pred = predict(variables, example["image"], label.shape[1:3])
-        total = metrics.update(total, metrics.confusion_matrix_host(pred, label, num_classes,
-                                                                    ignore_index))
-    return sum_over_processes(total)
-
-
-def sum_over_processes(counts: np.ndarray) -> np.ndarray:
-    """Exact int64 sum of every process's counts (JAX's collectives carry 32-bit ints, so
-    the counts travel as two 30-bit halves)."""
-    if jax.process_count() == 1:
-        return counts
-    from jax.experimental import multihost_utils
-    counts = np.asarray(counts, np.int64)
-    halves = np.stack([counts >> 30, counts & (2 ** 30 - 1)]).astype(np.int32)
-    gathered = np.asarray(multihost_utils.process_allgather(halves), np.int64)
-    return (gathered[:, 0].sum(0) << 30) + gathered[:, 1].sum(0)
-
-
 def host_variables(state: State, mesh: Mesh) -> dict[str, Any]:
     """The model's variables, whole, on this process's first device (for evaluation, which
     runs image by image on each process's share of the split)."""
-    from segformer_jax import sharding
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
     whole = jax.jit(lambda v: v, out_shardings=sharding.replicated(mesh))(variables)
     return jax.device_put(jax.tree.map(np.asarray, whole), jax.local_devices()[0])
@@ -184,21 +130,36 @@ def host_variables(state: State, mesh: Mesh) -> dict[str, Any]:
 
 
 class MetricWriter:
-    """Scalars to ``workdir/metrics.jsonl`` and TensorBoard event files (process 0 only)."""
+    """One JSON record per step in ``workdir/metrics.jsonl`` and TensorBoard event files
+    (process 0 only).
 
-    def __init__(self, workdir: pathlib.Path, enabled: bool = True):
+    A run resumed at step k first drops the records after k (written by the run that died
+    after its last checkpoint), so every step appears once, and TensorBoard is told to purge
+    its events after k too.
+    """
+
+    def __init__(self, workdir: pathlib.Path, start_step: int = 0, enabled: bool = True):
         self.enabled = enabled
-        self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8") if enabled else None
-        self._tb = None
-        if enabled:
-            try:
-                from tensorboardX import SummaryWriter
-                self._tb = SummaryWriter(str(workdir / "tensorboard"))
-            except ImportError:  # TensorBoard files are optional; the JSON lines are not.
-                pass
+        self._jsonl = self._tb = None
+        if not enabled:
+            return
+        path = workdir / METRICS
+        if start_step and path.is_file():
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+                    if line.strip() and _record_step(line) <= start_step]
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text("".join(kept), encoding="utf-8")
+            os.replace(tmp, path)
+        self._jsonl = open(path, "a", encoding="utf-8")
+        try:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(str(workdir / "tensorboard"),
+                                     purge_step=start_step + 1 if start_step else None)
+        except ImportError:  # TensorBoard files are optional; the JSON lines are not.
+            pass
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
-        if not self.enabled:
+        if not self.enabled or not scalars:
             return
         record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
@@ -213,6 +174,13 @@ class MetricWriter:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _record_step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):  # a line cut short by the crash
+        return sys.maxsize
 
 
 class Progress:
@@ -238,41 +206,27 @@ class Progress:
 
 
 # --------------------------------------------------------------------------------------
-# Config
+# The run: phases
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """The NVlabs recipe (spec §7) with a data section to be filled by a config file."""
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    # Devices: data x fsdp = all devices of all processes (data=-1: whatever fsdp leaves).
-    # Leaves with fewer elements than fsdp_min_size stay replicated when fsdp > 1.
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "fsdp_min_size": 2 ** 14})
-    c.model = ml_collections.ConfigDict({"variant": "b0", "dtype": "float32", "remat": False,
-                                         "init": "scratch", "overrides": {}})
-    c.data = ml_collections.ConfigDict({"name": "synthetic", "data_dir": "", "manual_dir": "",
-                                        "crop_size": (512, 512), "img_scale": (2048, 512),
-                                        "ratio_range": (0.5, 2.0), "cat_max_ratio": 0.75,
-                                        "train_split": "train", "eval_split": "validation",
-                                        "eval_scale": (2048, 512), "eval_size_divisor": 32,
-                                        "photometric": True, "num_workers": 2, "options": {}})
-    c.optimizer = ml_collections.ConfigDict({"learning_rate": 6e-5, "b1": 0.9, "b2": 0.999,
-                                             "weight_decay": 0.01, "head_lr_mult": 10.0,
-                                             "warmup_steps": 1500, "warmup_ratio": 1e-6,
-                                             "power": 1.0})
-    c.batch_size = 16
-    c.accumulate_steps = 1
-    c.total_steps = 160_000
-    c.loss_reduction = "valid"   # "all": mmseg 0.x's mean over every pixel
-    c.eval_every = 16_000
-    c.checkpoint_every = 4000
-    c.keep_checkpoints = 3
-    c.log_every = 50
-    return c
+@dataclasses.dataclass
+class Run:
+    """Everything a run is built from, before any state exists."""
 
+    config: ml_collections.ConfigDict
+    workdir: pathlib.Path
+    mesh: Mesh
+    micro_batch: int
+    train_split: Any
+    train_transform: Any
+    seg_config: SegformerConfig
+    model: SegformerForSemanticSegmentation
+    tx: optax.GradientTransformation
+    evaluator: Evaluator | None
 
-# --------------------------------------------------------------------------------------
-# The run
+    @property
+    def is_main(self) -> bool:
+        return jax.process_index() == 0
 
 
 def check_workdir(workdir: pathlib.Path, needed_bytes: int) -> None:
@@ -290,33 +244,50 @@ def check_workdir(workdir: pathlib.Path, needed_bytes: int) -> None:
                             f"this run need at least {needed_bytes / 2**20:.0f} MiB")
 
 
-def _data(config: ml_collections.ConfigDict):
-    from segformer_jax import data
-    from segformer_jax.data.transforms import EvalTransform, TrainTransform
+def make_evaluator(config: ml_collections.ConfigDict, model: Any, eval_split: Any) -> Evaluator:
+    """The segmentation task's validation: whole images at ``data.eval_scale``, aligned to
+    ``data.eval_size_divisor``, each process scoring its share of the split."""
     d = config.data
-    options = dict(d.options)
-    kwargs = dict(data_dir=d.data_dir or None, manual_dir=d.manual_dir or None, **options)
+    settings = TestSettings(img_scale=tuple(d.eval_scale) if d.eval_scale else None,
+                            size_divisor=d.eval_size_divisor or None)
+    return SegmentationEvaluator(model, eval_split, settings, process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+
+
+def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
+    """The mesh, the data, the model, the optimiser and the evaluator of ``config``."""
+    from segformer_jax import data
+    from segformer_jax.data.transforms import TrainTransform
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    micro_batch = config.batch_size // config.accumulate_steps
+    sharding.check_batch(micro_batch, mesh, "batch_size / accumulate_steps")
+    d = config.data
+    kwargs = dict(data_dir=d.data_dir or None, manual_dir=d.manual_dir or None, **dict(d.options))
     train_split = data.load_split(d.name, d.train_split, **kwargs)
     eval_split = data.load_split(d.name, d.eval_split, **kwargs) if d.eval_split else None
-    reduce = train_split.reduce_zero_label
     train_tf = TrainTransform(img_scale=tuple(d.img_scale), ratio_range=tuple(d.ratio_range),
                               crop_size=tuple(d.crop_size), cat_max_ratio=d.cat_max_ratio,
-                              reduce_zero_label=reduce, photometric=d.photometric)
-    eval_tf = EvalTransform(img_scale=tuple(d.eval_scale) if d.eval_scale else None,
-                            size_divisor=d.eval_size_divisor or None, reduce_zero_label=reduce)
-    return train_split, eval_split, train_tf, eval_tf
+                              reduce_zero_label=train_split.reduce_zero_label,
+                              photometric=d.photometric)
+    seg_config = run_config.model_config(config, train_split.num_labels, train_split.id2label)
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
+    model = SegformerForSemanticSegmentation(seg_config, dtype=dtype, remat=config.model.remat)
+    tx = make_optimizer(run_config.recipe(config), config.accumulate_steps)
+    evaluator = make_evaluator(config, model, eval_split) if eval_split is not None else None
+    return Run(config, workdir, mesh, micro_batch, train_split, train_tf, seg_config, model, tx,
+               evaluator)
 
 
-def _meta(step: int, seg_config: SegformerConfig, config: ml_collections.ConfigDict,
-          metrics: Mapping[str, float] | None = None) -> dict[str, Any]:
+def _meta(step: int, run: Run, metrics: Mapping[str, float] | None = None) -> dict[str, Any]:
     from segformer_jax.hub import config_summary
-    return {"step": int(step), "model": seg_config.to_dict(), "model_summary": config_summary(seg_config),
-            "seed": int(config.seed), "batch_size": int(config.batch_size),
+    return {"step": int(step), "model": run.seg_config.to_dict(),
+            "model_summary": config_summary(run.seg_config), "seed": int(run.config.seed),
+            "batch_size": int(run.config.batch_size),
             "metrics": {k: float(v) for k, v in (metrics or {}).items()}}
 
 
-def _check_compatible(meta: Mapping[str, Any], seg_config: SegformerConfig, config, where: str) -> None:
-    saved = SegformerConfig.from_dict(meta["model"])
+def _check_compatible(meta: Mapping[str, Any], run: Run, where: str) -> None:
+    saved, seg_config = SegformerConfig.from_dict(meta["model"]), run.seg_config
     if saved != seg_config:
         diff = [f"{f}: checkpoint {getattr(saved, f)!r} vs config {getattr(seg_config, f)!r}"
                 for f in ("hidden_sizes", "depths", "decoder_hidden_size", "num_labels", "sr_ratios",
@@ -325,97 +296,83 @@ def _check_compatible(meta: Mapping[str, Any], seg_config: SegformerConfig, conf
         raise TrainingError(f"{where}: written by a different model ({'; '.join(diff) or 'config differs'}); "
                             "use a fresh --workdir for this config")
     for key in ("seed", "batch_size"):
-        if int(meta[key]) != int(config[key]):
+        if int(meta[key]) != int(run.config[key]):
             raise TrainingError(f"{where}: written with {key}={meta[key]}, this config has "
-                                f"{key}={config[key]}; resuming would not replay the same run")
+                                f"{key}={run.config[key]}; resuming would not replay the same run")
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Config values that would fail deep inside a run fail here, naming the key."""
-    def positive(key: str) -> None:
-        if int(config[key]) < 1:
-            raise ConfigError(f"config {key} must be at least 1; got {config[key]}")
-    for key in ("batch_size", "accumulate_steps", "total_steps", "eval_every", "checkpoint_every",
-                "log_every", "keep_checkpoints"):
-        positive(key)
-    if config.batch_size % config.accumulate_steps:
-        raise ConfigError(f"batch_size {config.batch_size} is not a multiple of accumulate_steps "
-                          f"{config.accumulate_steps}")
-    if config.batch_size % jax.process_count():
-        raise ConfigError(f"batch_size {config.batch_size} does not split over "
-                          f"{jax.process_count()} processes")
-    if config.model.dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"model.dtype must be 'float32' or 'bfloat16'; got {config.model.dtype!r}")
-    if config.loss_reduction not in ("valid", "all"):
-        raise ConfigError(f"loss_reduction must be 'valid' or 'all'; got {config.loss_reduction!r}")
-    if config.model.remat not in (True, False):
-        raise ConfigError(f"model.remat must be true or false; got {config.model.remat!r}")
+def initial_run_state(run: Run) -> tuple[State, Any]:
+    """A fresh state (from scratch or ``model.init``), sharded on the run's mesh."""
+    from segformer_jax.hub import from_pretrained
+    config = run.config
+    pretrained = None
+    if config.model.init != "scratch":
+        _, pretrained = from_pretrained(config.model.init, task="semantic_segmentation",
+                                        num_labels=run.seg_config.num_labels, seed=config.seed)
+    return create_state(run.seg_config, run.tx, config.seed, run.mesh, pretrained,
+                        config.mesh.fsdp_min_size)
+
+
+def resume(run: Run, checkpoints: TrainCheckpoints, state: State,
+           state_sharding: Any) -> tuple[State, int]:
+    """The latest checkpoint's state (checked against this run first) or ``state``, and the
+    optimiser step to continue from."""
+    start = checkpoints.latest_step()
+    if start is not None:
+        where = str(checkpoints.directory / str(start))
+        _check_compatible(checkpoints.meta(start), run, where)
+        # The target's shardings are this run's mesh: a checkpoint from any mesh fits.
+        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                state, state_sharding)
+        del state
+        state = checkpoints.restore(start, abstract)
+        if run.is_main:
+            print(f"resuming from {where} (step {start})", flush=True)
+    # state["step"] counts micro-batches (it seeds dropout); the loop counts optimiser steps.
+    return state, int(state["step"]) // run.config.accumulate_steps
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
     """Runs (or resumes) training; returns the final evaluation summary (or {})."""
-    validate(config)
-    from segformer_jax import metrics as metrics_lib
-    from segformer_jax import sharding
-    from segformer_jax.checkpoint import TrainCheckpoints
-    from segformer_jax.hub import from_pretrained
-
+    run_config.validate(config, jax.process_count())
     workdir = pathlib.Path(workdir).absolute()
     check_workdir(workdir, needed_bytes=0)  # unwritable: say so before building any dataset
-    is_main = jax.process_index() == 0
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-    micro_batch = config.batch_size // config.accumulate_steps
-    sharding.check_batch(micro_batch, mesh, "batch_size / accumulate_steps")
-    train_split, eval_split, train_tf, eval_tf = _data(config)
-    seg_config = model_config(config, train_split.num_labels, train_split.id2label)
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
-    model = SegformerForSemanticSegmentation(seg_config, dtype=dtype, remat=config.model.remat)
-    tx = make_optimizer(recipe(config), config.accumulate_steps)
-
-    pretrained = None
-    if config.model.init != "scratch":
-        _, pretrained = from_pretrained(config.model.init, task="semantic_segmentation",
-                                        num_labels=seg_config.num_labels, seed=config.seed)
-    state, state_sharding = create_state(seg_config, tx, config.seed, mesh, pretrained,
-                                          config.mesh.fsdp_min_size)
-    del pretrained
+    run = build_run(config, workdir)
+    state, state_sharding = initial_run_state(run)
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
     check_workdir(workdir, needed_bytes=(config.keep_checkpoints + 2) * state_bytes + (64 << 20))
+    best = run.evaluator.best_metric if run.evaluator is not None else None
+    checkpoints = TrainCheckpoints(workdir, config.checkpoint_every, config.keep_checkpoints,
+                                   best_metric=best)
+    try:
+        state, start = resume(run, checkpoints, state, state_sharding)
+    except BaseException:
+        checkpoints.close()
+        raise
+    if run.is_main:
+        run_config.write_json(config, workdir)
+    return run_loop(run, checkpoints, state, state_sharding, start)
 
-    checkpoints = TrainCheckpoints(workdir, config.checkpoint_every, config.keep_checkpoints)
-    start = checkpoints.latest_step()
-    if start is not None:
-        try:
-            _check_compatible(checkpoints.meta(start), seg_config, config,
-                              str(checkpoints.directory / str(start)))
-            # The target's shardings are this run's mesh: a checkpoint from any mesh fits.
-            abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                    state, state_sharding)
-            del state
-            state = checkpoints.restore(start, abstract)
-        except BaseException:
-            checkpoints.close()
-            raise
-        if is_main:
-            print(f"resuming from {checkpoints.directory / str(start)} (step {start})", flush=True)
-    # state["step"] counts micro-batches (it seeds dropout); the loop counts optimiser steps.
-    start = int(state["step"]) // config.accumulate_steps
 
-    images_sharding = sharding.batch_sharding(mesh)
-    train_step = jit_train_step(model, tx, config, seg_config, mesh, state_sharding)
-    schedule = make_lr_probe(config)
-    predict = make_predict(model)
-    writer = MetricWriter(workdir, enabled=is_main)
+def run_loop(run: Run, checkpoints: TrainCheckpoints, state: State, state_sharding: Any,
+             start: int) -> dict[str, Any]:
+    """Steps ``start + 1 … total_steps``: logs, validation, checkpoints, NaN and SIGTERM stops."""
+    from segformer_jax.data.pipeline import TrainBatches
+    config, is_main = run.config, run.is_main
+    images_sharding = sharding.batch_sharding(run.mesh)
+    train_step = jit_train_step(run.model, run.tx, config, run.seg_config, run.mesh,
+                                state_sharding)
+    schedule = poly_with_warmup(run_config.recipe(config))  # the backbone's lr, for the logs
+    writer = MetricWriter(run.workdir, start, enabled=is_main)
     multi_process = jax.process_count() > 1
     stop = {"signal": None}
     # One process: our own SIGTERM handler. Several: JAX's preemption service (started by
     # jax.distributed) agrees on one step at which every process saves and stops.
     previous = None if multi_process else signal.signal(
         signal.SIGTERM, lambda signum, _: stop.__setitem__("signal", signum))
-    from segformer_jax.data.pipeline import TrainBatches
-    batches = TrainBatches(train_split.source, train_tf, micro_batch, seed=config.seed,
-                           start_step=start * config.accumulate_steps,
-                           rows=sharding.process_rows(images_sharding, micro_batch),
+    batches = TrainBatches(run.train_split.source, run.train_transform, run.micro_batch,
+                           seed=config.seed, start_step=start * config.accumulate_steps,
+                           rows=sharding.process_rows(images_sharding, run.micro_batch),
                            num_threads=config.data.num_workers)
     progress = Progress(config.total_steps, start, config.batch_size, enabled=is_main)
     pending_losses: list[tuple[int, jax.Array]] = []
@@ -434,45 +391,40 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                                     f"{checkpoints.directory}")
         return values[-1][1] if values else float("nan")
 
-    def run_eval(step: int) -> dict[str, Any]:
-        from segformer_jax.data.pipeline import eval_batches
-        examples = eval_batches(eval_split.source, eval_tf, 1,
-                                process_index=jax.process_index(), process_count=jax.process_count())
-        cm = evaluate_split(predict, host_variables(state, mesh),
-                            ({"image": e["image"], "label": e["label"]} for e in examples),
-                            seg_config.num_labels, seg_config.semantic_loss_ignore_index)
-        result = metrics_lib.summarize(cm, [seg_config.id2label[i] for i in range(seg_config.num_labels)])
-        writer.write(step, {"val/mIoU": result["mIoU"], "val/aAcc": result["aAcc"], "val/mAcc": result["mAcc"]})
-        return result
-
     try:
-        step = start
         for step in range(start + 1, config.total_steps + 1):
             micro_losses = []
             for _ in range(config.accumulate_steps):
                 state, out = train_step(state, sharding.global_batch(next(batches), images_sharding))
                 micro_losses.append(out["loss"])
             pending_losses.append((step, sum(micro_losses) / len(micro_losses)))
+            scalars: dict[str, float] = {}
             if step % config.log_every == 0 or step == config.total_steps:
                 loss = check_losses()
                 lr = float(schedule(step - 1))
                 progress.update(step, loss, lr)
-                writer.write(step, {"train/loss": loss, "train/lr": lr,
-                                    "train/grad_norm": float(out["grad_norm"])})
+                scalars.update({"train/loss": loss, "train/lr": lr,
+                                "train/grad_norm": float(out["grad_norm"])})
             evaluated = None
-            if eval_split is not None and (step % config.eval_every == 0 or step == config.total_steps):
+            if run.evaluator is not None and (step % config.eval_every == 0
+                                              or step == config.total_steps):
                 check_losses()
-                evaluated = run_eval(step)
+                evaluated = run.evaluator(host_variables(state, run.mesh))
+                scores = run.evaluator.scalars(evaluated)
+                scalars.update({f"val/{k}": v for k, v in scores.items()})
                 if is_main:
-                    print(f"\nstep {step}: validation mIoU {100 * evaluated['mIoU']:.2f} "
-                          f"aAcc {100 * evaluated['aAcc']:.2f}", flush=True)
+                    print(f"\nstep {step}: validation {run.evaluator.headline(evaluated)}",
+                          flush=True)
+            writer.write(step, scalars)
             if multi_process and checkpoints.reached_preemption(step):
                 stop["signal"] = "SIGTERM (preemption)"
             final = step == config.total_steps or stop["signal"] is not None
             if final or step % config.checkpoint_every == 0:
                 check_losses()
-                metrics = {"mIoU": evaluated["mIoU"]} if evaluated and math.isfinite(evaluated["mIoU"]) else None
-                checkpoints.save(step, state, _meta(step, seg_config, config, metrics), metrics, force=final)
+                best = run.evaluator.best_metric if run.evaluator is not None else None
+                metrics = ({best: evaluated[best]} if evaluated and math.isfinite(evaluated[best])
+                           else None)
+                checkpoints.save(step, state, _meta(step, run, metrics), metrics, force=final)
                 last_good = step
             if stop["signal"] is not None:
                 checkpoints.wait()
@@ -488,44 +440,49 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     if summary and is_main:
-        print(metrics_lib.format_table(summary))
+        print(run.evaluator.table(summary))
     return summary
-
-
-def make_lr_probe(config: ml_collections.ConfigDict) -> Callable[[int], float]:
-    """The base (backbone) learning rate at a step, for the logs."""
-    from segformer_jax.optim import poly_with_warmup
-    return poly_with_warmup(recipe(config))
 
 
 # --------------------------------------------------------------------------------------
 # Command line
 
 
-def distributed_flags(parser) -> None:
-    """Multi-process runs: see segformer_jax/distributed.py (SLURM and TPU pods need none)."""
-    group = parser.add_argument_group("multi-process")
-    group.add_argument("--coordinator_address", default=None, help="HOST:PORT of process 0")
-    group.add_argument("--num_processes", type=int, default=None)
-    group.add_argument("--process_id", type=int, default=None)
-    group.add_argument("--distributed", action="store_true",
-                       help="call jax.distributed.initialize() and let JAX detect the cluster")
+def _define_flags(flag_values: Any) -> None:
+    """``--workdir`` and the multi-process flags (segformer_jax/distributed.py; SLURM and
+    TPU pods need none)."""
+    from absl import flags
+    flags.DEFINE_string("workdir", None, "checkpoints, metrics and logs go here",
+                        flag_values=flag_values)
+    flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("num_processes", None, "processes in the job", flag_values=flag_values)
+    flags.DEFINE_integer("process_id", None, "this process's index", flag_values=flag_values)
+    flags.DEFINE_bool("distributed", False,
+                      "call jax.distributed.initialize() and let JAX detect the cluster",
+                      flag_values=flag_values)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from segformer_jax.cli_config import parse_args
-    from segformer_jax.data.common import DatasetError
+    """``python -m segformer_jax.train --config FILE.py[:ARG] --workdir DIR [--config.k=v]``."""
     from segformer_jax import distributed
-    config, args = parse_args(sys.argv[1:] if argv is None else argv, prog="python -m segformer_jax.train",
-                              add_flags=distributed_flags)
+    argv = ["python -m segformer_jax.train", *(sys.argv[1:] if argv is None else argv)]
     try:
-        distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
-                               force=args.distributed)
+        config, flag_values = run_config.parse_flags(argv, define=_define_flags)
+        run_config.validate(config)  # again in train(), with the process count
+        if not flag_values.workdir:
+            raise TrainingError("--workdir DIR is required (checkpoints, metrics and logs go there)")
+    except SegformerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        distributed.initialize(flag_values.coordinator_address, flag_values.num_processes,
+                               flag_values.process_id, force=flag_values.distributed)
         start = time.perf_counter()
-        train(config, args.workdir)
+        train(config, flag_values.workdir)
         if jax.process_index() == 0:
-            print(f"done in {time.perf_counter() - start:.0f} s; workdir {args.workdir}")
-    except (TrainingError, ConfigError, CheckpointError, DatasetError) as e:
+            print(f"done in {time.perf_counter() - start:.0f} s; workdir {flag_values.workdir}")
+    except SegformerError as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 1
     return 0

@@ -1,35 +1,75 @@
-"""Every shipped config file loads for every variant and takes typed overrides."""
+"""Every shipped config file loads for every variant and takes typed overrides; a bad key or
+value is one error naming it, before any work."""
 
+import json
 import pathlib
 
 import pytest
 
-from segformer_jax.cli_config import apply_override, load_config
-from segformer_jax.train import model_config
+from segformer_jax import run_config, train
+from segformer_jax.errors import ConfigError
+from segformer_jax.optim import Recipe
+from segformer_jax.run_config import load, model_config, set_key
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
 
 
 @pytest.mark.parametrize("name", ["ade20k", "cityscapes", "folder"])
 @pytest.mark.parametrize("variant", ["b0", "b2", "b5"])
 def test_config_files(name, variant):
-    config = load_config(f"{CONFIGS / name}.py:{variant}")
+    config = load(f"{CONFIGS / name}.py:{variant}")
     assert config.model.variant == variant and config.data.name == name
     assert model_config(config, num_labels=19).depths == {"b0": (2, 2, 2, 2), "b2": (3, 4, 6, 3),
                                                           "b5": (3, 6, 40, 3)}[variant]
     if name == "ade20k":
         assert config.data.crop_size == ((640, 640) if variant == "b5" else (512, 512))
+        assert config.data.eval_scale == ((2048, 640) if variant == "b5" else (2048, 512))
 
 
 def test_quickstart_and_overrides():
-    config = load_config(str(CONFIGS / "quickstart.py"))
-    apply_override(config, "optimizer.learning_rate", "1e-3")
-    apply_override(config, "data.crop_size", "(64, 64)")
-    apply_override(config, "model.remat", "true")
+    config = load(str(CONFIGS / "quickstart.py"), {"optimizer.learning_rate": 1e-3,
+                                                   "data.crop_size": (64, 64), "model.remat": True,
+                                                   "model.overrides.sr_ratios": (1, 1, 1, 1)})
     assert config.optimizer.learning_rate == 1e-3 and config.data.crop_size == (64, 64) and config.model.remat
-    with pytest.raises(ValueError, match=r"unknown key; valid keys: .*model\.variant"):
-        apply_override(config, "modle.variant", "b1")
-    with pytest.raises(ValueError, match="expected true or false"):
-        apply_override(config, "model.remat", "maybe")
-    with pytest.raises(ValueError, match="no such file"):
-        load_config("configs/nope.py")
+    assert model_config(config, num_labels=6).sr_ratios == (1, 1, 1, 1)
+    with pytest.raises(ConfigError, match=r"unknown config key 'modle\.variant'"):
+        set_key(config, "modle.variant", "b1")
+    with pytest.raises(ConfigError, match=r"model\.remat='maybe'"):
+        set_key(config, "model.remat", "maybe")
+    with pytest.raises(ConfigError, match=r"model\.overrides\.decoder_hidden_size='wide'"):
+        set_key(config, "model.overrides.decoder_hidden_size", "wide")
+    with pytest.raises(ConfigError, match="no such file"):
+        load("configs/nope.py")
+
+
+def test_defaults_live_once():
+    """The optimiser section is optim.Recipe's fields and defaults, nothing copied."""
+    config = run_config.default_config()
+    assert run_config.recipe(config) == Recipe()
+    assert set(config.optimizer) | {"total_steps"} == set(Recipe.__dataclass_fields__)
+
+
+@pytest.mark.parametrize("flag, named", [
+    ("--config.optimzer.learning_rate=1", "--config.optimzer.learning_rate: unknown key"),
+    ("--config.batch_size=many", "--config.batch_size=many: invalid literal for int()"),
+    ("--config.model.remat=maybe", "--config.model.remat=maybe"),
+    ("--config.model.overrides.depths=deep", "model.overrides: config field 'depths' must be"),
+    ("--config.total_steps=0", "config total_steps must be at least 1"),
+    ("--bogus=1", "unrecognised flag --bogus"),
+])
+def test_bad_flags_fail_before_any_work(tmp_path, capsys, flag, named):
+    workdir = tmp_path / "w"
+    rc = train.main(["--config", str(CONFIGS / "quickstart.py"), "--workdir", str(workdir), flag])
+    err = capsys.readouterr().err
+    assert rc == 2 and named in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not workdir.exists()  # nothing built, nothing written
+
+
+def test_resolved_config_is_json(tmp_path):
+    config = load(str(CONFIGS / "quickstart.py"), {"total_steps": 7})
+    path = run_config.write_json(config, tmp_path)
+    data = json.loads(path.read_text())
+    assert data["total_steps"] == 7 and data["data"]["crop_size"] == [96, 96]
+    assert data["optimizer"]["learning_rate"] == 6e-4

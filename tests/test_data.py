@@ -14,7 +14,9 @@ import PIL.Image
 import pytest
 
 from segformer_jax import data as sd
-from segformer_jax.data import pipeline, transforms as T
+from segformer_jax import errors, images
+from segformer_jax.data import pipeline, presets, transforms as T
+
 
 @pytest.fixture
 def DatasetError():  # noqa: N802 - the exception class
@@ -24,7 +26,13 @@ def DatasetError():  # noqa: N802 - the exception class
     """
     import tensorflow_datasets as tfds
     tfds.disable_progress_bar()
-    return sd.DatasetError
+    return errors.DatasetError
+
+
+def test_dataset_error_has_one_home():
+    from segformer_jax.data import common
+    assert sd.DatasetError is common.DatasetError is errors.DatasetError
+    assert issubclass(errors.DatasetError, (errors.SegformerError, ValueError))
 
 
 # ----------------------------------------------------------------------------- fake files
@@ -228,6 +236,55 @@ def test_folder_dataset_converts_modes(tmp_path, DatasetError):
     np.testing.assert_array_equal(val.source[0]["image"], np.repeat(gray[..., None], 3, -1))
 
 
+def _decoded(data):
+    image = PIL.Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def test_builders_convert_images_with_images_to_rgb():
+    """What a builder stores is ``images.to_rgb`` of the file: one rule for datasets and
+    ``predict``. Mode I above 255 is 16-bit data (scaled, not saturated); RGBA goes onto
+    white."""
+    from segformer_jax.data import common
+    assert common.to_rgb is images.to_rgb
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 65536, (20, 30)).astype(np.int32)
+    wide[0, 0], wide[0, 1] = 65535, 0
+    rgba = np.concatenate([_image(2, 20, 30), rng.integers(0, 256, (20, 30, 1), np.uint8)], -1)
+    files = {}
+    for name, array, mode, fmt in (("I", wide, "I", "TIFF"), ("RGBA", rgba, "RGBA", "PNG")):
+        buffer = io.BytesIO()
+        PIL.Image.fromarray(array, mode).save(buffer, format=fmt)
+        files[name] = buffer.getvalue()
+    for name, data in files.items():
+        image = _decoded(data)
+        assert image.mode == name
+        stored, size = common.read_image(data, name)
+        assert size == (20, 30)
+        np.testing.assert_array_equal(np.asarray(_decoded(stored)), images.to_rgb(image))
+    gray = images.to_rgb(_decoded(files["I"]))
+    assert gray.dtype == np.uint8 and gray.shape == (20, 30, 3)
+    np.testing.assert_array_equal(gray[..., 0], (wide.astype(np.int64) * 255 + 32767) // 65535)
+    assert gray[0, 0, 0] == 255 and gray[0, 1, 0] == 0
+    alpha = rgba[..., 3:].astype(np.float64) / 255
+    want = np.round(rgba[..., :3] * alpha + 255 * (1 - alpha))
+    assert np.abs(images.to_rgb(_decoded(files["RGBA"])) - want).max() <= 1  # PIL's rounding
+
+
+def test_to_rgb_bit_depths():
+    """8-bit data in mode I stays as it is; F in [0, 1] is scaled by 255, else taken as 0..255."""
+    values = np.array([[0, 7, 200, 255]], np.int32)
+    np.testing.assert_array_equal(images.to_rgb(PIL.Image.fromarray(values, "I"))[..., 1], values)
+    unit = PIL.Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32), "F")
+    np.testing.assert_array_equal(images.to_rgb(unit)[..., 2], [[0, 128, 255]])
+    grey = PIL.Image.fromarray(np.array([[0.0, 7.4, 300.0]], np.float32), "F")
+    np.testing.assert_array_equal(images.to_rgb(grey)[..., 0], [[0, 7, 255]])
+    sixteen = PIL.Image.fromarray(np.array([[0, 257, 65535]], np.uint16))
+    assert sixteen.mode == "I;16"
+    np.testing.assert_array_equal(images.to_rgb(sixteen)[..., 0], [[0, 1, 255]])
+
+
 def _one_pair(root, image_bytes, mask_array):
     (root / "images/train/x.png").write_bytes(image_bytes)
     (root / "masks/train/x.png").write_bytes(_encode(mask_array))
@@ -387,14 +444,42 @@ def test_hsv_matches_opencv_and_photometric_is_deterministic():
 def test_train_and_eval_transforms():
     ex = {"image": _example(40, 60)["image"], "segmentation_mask": np.zeros((40, 60, 1), np.uint8)}
     ex["segmentation_mask"][:20, :, 0] = 3
-    train = T.TrainTransform.ade20k(crop=32, img_scale=(128, 32))
+    train = T.train_transform("ade20k", crop=32, img_scale=(128, 32), reduce_zero_label=True)
     out = train(ex, np.random.default_rng(0))
     assert out["image"].shape == (32, 32, 3) and out["image"].dtype == np.float32
     assert set(np.unique(out["label"])) <= {2, 255}  # 3 -> 2, 0 -> 255 (reduce_zero_label)
-    ev = T.EvalTransform.ade20k(short=20, size_divisor=16)(ex)
+    ev = T.eval_transform("ade20k", crop=20, size_divisor=16, reduce_zero_label=True)(ex)
     assert ev["image"].shape == (32, 32, 3)  # 40x60 -> 20x30 -> multiples of 16
     assert ev["label"].shape == (40, 60) and ev["original_size"] == (40, 60)
     assert set(np.unique(ev["label"])) == {2, 255}
+
+
+def test_dataset_transforms_come_from_the_presets():
+    """The paper's per-dataset sizes (NVlabs ade20k_repeat.py, cityscapes_1024x1024_repeat.py,
+    the B5 640x640 configs), read from ``data.presets``."""
+    assert T.train_transform("ade20k", reduce_zero_label=True) == T.TrainTransform(
+        img_scale=(2048, 512), crop_size=(512, 512), reduce_zero_label=True)
+    assert T.train_transform("ade20k", 640, reduce_zero_label=True).img_scale == (2048, 640)
+    assert T.train_transform("cityscapes", reduce_zero_label=False) == T.TrainTransform(
+        img_scale=(2048, 1024), crop_size=(1024, 1024))
+    assert T.eval_transform("ade20k", 640, reduce_zero_label=True) == T.EvalTransform(
+        img_scale=(2048, 640), size_divisor=32, reduce_zero_label=True)
+    assert T.eval_transform("cityscapes", reduce_zero_label=False) == T.EvalTransform(
+        img_scale=(2048, 1024))
+    synthetic = presets.settings("synthetic")
+    assert T.train_transform("synthetic", reduce_zero_label=False, photometric=False) == \
+        T.TrainTransform(img_scale=synthetic.img_scale, crop_size=synthetic.crop_size,
+                         photometric=False)
+    with pytest.raises(TypeError):
+        T.train_transform("ade20k")  # reduce_zero_label belongs to the split: no default
+
+
+def test_shared_constants_are_the_library_constants():
+    from segformer_jax import constants
+    from segformer_jax.data import common
+    assert T.IGNORE_INDEX == common.IGNORE_INDEX == constants.IGNORE_INDEX == 255
+    assert T.MEAN_RGB == constants.MEAN_RGB == (123.675, 116.28, 103.53)
+    assert T.STD_RGB == constants.STD_RGB == (58.395, 57.12, 57.375)
 
 
 # ----------------------------------------------------------------------------- pipeline

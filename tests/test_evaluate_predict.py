@@ -15,10 +15,13 @@ import PIL.Image
 import pytest
 
 import segformer_jax as sj
+from segformer_jax import checkpoint as ck
 from segformer_jax import evaluate as ev
+from segformer_jax import evaluation
 from segformer_jax import predict as pr
 from segformer_jax import visualize as vis
 from segformer_jax.checkpoint import save_model
+from segformer_jax.errors import EvaluationError, InputError
 from segformer_jax.data.synthetic import CLASS_NAMES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,7 +90,7 @@ def test_load_for_inference_reads_every_checkpoint_kind(tiny, tmp_path):
     from segformer_jax.optim import Recipe, make_optimizer
     config, variables, hub_dir, model_dir = tiny
     for path in (hub_dir, hub_dir / "model.safetensors", model_dir):
-        got_config, got = pr.load_for_inference(path)
+        got_config, got = ck.load_for_inference(path)
         assert got_config == config
         _close_trees(got, variables)
 
@@ -103,22 +106,22 @@ def test_load_for_inference_reads_every_checkpoint_kind(tiny, tmp_path):
     checkpoints.close()
     for path in (tmp_path / "run", tmp_path / "run" / "checkpoints",
                  tmp_path / "run" / "checkpoints" / "2"):
-        got_config, got = pr.load_for_inference(path)
+        got_config, got = ck.load_for_inference(path)
         assert got_config == config
         _close_trees(got, variables)
-    assert pr.training_step_dir(tmp_path / "run").name == "4"
+    assert ck.training_step_dir(tmp_path / "run").name == "4"
 
     with pytest.raises(sj.CheckpointError, match="nowhere"):
-        pr.load_for_inference(tmp_path / "nowhere")
+        ck.load_for_inference(tmp_path / "nowhere")
     (tmp_path / "photo.jpg").write_bytes(b"not weights")
     with pytest.raises(sj.CheckpointError, match="photo.jpg: not a weight file"):
-        pr.load_for_inference(tmp_path / "photo.jpg")
+        ck.load_for_inference(tmp_path / "photo.jpg")
     (tmp_path / "empty").mkdir()
     with pytest.raises(sj.CheckpointError, match="empty.*not a checkpoint"):
-        pr.load_for_inference(tmp_path / "empty")
+        ck.load_for_inference(tmp_path / "empty")
     (tmp_path / "run2" / "checkpoints").mkdir(parents=True)
     with pytest.raises(sj.CheckpointError, match="run2.*without a finished checkpoint"):
-        pr.load_for_inference(tmp_path / "run2")
+        ck.load_for_inference(tmp_path / "run2")
 
 
 # --------------------------------------------------------------------------------------
@@ -155,21 +158,22 @@ def test_banded_logits_to_mask_equals_the_full_resize():
     from segformer_jax.models.ops import resize_bilinear
     logits = np.random.default_rng(0).standard_normal((2, 7, 9, 5), dtype=np.float32)
     full = resize_bilinear(logits, (50, 70)).argmax(-1)
-    np.testing.assert_array_equal(pr.logits_to_mask(logits, (50, 70)), full)
-    np.testing.assert_array_equal(pr.logits_to_mask(logits, (50, 70), chunk_elements=999), full)
+    np.testing.assert_array_equal(evaluation.logits_to_mask(logits, (50, 70)), full)
+    np.testing.assert_array_equal(evaluation.logits_to_mask(logits, (50, 70), chunk_elements=999), full)
     same_h = resize_bilinear(logits, (7, 40)).argmax(-1)
-    np.testing.assert_array_equal(pr.logits_to_mask(logits, (7, 40), chunk_elements=99), same_h)
+    np.testing.assert_array_equal(evaluation.logits_to_mask(logits, (7, 40), chunk_elements=99), same_h)
 
 
-def test_scaled_size_and_plan(tiny):
+def test_test_size_and_plan(tiny):
     config, variables, _, _ = tiny
-    assert pr.scaled_size(50, 70, 32) == (32, 64)
-    assert pr.scaled_size(375, 500, 512) == (512, 704)         # ADE's aligned test size
+    assert pr.test_size(50, 70, 32) == (32, 64)
+    assert pr.test_size(375, 500, 512) == (512, 704)           # ADE's aligned test size
     seg = pr.Segmenter(config, variables, size=32)
     assert seg.plan(50, 70)[1] == "whole"
-    assert seg.plan(30, 200) == ((32, 224), "slide", 32, 24)
+    # Long side capped at 4 x size (mmcv's rescale into (128, 32)), as evaluate does.
+    assert seg.plan(30, 200) == ((32, 128), "slide", 32, 24)
     assert pr.Segmenter(config, variables, size=32, crop=16).plan(50, 70)[1:] == ("slide", 16, 12)
-    with pytest.raises(pr.PredictError):
+    with pytest.raises(InputError):
         pr.Segmenter(config, variables, mode="whole", crop=16)
     assert pr.output_stems(["a/x.png", "b/x.jpg", "y.png"]) == ["x", "x-1", "y"]
 
@@ -229,7 +233,7 @@ def test_predict_command_line(tiny, images, tmp_path):
         overlay = PIL.Image.open(out / f"{key}_overlay.png")
         assert overlay.size == PIL.Image.open(images[key]).size   # --legend none
     # same weights, same masks as the model checkpoint gives in-process
-    config, variables = pr.load_for_inference(hub_dir)
+    config, variables = ck.load_for_inference(hub_dir)
     expected = pr.Segmenter(config, variables, size=32)(pr.read_image(images["rgb"]))
     np.testing.assert_array_equal(np.asarray(PIL.Image.open(out / "rgb_mask.png")), expected)
 
@@ -249,8 +253,61 @@ def test_predict_errors(tiny, images, tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
-    with pytest.raises(pr.PredictError, match="broken.png"):
+    with pytest.raises(InputError, match="broken.png"):
         pr.read_image(images["broken"])
+
+
+def test_predict_and_evaluate_choose_the_same_test_size():
+    """predict --size 512 and evaluate's ADE20K preset give every image the same test size."""
+    from segformer_jax.data.transforms import EvalTransform
+    settings = evaluation.test_settings("ade20k")
+    transform = EvalTransform(img_scale=settings.img_scale, size_divisor=settings.size_divisor)
+    for h, w in ((375, 500), (512, 683), (100, 1000), (1000, 300), (30, 200), (2000, 2000)):
+        image = np.zeros((h, w, 3), np.uint8)
+        evaluated = transform({"image": image, "segmentation_mask": image[..., :1]})["image"].shape[:2]
+        assert pr.test_size(h, w, 512) == evaluated, (h, w)
+
+
+def test_binary_model_is_thresholded_and_scored_on_two_classes(tmp_path):
+    """num_labels == 1: class 1 where the sigmoid logit is above 0, a 2 x 2 confusion matrix."""
+    import jax
+    from segformer_jax.data import SplitData
+    from segformer_jax.inference import Inference
+    from segformer_jax.models.ops import resize_bilinear
+    config = sj.SegformerConfig.from_variant(
+        "b0", num_labels=1, hidden_sizes=(8, 16, 24, 32), num_attention_heads=(1, 2, 3, 4),
+        depths=(1, 1, 1, 1), decoder_hidden_size=16, id2label={0: "crack"})
+    variables = sj.init_variables(config, seed=3)
+    rng = np.random.default_rng(4)
+    records = []
+    for h, w in ((32, 64), (40, 48)):
+        mask = rng.integers(0, 2, (h, w, 1), dtype=np.uint8)
+        mask[0] = 255
+        records.append({"image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+                        "segmentation_mask": mask, "file_name": b"x"})
+    split = SplitData(source=records, class_names=("crack",), reduce_zero_label=False,
+                      name="folder", split="validation")
+    summary = evaluation.evaluate(config, variables, split, img_scale=None, size_divisor=32)
+    assert summary["class_names"] == ("background", "crack")
+
+    from segformer_jax.constants import MEAN_RGB, STD_RGB, round_up
+    from segformer_jax.data.transforms import resize_image
+    inference = Inference(sj.SegformerForSemanticSegmentation(config).apply)
+    cm = np.zeros((2, 2), np.int64)
+    for r in records:
+        h, w = r["image"].shape[:2]
+        x = resize_image(r["image"], (round_up(h), round_up(w)))
+        x = ((x.astype(np.float32) - np.float32(MEAN_RGB)) / np.float32(STD_RGB))[None]
+        logit = resize_bilinear(np.asarray(inference.whole(jax.device_put(variables), x)),
+                                (h, w))[0, ..., 0]
+        label = r["segmentation_mask"][..., 0].astype(np.int64)
+        valid = label != 255
+        cm += np.bincount(label[valid] * 2 + (logit[valid] > 0), minlength=4).reshape(2, 2)
+    np.testing.assert_array_equal(summary["confusion_matrix"], cm)
+    assert 0 < cm[:, 1].sum() < cm.sum()   # the random head predicts both classes here
+    mask = evaluation.logits_to_mask(np.array([[[[-0.5], [0.0]], [[2.0], [1e-3]]]], np.float32),
+                                     (2, 2))
+    assert mask.tolist() == [[[0, 0], [1, 1]]]
 
 
 def test_uint16_masks_for_many_classes(tmp_path):
@@ -267,9 +324,9 @@ def test_uint16_masks_for_many_classes(tmp_path):
 def _reference_confusion(config, variables, split, img_scale, divisor):
     """Independently: resize, normalise, whole-image logits, resize, argmax, np.bincount."""
     from segformer_jax.data.transforms import MEAN_RGB, STD_RGB, rescale_size, resize_image
-    from segformer_jax.inference import aligned_test_size, whole_inference
+    from segformer_jax.inference import Inference, aligned_test_size
     from segformer_jax.models.ops import resize_bilinear
-    apply = pr.model_for(config).apply
+    inference = Inference(sj.SegformerForSemanticSegmentation(config).apply)
     k = config.num_labels
     cm = np.zeros(k * k, np.int64)
     for i in range(len(split.source)):
@@ -279,7 +336,7 @@ def _reference_confusion(config, variables, split, img_scale, divisor):
         x = resize_image(resize_image(image, rescale_size(h, w, img_scale)),
                          aligned_test_size(h, w, img_scale, divisor))
         x = (x.astype(np.float32) - np.float32(MEAN_RGB)) / np.float32(STD_RGB)
-        logits = np.asarray(whole_inference(apply, variables, x[None].astype(np.float32)))
+        logits = np.asarray(inference.whole(variables, x[None].astype(np.float32)))
         pred = resize_bilinear(logits, (h, w))[0].argmax(-1)
         valid = label != 255
         cm += np.bincount(label[valid].astype(np.int64) * k + pred[valid], minlength=k * k)
@@ -292,7 +349,7 @@ def test_evaluate_matches_an_independent_computation(tiny, tmp_path):
     split = load_split("synthetic", "validation", data_dir=tmp_path, num_train=2,
                        num_validation=3, size_range=(48, 64))
     seen = []
-    summary = ev.evaluate(config, variables, split, img_scale=(64, 32), size_divisor=32,
+    summary = evaluation.evaluate(config, variables, split, img_scale=(64, 32), size_divisor=32,
                           progress=lambda done, total: seen.append((done, total)))
     assert seen == [(1, 3), (2, 3), (3, 3)] and summary["num_examples"] == 3
     assert summary["settings"]["mode"] == "whole"
@@ -310,14 +367,14 @@ def test_evaluate_matches_an_independent_computation(tiny, tmp_path):
     assert summary["aAcc"] == pytest.approx(inter.sum() / cm.sum(), rel=1e-12)
     assert summary["class_names"] == CLASS_NAMES
 
-    first = ev.evaluate(config, variables, split, img_scale=(64, 32), size_divisor=32,
+    first = evaluation.evaluate(config, variables, split, img_scale=(64, 32), size_divisor=32,
                         max_examples=1)
     assert first["num_examples"] == 1 and first["confusion_matrix"].sum() < cm.sum()
     wrong = sj.SegformerConfig.from_variant("b0", num_labels=4)
-    with pytest.raises(ev.EvaluationError, match="4 classes"):
-        ev.evaluate(wrong, variables, split)
-    with pytest.raises(ev.EvaluationError, match="crop"):
-        ev.evaluate(config, variables, split, mode="slide")
+    with pytest.raises(EvaluationError, match="4 classes"):
+        evaluation.evaluate(wrong, variables, split)
+    with pytest.raises(EvaluationError, match="crop"):
+        evaluation.evaluate(config, variables, split, mode="slide")
 
 
 def _folder_dataset(root):
@@ -351,10 +408,10 @@ def test_evaluate_command_line(tiny, tmp_path, capsys):
     cm = np.array(record["confusion_matrix"])
     assert cm.shape == (NUM_LABELS, NUM_LABELS) and cm.sum() == 40 * 60 + 44 * 70 - 3 * (60 + 70)
 
-    config, variables = pr.load_for_inference(hub_dir)
+    config, variables = ck.load_for_inference(hub_dir)
     split = load_split("folder", "validation", data_dir=tmp_path / "tfds",
                        manual_dir=tmp_path / "folder")
-    summary = ev.evaluate(config, variables, split, img_scale=(64, 32), size_divisor=32)
+    summary = evaluation.evaluate(config, variables, split, img_scale=(64, 32), size_divisor=32)
     np.testing.assert_array_equal(summary["confusion_matrix"], cm)
     assert record["mIoU"] == pytest.approx(summary["mIoU"], rel=1e-12)
 

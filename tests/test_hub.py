@@ -157,6 +157,17 @@ def test_nvlabs_mit_backbone_for_segmentation(tmp_path, caplog):
     jax.tree.map(np.testing.assert_array_equal, seg["params"]["encoder"], variables["params"]["encoder"])
     assert _logits(seg_config, seg, random_images(1, 64, 64)).shape == (1, 16, 16, 19)
 
+    # The same facts as data, for callers that act on them (predict refuses a random head).
+    _, again, report = sj.from_pretrained(tmp_path / "mit_b0.pth", task="semantic_segmentation",
+                                          num_labels=19, report=True)
+    jax.tree.map(np.testing.assert_array_equal, again, seg)
+    assert report.dropped == ("classifier.bias", "classifier.weight")
+    assert "decode_head.linear_fuse.weight" in report.initialised
+    assert all(k.startswith("decode_head.") for k in report.initialised)
+    from segformer_jax.checkpoint import load_for_inference
+    with pytest.raises(sj.CheckpointError, match="no .complete. semantic segmentation head"):
+        load_for_inference(tmp_path / "mit_b0.pth")
+
 
 def test_new_label_count_keeps_encoder_and_head_mlp(b0_hub_dir, caplog):
     hub, _ = b0_hub_dir

@@ -168,11 +168,26 @@ def fake_apply(variables, images):
 
 FAKE = {"w": np.random.default_rng(7).standard_normal((3, 5), dtype=np.float32),
         "b": np.linspace(-1, 1, 5, dtype=np.float32)}
+FAKE_INFERENCE = inference.Inference(fake_apply)  # one object: one compilation per shape
+
+
+def test_inference_objects_keep_their_own_model():
+    """Programs belong to the object built over a model: no module-level cache keyed on the
+    apply function, so two models never see each other's compilations."""
+    def other_apply(variables, images):
+        return -fake_apply(variables, images)
+
+    images = random_images(1, 16, 20, seed=5)
+    ours = FAKE_INFERENCE.whole(FAKE, images)
+    theirs = inference.Inference(other_apply).whole(FAKE, images)
+    np.testing.assert_allclose(theirs, -ours, rtol=1e-6, atol=1e-6)
+    assert not [name for name, value in vars(inference).items()
+                if callable(value) and hasattr(value, "lower")]  # no module-level jax.jit
 
 
 def test_whole_inference_is_resized_logits():
     images = random_images(2, 37, 50, seed=1)
-    out = inference.whole_inference(fake_apply, FAKE, images)
+    out = FAKE_INFERENCE.whole(FAKE, images)
     assert out.shape == (2, 37, 50, 5) and out.dtype == jnp.float32
     np.testing.assert_allclose(out, resize_bilinear(fake_apply(FAKE, images), (37, 50)),
                                rtol=1e-6, atol=1e-6)
@@ -181,18 +196,18 @@ def test_whole_inference_is_resized_logits():
 def test_slide_on_one_window_equals_whole(tiny):
     apply_fn, variables = tiny
     images = random_images(2, 32, 48, seed=2)
-    whole = inference.whole_inference(apply_fn, variables, images)
+    model = inference.Inference(apply_fn)
+    whole = model.whole(variables, images)
     assert whole.shape == (2, 32, 48, 5)
     # h_grids = (32-32+15)//16+1 = 1, w_grids = (48-48+15)//16+1 = 1.
-    slide = inference.slide_inference(apply_fn, variables, images, crop=(32, 48),
-                                      stride=(16, 16), num_classes=5)
+    slide = model.slide(variables, images, crop=(32, 48), stride=(16, 16), num_classes=5)
     np.testing.assert_allclose(slide, whole, rtol=1e-5, atol=1e-5)
 
 
 def test_slide_on_an_image_smaller_than_the_crop_equals_whole():
     images = random_images(2, 40, 56, seed=3)
-    np.testing.assert_allclose(inference.slide_inference(fake_apply, FAKE, images, 64, 48),
-                               inference.whole_inference(fake_apply, FAKE, images),
+    np.testing.assert_allclose(FAKE_INFERENCE.slide(FAKE, images, 64, 48),
+                               FAKE_INFERENCE.whole(FAKE, images),
                                rtol=1e-6, atol=1e-6)
 
 
@@ -204,32 +219,33 @@ def test_slide_matches_a_loop_over_windows():
         canvas[:, win.y1:win.y2, win.x1:win.x2] += np.asarray(
             resize_bilinear(fake_apply(FAKE, crop), (64, 64)))
     ref = canvas / inference.window_count(100, 150, 64, 48)[None, :, :, None]
-    out = inference.slide_inference(fake_apply, FAKE, images, crop=(64, 64), stride=(48, 48))
+    out = FAKE_INFERENCE.slide(FAKE, images, crop=(64, 64), stride=(48, 48))
     assert out.shape == (2, 100, 150, 5)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
     # Several crops per forward pass (6 windows: the last pass is padded) changes nothing.
     for per_step in (4, 6, 10):
-        batched = inference.slide_inference(fake_apply, FAKE, images, 64, 48,
+        batched = FAKE_INFERENCE.slide(FAKE, images, 64, 48,
                                             batch_windows=per_step)
         np.testing.assert_allclose(batched, ref, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="classes"):
-        inference.slide_inference(fake_apply, FAKE, images, 64, 48, num_classes=7)
+        FAKE_INFERENCE.slide(FAKE, images, 64, 48, num_classes=7)
 
 
 def test_multiscale_single_scale_is_softmax_of_whole(tiny):
     apply_fn, variables = tiny
     images = random_images(2, 32, 48, seed=2)
-    probs = inference.multiscale_flip_inference(apply_fn, variables, images, scales=(1.0,))
-    ref = jax.nn.softmax(inference.whole_inference(apply_fn, variables, images), axis=-1)
+    model = inference.Inference(apply_fn)
+    probs = model.multiscale_flip(variables, images, scales=(1.0,))
+    ref = jax.nn.softmax(model.whole(variables, images), axis=-1)
     np.testing.assert_allclose(probs, ref, rtol=1e-6, atol=1e-6)
 
 
 def test_multiscale_flip_averages_softmax():
     images = random_images(2, 32, 48, seed=5)
-    probs = inference.multiscale_flip_inference(fake_apply, FAKE, images,
+    probs = FAKE_INFERENCE.multiscale_flip(FAKE, images,
                                                 scales=(0.5, 1.0), flip=True)
     softmax = lambda x: jax.nn.softmax(x, axis=-1)  # noqa: E731
-    whole = lambda x: inference.whole_inference(fake_apply, FAKE, x)  # noqa: E731
+    whole = lambda x: FAKE_INFERENCE.whole(FAKE, x)  # noqa: E731
     half = resize_bilinear(images, (16, 24))  # mmcv: factor min(24/48, 16/32) = 0.5
     flipped = images[:, :, ::-1]
     parts = [softmax(resize_bilinear(whole(half), (32, 48))),
@@ -247,14 +263,14 @@ def test_multiscale_flip_averages_softmax():
 def test_multiscale_slide_mode_and_aligned_sizes():
     images = random_images(1, 30, 45, seed=6)
     # AlignedResize to multiples of 16: 30×45 → 32×48, then slide with crop 32, stride 16.
-    probs = inference.multiscale_flip_inference(fake_apply, FAKE, images, scales=(1.0,),
+    probs = FAKE_INFERENCE.multiscale_flip(FAKE, images, scales=(1.0,),
                                                 size_divisor=16, mode="slide", crop=32, stride=16)
     aligned = resize_bilinear(images, (32, 48))
-    logits = inference.slide_inference(fake_apply, FAKE, aligned, 32, 16)
+    logits = FAKE_INFERENCE.slide(FAKE, aligned, 32, 16)
     ref = jax.nn.softmax(resize_bilinear(logits, (30, 45)), axis=-1)
     np.testing.assert_allclose(probs, ref, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="crop"):
-        inference.multiscale_flip_inference(fake_apply, FAKE, images, mode="slide")
+        FAKE_INFERENCE.multiscale_flip(FAKE, images, mode="slide")
 
 
 def test_aligned_test_size():

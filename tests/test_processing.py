@@ -206,6 +206,25 @@ def test_sixteen_bit_images_are_scaled_to_eight_bit():
     np.testing.assert_array_equal(proc(gray16)["pixel_values"], expected)
 
 
+def test_pil_images_use_images_to_rgb_but_modes_i_and_f_follow_transformers(hf):
+    """PIL modes other than I and F are converted by ``images.to_rgb`` (what the datasets and
+    ``predict`` use); I and F are read as arrays, so 8-bit data in them equals transformers."""
+    from segformer_jax import images
+    proc = SegformerImageProcessor(size={"height": 40, "width": 60})
+    for mode in ("RGBA", "P+transparency", "CMYK", "L"):
+        image = photo(50, 70, mode)
+        np.testing.assert_array_equal(proc(image)["pixel_values"],
+                                      proc(images.to_rgb(image))["pixel_values"])
+    gray = np.asarray(photo(50, 70, "L"))
+    hf40 = dict(size={"height": 40, "width": 60}, do_convert_rgb=True)
+    for image in (PIL.Image.fromarray(gray.astype(np.int32), "I"),
+                  PIL.Image.fromarray(gray.astype(np.float32), "F")):
+        ours = proc(image)["pixel_values"]
+        np.testing.assert_array_equal(ours, proc(np.asarray(image))["pixel_values"])
+        np.testing.assert_allclose(ours, hf_run(hf, image, **hf40)[0], rtol=0, atol=ATOL)
+        np.testing.assert_array_equal(ours, proc(images.to_rgb(image))["pixel_values"])
+
+
 # -- labels -------------------------------------------------------------------------------
 
 

@@ -145,11 +145,11 @@ def _free_port() -> int:
 def _state(step_dir: pathlib.Path):
     """A training state restored in this (single-device) process, whatever wrote it."""
     import orbax.checkpoint as ocp
-    from segformer_jax.predict import _local_target
+    from segformer_jax.checkpoint import local_target
     with ocp.StandardCheckpointer() as c:
         tree = c.metadata(step_dir / "state")
         tree = getattr(getattr(tree, "item_metadata", None), "tree", tree)
-        return c.restore(step_dir / "state", _local_target(tree))
+        return c.restore(step_dir / "state", local_target(tree))
 
 
 def _losses(workdir: pathlib.Path) -> list[float]:

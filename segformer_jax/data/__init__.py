@@ -15,9 +15,13 @@ The first ``load_split`` of a dataset builds it into ``data_dir`` (TFDS's defaul
 later calls read what was built. Then::
 
     data = load_split("ade20k", "train", data_dir="~/tensorflow_datasets", manual_dir="~/ade")
-    batches = train_batches(data.source, TrainTransform.ade20k(), global_batch_size=16, seed=0)
-    evaluation = eval_batches(load_split("ade20k", "validation", ...).source,
-                              EvalTransform.ade20k())
+    transform = train_transform("ade20k", reduce_zero_label=data.reduce_zero_label)
+    batches = train_batches(data.source, transform, global_batch_size=16, seed=0)
+    validation = load_split("ade20k", "validation", ...)
+    evaluation = eval_batches(validation.source, eval_transform(
+        "ade20k", reduce_zero_label=validation.reduce_zero_label))
+
+(the rescale and crop sizes of each dataset are in ``presets``).
 
 ``transforms`` (the NVlabs/mmseg augmentations) and ``pipeline`` (deterministic batching)
 need numpy and PIL only; TensorFlow Datasets is imported when a builder is needed.
@@ -30,23 +34,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from segformer_jax.constants import IGNORE_INDEX
 from segformer_jax.data.pipeline import (TrainBatches, eval_batches, global_batch_indices,
                                          train_batches)
 from segformer_jax.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASS_NAMES
-from segformer_jax.data.transforms import EvalTransform, TrainTransform
+from segformer_jax.data.transforms import (EvalTransform, TrainTransform, eval_transform,
+                                           train_transform)
+from segformer_jax.errors import DatasetError  # imports nothing: TFDS stays unloaded
 
 DATASETS = ("synthetic", "ade20k", "cityscapes", "folder")
-
-
-def _dataset_error() -> type:
-    from segformer_jax.data.common import DatasetError
-    return DatasetError
-
-
-def __getattr__(name: str) -> Any:  # DatasetError without importing TFDS up front
-    if name == "DatasetError":
-        return _dataset_error()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +59,7 @@ class SplitData:
     reduce_zero_label: bool
     name: str
     split: str
-    ignore_index: int = 255
+    ignore_index: int = IGNORE_INDEX
 
     @property
     def num_labels(self) -> int:
@@ -137,7 +133,6 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     ``split`` is a split name (``train``, ``validation``, ``test``, or a folder's subfolder),
     optionally with TFDS slicing (``"train[:100]"``). A bad input raises ``DatasetError``.
     """
-    from segformer_jax.data.common import DatasetError
     builder = prepare(name, data_dir, manual_dir, **options)
     base = split.split("[", 1)[0]
     if base not in builder.info.splits:
@@ -151,5 +146,6 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
 
 
 __all__ = ["DATASETS", "SYNTHETIC_CLASS_NAMES", "DatasetError", "SplitData", "get_builder",
-           "prepare", "load_split", "TrainTransform", "EvalTransform", "TrainBatches",
-           "train_batches", "eval_batches", "global_batch_indices"]
+           "prepare", "load_split", "TrainTransform", "EvalTransform", "train_transform",
+           "eval_transform", "TrainBatches", "train_batches", "eval_batches",
+           "global_batch_indices"]

@@ -12,7 +12,8 @@ Every builder writes the same features, so the rest of the library reads any of 
 Examples keep the (sorted) file order of the source (``disable_shuffling``), so index ``i`` of
 a split is always the same file; the training pipeline does its own shuffling.
 
-Bad input stops the build with one :class:`DatasetError` naming the file.
+Bad input stops the build with one :class:`DatasetError` naming the file (the class lives in
+``segformer_jax.errors`` with the library's other errors; it is importable from here too).
 """
 
 from __future__ import annotations
@@ -29,13 +30,11 @@ import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 
-IGNORE_INDEX = 255
+from segformer_jax.constants import IGNORE_INDEX
+from segformer_jax.errors import DatasetError
+from segformer_jax.images import SIXTEEN_BIT_MODES, to_rgb
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif")
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be built: a missing archive, or a bad image, mask or label."""
 
 
 # ----------------------------------------------------------------------------- file access
@@ -115,32 +114,6 @@ def _open(data: bytes, where: str, what: str) -> PIL.Image.Image:
     return image
 
 
-def _sixteen_to_eight(x: np.ndarray) -> np.ndarray:
-    """round(v * 255 / 65535): 0 -> 0, 65535 -> 255 (as the processor converts 16-bit images)."""
-    return ((x.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-
-
-def to_rgb(image: PIL.Image.Image) -> np.ndarray:
-    """uint8 (H, W, 3) RGB of any PIL image; transparency is composited onto white."""
-    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "I":
-        values = np.asarray(image)
-        if image.mode == "I" and values.max(initial=0) <= 255:  # 8-bit data in a 32-bit mode
-            gray = values.astype(np.uint8)
-        else:
-            gray = _sixteen_to_eight(np.clip(values, 0, 65535))
-        return np.repeat(gray[..., None], 3, axis=-1)
-    if image.mode == "F":
-        values = np.asarray(image)
-        scale = 255.0 if values.max(initial=0) <= 1.0 else 1.0
-        gray = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=-1)
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
-        white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(PIL.Image.alpha_composite(white, rgba).convert("RGB"))
-    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-
-
 def encode_png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     PIL.Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
@@ -151,7 +124,8 @@ def read_image(data: bytes, where: str) -> tuple[bytes, tuple[int, int]]:
     """Checks an image file; returns (bytes to store, (H, W)).
 
     8-bit RGB JPEG and PNG files without transparency are stored unchanged; anything else is
-    decoded, converted to RGB (see ``to_rgb``) and stored as PNG.
+    decoded, converted to RGB by ``images.to_rgb`` (the library's one rule for that) and
+    stored as PNG.
     """
     image = _open(data, where, "image")
     size = (image.height, image.width)
@@ -165,7 +139,7 @@ def read_mask(data: bytes, where: str) -> np.ndarray:
     """(H, W) int64 class ids of a mask file (L, P, 1, I, I;16; or RGB with equal channels)."""
     image = _open(data, where, "mask")
     mode = image.mode
-    if mode in ("L", "P", "I", "1") or mode in _SIXTEEN_BIT_MODES:
+    if mode in ("L", "P", "I", "1") or mode in SIXTEEN_BIT_MODES:
         return np.asarray(image).astype(np.int64)  # P: the palette indices, not the colours
     if mode in ("LA", "PA"):
         return np.asarray(image)[..., 0].astype(np.int64)

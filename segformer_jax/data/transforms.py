@@ -3,7 +3,8 @@
 An *example* is a dict ``{"image": uint8 (H, W, 3) RGB, "label": uint8 (H, W)}`` (other keys
 pass through). Each random transform is a pure function ``f(example, rng, ...) -> example`` of
 the example and a ``numpy.random.Generator``: the same generator state gives the same output.
-:class:`TrainTransform` chains them in the order of the paper's configs (spec §7.3/§7.4)::
+:class:`TrainTransform` chains them in the order of the paper's configs (NVlabs
+``local_configs/_base_/datasets/ade20k_repeat.py``, ``cityscapes_1024x1024_repeat.py``)::
 
     reduce_zero_label (ADE20K) -> random_rescale(img_scale, ratio 0.5..2) ->
     random_crop(crop, cat_max_ratio 0.75) -> random_flip(0.5) -> photometric_distortion ->
@@ -12,7 +13,8 @@ the example and a ``numpy.random.Generator``: the same generator state gives the
 and :class:`EvalTransform` does the test pipeline: rescale into ``img_scale`` keeping the
 aspect ratio (ADE20K: (2048, 512), i.e. short side 512), optionally resize each side up to a
 multiple of ``size_divisor`` (NVlabs' ``AlignedResize``), normalise; the label keeps its
-original resolution (mIoU is computed there).
+original resolution (mIoU is computed there). ``train_transform`` / ``eval_transform`` build
+both from a dataset's settings (``data.presets``).
 
 Interpolation follows mmcv's OpenCV calls: images bilinear at half-pixel centres *without*
 antialiasing (``cv2.INTER_LINEAR``; PIL's affine transform computes that, to within one grey
@@ -32,11 +34,9 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-IGNORE_INDEX = 255
-# ImageNet mean/std in 0..255 RGB (mmseg: mean=[123.675, 116.28, 103.53], std=[58.395, 57.12,
-# 57.375], to_rgb=True; = the processor's IMAGENET_DEFAULT_MEAN/STD times 255).
-MEAN_RGB = (123.675, 116.28, 103.53)
-STD_RGB = (58.395, 57.12, 57.375)
+# Re-exported (the pipeline and tests import them from here): mmseg's img_norm_cfg, in 0..255.
+from segformer_jax.constants import IGNORE_INDEX, MEAN_RGB, STD_RGB, round_up
+from segformer_jax.data.presets import settings as dataset_settings
 
 Example = dict[str, Any]
 
@@ -317,17 +317,6 @@ class TrainTransform:
     std: tuple[float, float, float] = STD_RGB
     ignore_index: int = IGNORE_INDEX
 
-    @classmethod
-    def ade20k(cls, crop: int = 512, **changes: Any) -> "TrainTransform":
-        """ADE20K: img_scale (2048, crop), crop x crop (512; 640 for B5), reduce_zero_label."""
-        return cls(**{"img_scale": (2048, crop), "crop_size": (crop, crop),
-                      "reduce_zero_label": True, **changes})
-
-    @classmethod
-    def cityscapes(cls, crop: int = 1024, **changes: Any) -> "TrainTransform":
-        """Cityscapes: img_scale (2048, 1024), crop 1024 x 1024, trainIds as stored."""
-        return cls(**{"img_scale": (2048, 1024), "crop_size": (crop, crop), **changes})
-
     def __call__(self, example: Mapping[str, Any], rng: np.random.Generator) -> Example:
         crop = _pair(self.crop_size)
         ex = as_example(example)
@@ -357,16 +346,6 @@ class EvalTransform:
     mean: tuple[float, float, float] = MEAN_RGB
     std: tuple[float, float, float] = STD_RGB
 
-    @classmethod
-    def ade20k(cls, short: int = 512, **changes: Any) -> "EvalTransform":
-        """ADE20K: rescale into (2048, 512) (short side 512), reduce_zero_label."""
-        return cls(**{"img_scale": (2048, short), "reduce_zero_label": True, **changes})
-
-    @classmethod
-    def cityscapes(cls, **changes: Any) -> "EvalTransform":
-        """Cityscapes: rescale into (2048, 1024), i.e. the native 1024 x 2048."""
-        return cls(**{"img_scale": (2048, 1024), **changes})
-
     def __call__(self, example: Mapping[str, Any], rng: np.random.Generator | None = None
                  ) -> Example:
         ex = as_example(example)
@@ -377,9 +356,35 @@ class EvalTransform:
         if self.img_scale is not None:
             image = resize_image(image, rescale_size(height, width, self.img_scale))
         if self.size_divisor:
-            d = int(self.size_divisor)
             h, w = image.shape[:2]
-            image = resize_image(image, (-(-h // d) * d, -(-w // d) * d))
+            image = resize_image(image, (round_up(h, self.size_divisor),
+                                         round_up(w, self.size_divisor)))
         ex = normalize({**ex, "image": image}, self.mean, self.std)
         ex["original_size"] = (height, width)
         return ex
+
+
+def train_transform(dataset: str, crop: int | None = None, *, reduce_zero_label: bool,
+                    **changes: Any) -> TrainTransform:
+    """The training transform of ``dataset`` from its settings (``presets.settings(dataset,
+    crop)``: rescale and crop), with ``changes`` to any field.
+
+    ``reduce_zero_label`` has no default: it belongs to the stored split (``SplitData``;
+    True for ADE20K), and guessing it wrong trains on "other" as a class without a warning.
+    """
+    preset = dataset_settings(dataset, crop)
+    return TrainTransform(**{"img_scale": preset.img_scale, "crop_size": preset.crop_size,
+                             "reduce_zero_label": reduce_zero_label, **changes})
+
+
+def eval_transform(dataset: str, crop: int | None = None, *, reduce_zero_label: bool,
+                   **changes: Any) -> EvalTransform:
+    """The whole-image test transform of ``dataset`` from its settings (test rescale and
+    size divisor; ``crop`` as in ``train_transform``), with ``changes`` to any field.
+
+    Sliding-window datasets (Cityscapes) get their native-size rescale here; the windows
+    are the evaluator's business, not the transform's.
+    """
+    preset = dataset_settings(dataset, crop)
+    return EvalTransform(**{"img_scale": preset.test_scale, "size_divisor": preset.size_divisor,
+                            "reduce_zero_label": reduce_zero_label, **changes})

@@ -1,0 +1,342 @@
+"""Evaluation of a model on a split, for ``train`` (validation), ``evaluate`` and the sweeps.
+
+In the spirit of big_vision's ``evaluators/``: a task brings its own evaluator, built once
+over a model from the test settings, and called with the variables to score::
+
+    evaluator = SegmentationEvaluator(model, split, settings)
+    result = evaluator(variables)           # metrics.summarize's dict, + confusion matrix
+    evaluator.scalars(result)               # {"mIoU": ..., "aAcc": ..., "mAcc": ...} to log
+    evaluator.table(result)                 # the per-class text table
+    evaluator.headline(result)              # "mIoU 68.70 aAcc 85.00"
+
+Semantic segmentation (mmseg's ``test_cfg`` and metrics): each image is resized to its test
+size (``data.presets``: mmcv rescale into ``img_scale``, sides up to a multiple of
+``size_divisor``), run whole, with sliding windows, or at several scales with flips
+(``inference.Inference``), its logits are resized to the label's original size, and the
+prediction is counted into one exact int64 confusion matrix over the whole split (summed
+over processes when there are several). A binary model (``num_labels == 1``, a sigmoid
+logit) predicts the class where its logit is above 0 and is scored on two classes,
+background and the class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+
+from segformer_jax import metrics
+from segformer_jax.config import SegformerConfig
+from segformer_jax.data.presets import settings as dataset_settings
+from segformer_jax.errors import EvaluationError
+from segformer_jax.inference import Inference
+from segformer_jax.models.ops import _lerp_taps, resize_bilinear
+
+PRESET = "preset"   # the default of img_scale / size_divisor: the dataset's own
+
+
+class Evaluator(Protocol):
+    """What the trainer needs of a task's evaluator."""
+
+    best_metric: str
+
+    def __call__(self, variables: Any) -> dict[str, Any]: ...
+
+    def scalars(self, result: Mapping[str, Any]) -> dict[str, float]: ...
+
+    def table(self, result: Mapping[str, Any]) -> str: ...
+
+    def headline(self, result: Mapping[str, Any]) -> str: ...
+
+
+# --------------------------------------------------------------------------------------
+# Test settings
+
+
+@dataclasses.dataclass(frozen=True)
+class TestSettings:
+    """How each image is run: ``img_scale`` (long, short) or None (native size), the
+    alignment, whole or slide (with crop and stride), and the multi-scale / flip test."""
+
+    img_scale: tuple[int, int] | None
+    size_divisor: int | None = None
+    mode: str = "whole"
+    crop: int | None = None
+    stride: int | None = None
+    scales: tuple[float, ...] | None = None
+    flip: bool = False
+
+    @property
+    def multiscale(self) -> bool:
+        return self.scales is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["scales"] = list(self.scales) if self.scales is not None else None
+        return d
+
+
+def test_settings(dataset: str, mode: str | None = None, crop: int | None = None,
+                  stride: int | None = None, img_scale: Any = PRESET,
+                  size_divisor: Any = PRESET, scales: Sequence[float] | None = None,
+                  flip: bool = False) -> TestSettings:
+    """The dataset's test settings (``data.presets``) with the given values put over them.
+
+    ``crop`` alone means ``mode="slide"``; ``stride`` defaults to 3/4 of the crop.
+    ``scales`` and/or ``flip`` select the multi-scale (+ flip) test, each ratio applied to
+    ``img_scale``. Inconsistent values raise ``EvaluationError``.
+    """
+    preset = dataset_settings(dataset)
+    if mode is None:
+        mode = "slide" if crop is not None else preset.test_mode
+    if mode not in ("whole", "slide"):
+        raise EvaluationError(f"mode must be 'whole' or 'slide'; got {mode!r}")
+    if mode == "whole":
+        if crop is not None or stride is not None:
+            raise EvaluationError("crop and stride are for sliding-window inference "
+                                  "(mode 'slide'), not mode 'whole'")
+    else:
+        if crop is None:
+            crop, stride = preset.test_crop, stride or preset.test_stride
+        if crop is None:
+            raise EvaluationError(f"sliding-window inference needs a crop size for the "
+                                  f"{dataset} dataset (e.g. crop 512, stride 384)")
+        stride = stride or max(1, crop * 3 // 4)
+        if min(crop, stride) < 1:
+            raise EvaluationError(f"crop and stride must be positive; got {crop}, {stride}")
+    if isinstance(img_scale, str) and img_scale == PRESET:
+        img_scale = preset.test_scale
+    if isinstance(size_divisor, str) and size_divisor == PRESET:
+        size_divisor = preset.size_divisor
+    if img_scale is not None:
+        img_scale = tuple(int(v) for v in img_scale)
+        if len(img_scale) != 2 or min(img_scale) < 1:
+            raise EvaluationError(f"img_scale must be two positive sizes; got {img_scale}")
+    if scales is not None and (not scales or min(scales) <= 0):
+        raise EvaluationError(f"scales must be positive ratios; got {scales}")
+    multiscale = bool(scales) or flip
+    return TestSettings(img_scale, int(size_divisor) if size_divisor else None, mode, crop,
+                        stride, tuple(scales or (1.0,)) if multiscale else None, bool(flip))
+
+
+# --------------------------------------------------------------------------------------
+# Logits to class ids
+
+
+def logits_to_mask(logits: Any, size: Sequence[int], chunk_elements: int = 1 << 25) -> np.ndarray:
+    """Class ids of NHWC logits resized (``resize_bilinear``) to ``size``: int32 (N, H, W).
+
+    The argmax over classes; for one channel (a binary model's sigmoid logit) the class is 1
+    where the logit is above 0. The resize runs in numpy on the host (no compilation per
+    size). When the resized logits would exceed ``chunk_elements`` values (a 12-megapixel
+    photo × 150 classes is 7 GB), it goes in bands of rows, with the same arithmetic: the
+    result is identical.
+    """
+    logits = np.asarray(logits, np.float32)
+    n, h, w, k = logits.shape
+    out_h, out_w = int(size[0]), int(size[1])
+
+    def classes(x: Any) -> np.ndarray:
+        x = np.asarray(x)
+        return (x[..., 0] > 0).astype(np.int32) if k == 1 else x.argmax(-1).astype(np.int32)
+
+    if n * out_h * out_w * k <= chunk_elements:
+        return classes(resize_bilinear(logits, (out_h, out_w)))
+    out = np.empty((n, out_h, out_w), np.int32)
+    rows = max(1, chunk_elements // (n * out_w * k))
+    taps = None if h == out_h else _lerp_taps(h, out_h)
+    for r0 in range(0, out_h, rows):
+        r1 = min(out_h, r0 + rows)
+        if taps is None:
+            band = logits[:, r0:r1]
+        else:  # resize_bilinear along the height, for these output rows only
+            lo, hi, frac = (t[r0:r1] for t in taps)
+            frac = frac.reshape(1, -1, 1, 1)
+            band = logits[:, lo] * (1 - frac) + logits[:, hi] * frac
+        out[:, r0:r1] = classes(resize_bilinear(band, (r1 - r0, out_w)))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Counting
+
+
+def sum_over_processes(counts: np.ndarray) -> np.ndarray:
+    """Exact int64 sum of every process's counts (JAX's collectives carry 32-bit ints, so
+    the counts travel as two 30-bit halves)."""
+    if jax.process_count() == 1:
+        return counts
+    from jax.experimental import multihost_utils
+    counts = np.asarray(counts, np.int64)
+    halves = np.stack([counts >> 30, counts & (2 ** 30 - 1)]).astype(np.int32)
+    gathered = np.asarray(multihost_utils.process_allgather(halves), np.int64)
+    return (gathered[:, 0].sum(0) << 30) + gathered[:, 1].sum(0)
+
+
+def scored_class_names(num_labels: int, class_names: Sequence[str]) -> tuple[str, ...]:
+    """The classes a model of ``num_labels`` outputs is scored on: its own, or for a binary
+    model (one sigmoid output) background and the class."""
+    names = tuple(class_names)
+    if num_labels != 1:
+        return names
+    if len(names) == 2:
+        return names
+    return ("background", names[0] if names else "foreground")
+
+
+class _Head:
+    """The first ``n`` examples of a random-access source."""
+
+    def __init__(self, source: Any, n: int):
+        self.source, self.n = source, min(int(n), len(source))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> Any:
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        return self.source[index]
+
+
+# --------------------------------------------------------------------------------------
+# The segmentation evaluator
+
+
+class SegmentationEvaluator:
+    """mIoU, aAcc, mAcc and per-class IoU/Acc of a model on a split (mmseg's metrics).
+
+    Built once over ``model`` (its jitted programs live in an ``inference.Inference``), the
+    split (``data.SplitData``) and the ``TestSettings``; calling it with variables scores
+    this process's share of the split and sums the confusion matrices over processes.
+    ``max_examples`` scores the first examples only; ``progress(done, total)`` is called
+    after each one.
+    """
+
+    best_metric = "mIoU"
+
+    def __init__(self, model: Any, split: Any, settings: TestSettings, *,
+                 max_examples: int | None = None, batch_windows: int = 1,
+                 progress: Callable[[int, int], None] | None = None,
+                 process_index: int = 0, process_count: int = 1):
+        from segformer_jax.data.transforms import EvalTransform
+        num_labels = model.config.num_labels
+        dataset_classes = split.num_labels
+        if not (num_labels == dataset_classes or (num_labels == 1 and dataset_classes in (1, 2))):
+            raise EvaluationError(f"the model predicts {num_labels} classes but the "
+                                  f"{split.name} dataset has {dataset_classes}")
+        self.settings = settings
+        self.class_names = scored_class_names(num_labels, split.class_names)
+        self.ignore_index = getattr(split, "ignore_index", 255)
+        self.inference = Inference(model.apply)
+        self.batch_windows = int(batch_windows)
+        self.progress = progress
+        self.process_index, self.process_count = process_index, process_count
+        self.source = split.source if max_examples is None else _Head(split.source, max_examples)
+        if settings.multiscale:  # the augmentations resize the original image themselves
+            self.transform = EvalTransform(img_scale=None,
+                                           reduce_zero_label=split.reduce_zero_label)
+        else:
+            self.transform = EvalTransform(img_scale=settings.img_scale,
+                                           size_divisor=settings.size_divisor,
+                                           reduce_zero_label=split.reduce_zero_label)
+
+    def logits(self, variables: Any, images: np.ndarray) -> jax.Array:
+        """Logits (or multi-scale probabilities) at the image's test size."""
+        s = self.settings
+        if s.multiscale:
+            return self.inference.multiscale_flip(
+                variables, images, scales=s.scales, flip=s.flip, base_size=s.img_scale,
+                size_divisor=s.size_divisor, mode=s.mode, crop=s.crop, stride=s.stride,
+                batch_windows=self.batch_windows)
+        if s.mode == "slide":
+            return self.inference.slide(variables, images, s.crop, s.stride,
+                                        batch_windows=self.batch_windows)
+        return self.inference.whole(variables, images)
+
+    def _examples(self) -> Iterator[dict[str, Any]]:
+        from segformer_jax.data.pipeline import eval_batches
+        total = len(self.source)
+        for done, batch in enumerate(eval_batches(self.source, self.transform, 1,
+                                                  process_index=self.process_index,
+                                                  process_count=self.process_count), 1):
+            yield batch
+            if self.progress is not None:
+                self.progress(done, total)
+
+    def confusion_matrix(self, variables: Any) -> np.ndarray:
+        """The split's confusion matrix (rows = ground truth), exact int64, all processes."""
+        k = len(self.class_names)
+        total = metrics.zeros(k)
+        for example in self._examples():
+            label = np.asarray(example["label"])
+            pred = logits_to_mask(self.logits(variables, example["image"]), label.shape[1:3])
+            total = metrics.update(total, metrics.confusion_matrix(pred, label, k, self.ignore_index))
+        return sum_over_processes(total)
+
+    def __call__(self, variables: Any) -> dict[str, Any]:
+        """``metrics.summarize``'s dict plus ``confusion_matrix``, ``num_examples`` and
+        ``settings`` (the test pipeline used)."""
+        cm = self.confusion_matrix(variables)
+        summary = metrics.summarize(cm, self.class_names)
+        summary.update(confusion_matrix=cm, num_examples=len(self.source),
+                       settings=self.settings.as_dict())
+        return summary
+
+    def scalars(self, result: Mapping[str, Any]) -> dict[str, float]:
+        return {"mIoU": result["mIoU"], "aAcc": result["aAcc"], "mAcc": result["mAcc"]}
+
+    def table(self, result: Mapping[str, Any]) -> str:
+        return metrics.format_table(result)
+
+    def headline(self, result: Mapping[str, Any]) -> str:
+        return f"mIoU {100 * result['mIoU']:.2f} aAcc {100 * result['aAcc']:.2f}"
+
+
+def evaluate(config: SegformerConfig, variables: Mapping[str, Any], split_data: Any,
+             mode: str | None = None, *, crop: int | None = None, stride: int | None = None,
+             img_scale: Any = PRESET, size_divisor: Any = PRESET,
+             scales: Sequence[float] | None = None, flip: bool = False,
+             max_examples: int | None = None, batch_windows: int = 1,
+             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Scores of ``variables`` on a ``data.SplitData`` (``SegmentationEvaluator``'s result).
+
+    ``mode`` / ``crop`` / ``stride`` / ``img_scale`` / ``size_divisor`` default to the
+    dataset's presets (``test_settings``).
+    """
+    from segformer_jax.models.segformer import SegformerForSemanticSegmentation
+    settings = test_settings(split_data.name, mode, crop, stride, img_scale, size_divisor,
+                             scales, flip)
+    evaluator = SegmentationEvaluator(SegformerForSemanticSegmentation(config), split_data,
+                                      settings, max_examples=max_examples,
+                                      batch_windows=batch_windows, progress=progress)
+    return evaluator(jax.device_put(dict(variables)))
+
+
+# --------------------------------------------------------------------------------------
+# Records
+
+
+def _number(value: Any) -> Any:
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def to_json(summary: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """A JSON-ready record of an evaluation; NaN scores become null."""
+    names = summary["class_names"]
+    per_class = {
+        name: {"IoU": _number(summary["IoU"][k]), "Acc": _number(summary["Acc"][k]),
+               "area_label": int(summary["area_label"][k]),
+               "area_pred": int(summary["area_pred"][k])}
+        for k, name in enumerate(names)}
+    return {**extra, **summary.get("settings", {}),
+            "num_examples": int(summary["num_examples"]),
+            "aAcc": _number(summary["aAcc"]), "mIoU": _number(summary["mIoU"]),
+            "mAcc": _number(summary["mAcc"]), "per_class": per_class,
+            "class_names": list(names),
+            "confusion_matrix": np.asarray(summary["confusion_matrix"]).tolist()}

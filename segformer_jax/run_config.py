@@ -1,0 +1,253 @@
+"""The run config: an ``ml_collections.ConfigDict`` with the defaults, loaded the big_vision way.
+
+A config file defines ``get_config(arg=None)`` and starts from ``default_config()``; the
+command lines take it as ``--config FILE.py[:ARG] --config.key=value`` through
+``ml_collections.config_flags`` (absl flags), which types every override by the value it
+replaces. The config is locked, so an unknown key is an error, and ``load`` / ``parse_flags``
+turn every such complaint into one ``ConfigError`` naming the key before any work starts.
+
+The defaults live here once: the optimiser section *is* ``optim.Recipe``'s fields, and
+``model.overrides`` has one typed slot per ``SegformerConfig`` architecture field (``None``:
+the variant's value), so ``--config.model.overrides.sr_ratios='(1,1,1,1)'`` is typed like
+any other key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+from segformer_jax.config import SegformerConfig
+from segformer_jax.data.presets import settings as dataset_settings
+from segformer_jax.errors import ConfigError
+from segformer_jax.optim import Recipe
+
+CONFIG_JSON = "config.json"
+# Set by the dataset (its classes), or by the run (total_steps), never by model.overrides.
+_NOT_OVERRIDABLE = ("num_labels", "id2label")
+_RECIPE_FROM_RUN = ("total_steps",)
+
+
+def _model_overrides() -> ml_collections.ConfigDict:
+    """One placeholder per SegformerConfig field, typed by its default (tuples stay tuples)."""
+    slots = {}
+    for f in dataclasses.fields(SegformerConfig):
+        if f.name not in _NOT_OVERRIDABLE:
+            slots[f.name] = config_dict.placeholder(type(f.default))
+    return ml_collections.ConfigDict(slots)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The NVlabs SegFormer recipe, with a data section for a config file to fill."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    # Devices: data x fsdp = all devices of all processes (data=-1: whatever fsdp leaves).
+    # Leaves with fewer elements than fsdp_min_size stay replicated when fsdp > 1.
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "fsdp_min_size": 2 ** 14})
+    c.model = ml_collections.ConfigDict({"variant": "b0", "dtype": "float32", "remat": False,
+                                         "init": "scratch", "overrides": _model_overrides()})
+    ade = dataset_settings("ade20k")
+    c.data = ml_collections.ConfigDict({
+        "name": "synthetic", "data_dir": "", "manual_dir": "",
+        "crop_size": ade.crop_size, "img_scale": ade.img_scale, "ratio_range": (0.5, 2.0),
+        "cat_max_ratio": 0.75, "train_split": "train", "eval_split": "validation",
+        "eval_scale": ade.test_scale, "eval_size_divisor": ade.size_divisor,
+        "photometric": True, "num_workers": 2, "options": {}})
+    recipe = {k: v for k, v in dataclasses.asdict(Recipe()).items() if k not in _RECIPE_FROM_RUN}
+    c.optimizer = ml_collections.ConfigDict(recipe)
+    c.batch_size = 16
+    c.accumulate_steps = 1
+    c.total_steps = Recipe().total_steps
+    c.loss_reduction = "valid"   # "all": mmseg 0.x's mean over every pixel
+    c.eval_every = 16_000
+    c.checkpoint_every = 4000
+    c.keep_checkpoints = 3
+    c.log_every = 50
+    return c
+
+
+def use_dataset(config: ml_collections.ConfigDict, name: str, crop: int | None = None) -> None:
+    """Puts dataset ``name``'s train and test settings (``data.presets``) into ``config.data``."""
+    s = dataset_settings(name, crop)
+    config.data.name = name
+    config.data.crop_size = s.crop_size
+    config.data.img_scale = s.img_scale
+    config.data.eval_scale = s.test_scale
+    config.data.eval_size_divisor = s.size_divisor
+
+
+def recipe(config: ml_collections.ConfigDict) -> Recipe:
+    return Recipe(**config.optimizer.to_dict(), total_steps=config.total_steps)
+
+
+def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The SegformerConfig fields ``model.overrides`` sets (the slots that are not None)."""
+    return {k: v for k, v in config.model.overrides.items() if v is not None}
+
+
+def model_config(config: ml_collections.ConfigDict, num_labels: int,
+                 id2label: Mapping[int, str] | None = None) -> SegformerConfig:
+    return SegformerConfig.from_variant(config.model.variant, num_labels=num_labels,
+                                        id2label=id2label, **model_overrides(config))
+
+
+# --------------------------------------------------------------------------------------
+# Checks
+
+
+def validate(config: ml_collections.ConfigDict, process_count: int = 1) -> None:
+    """Config values that would fail deep inside a run fail here, naming the key."""
+    def positive(key: str) -> None:
+        if int(config[key]) < 1:
+            raise ConfigError(f"config {key} must be at least 1; got {config[key]}")
+    for key in ("batch_size", "accumulate_steps", "total_steps", "eval_every", "checkpoint_every",
+                "log_every", "keep_checkpoints"):
+        positive(key)
+    if config.batch_size % config.accumulate_steps:
+        raise ConfigError(f"batch_size {config.batch_size} is not a multiple of accumulate_steps "
+                          f"{config.accumulate_steps}")
+    if config.batch_size % process_count:
+        raise ConfigError(f"batch_size {config.batch_size} does not split over "
+                          f"{process_count} processes")
+    if config.model.dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"model.dtype must be 'float32' or 'bfloat16'; got {config.model.dtype!r}")
+    if config.loss_reduction not in ("valid", "all"):
+        raise ConfigError(f"loss_reduction must be 'valid' or 'all'; got {config.loss_reduction!r}")
+    for key in ("crop_size", "img_scale", "ratio_range"):
+        value = config.data[key]
+        if len(value) != 2 or min(value) <= 0:
+            raise ConfigError(f"data.{key} must be two positive numbers; got {value!r}")
+    if config.data.eval_scale is not None and (len(config.data.eval_scale) != 2
+                                               or min(config.data.eval_scale) < 1):
+        raise ConfigError(f"data.eval_scale must be (long, short) or None; got "
+                          f"{config.data.eval_scale!r}")
+    try:
+        SegformerConfig.from_variant(config.model.variant, **model_overrides(config))
+    except (TypeError, ConfigError) as e:
+        raise ConfigError(f"model.variant / model.overrides: {e}") from None
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+
+
+def _flag_values(argv: Sequence[str], lock: bool = True) -> Any:
+    from absl import flags
+    from ml_collections import config_flags
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "FILE.py[:ARG] defining get_config(arg)",
+                                    flag_values=values, lock_config=lock, sys_argv=list(argv))
+    return values
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    return text.removeprefix("flag ")
+
+
+def parse_flags(argv: Sequence[str], define: Any = None) -> tuple[ml_collections.ConfigDict, Any]:
+    """``argv`` (program name first) -> (config, absl FlagValues).
+
+    ``define(flag_values)`` adds the command's own flags (``--workdir``, ...). Every problem
+    with the config file or an override (missing file, unknown key, wrong type) is one
+    ``ConfigError`` naming it.
+    """
+    from absl import flags
+    values = _flag_values(argv)
+    if define is not None:
+        define(values)
+    spec = _config_spec(argv)
+    if spec is None:
+        raise ConfigError("--config FILE.py[:ARG] is required")
+    if not pathlib.Path(spec.split(":", 1)[0]).expanduser().is_file():
+        raise ConfigError(f"--config {spec}: no such file {spec.split(':', 1)[0]!r}")
+    try:
+        values(list(argv))
+        config = values.config
+    except flags.UnrecognizedFlagError as e:
+        raise ConfigError(f"unrecognised flag --{e.flagname} (config overrides look like "
+                          "--config.key=value)") from None
+    except KeyError as e:  # an override of a key the config does not have
+        raise ConfigError(f"{_unknown_override(argv) or '--config'}: unknown key "
+                          f"({_one_line(e)})") from None
+    except flags.Error as e:
+        raise ConfigError(_one_line(e)) from None
+    except (TypeError, ValueError, AttributeError, OSError) as e:
+        raise ConfigError(f"--config {spec}: {_one_line(e)}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"--config {spec}: get_config() returned a {type(config).__name__}, "
+                          "not an ml_collections.ConfigDict")
+    return config, values
+
+
+def _config_spec(argv: Sequence[str]) -> str | None:
+    """The value of ``--config`` in ``argv`` (``--config X`` or ``--config=X``)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _unknown_override(argv: Sequence[str]) -> str | None:
+    """The first ``--config.a.b`` of ``argv`` whose key the (unchanged) config lacks."""
+    try:
+        config, _ = parse_flags(["load", f"--config={_config_spec(argv)}"])
+    except ConfigError:
+        return None
+    for arg in argv:
+        if arg.startswith("--config."):
+            key = arg[len("--config."):].split("=", 1)[0]
+            node: Any = config
+            for part in key.split("."):
+                if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                    return f"--config.{key}"
+                node = node[part]
+    return None
+
+
+def load(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
+    """``get_config(ARG)`` of ``FILE.py[:ARG]``, then ``overrides`` ({dotted key: value}) set
+    on the locked config: ml_collections types them (an int for a float is fine, a string for
+    an int is not) and refuses unknown keys. Errors are ``ConfigError`` naming the key."""
+    config, _ = parse_flags(["load", f"--config={spec}"])
+    for key, value in (overrides or {}).items():
+        set_key(config, key, value)
+    return config
+
+
+def set_key(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+    """``config[key] = value`` for a dotted key, typed by ml_collections; ConfigError if not."""
+    try:
+        config.update_from_flattened_dict({key: tuple(value) if isinstance(value, list) else value})
+    except KeyError as e:
+        raise ConfigError(f"unknown config key {key!r} ({_one_line(e)})") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{key}={value!r}: {_one_line(e)}") from None
+
+
+# --------------------------------------------------------------------------------------
+# The resolved config, written into every workdir
+
+
+def to_json_data(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as plain JSON data (tuples as lists), for tracing and comparing runs."""
+    return json.loads(json.dumps(config.to_dict(), sort_keys=True, default=repr))
+
+
+def write_json(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> pathlib.Path:
+    """``workdir/config.json``: what produced the run (written atomically)."""
+    path = pathlib.Path(workdir) / CONFIG_JSON
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(to_json_data(config), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
