@@ -3,9 +3,13 @@
 from segformer_jax.config import SegformerConfig
 from segformer_jax.errors import CheckpointError, ConfigError
 from segformer_jax.hub import from_pretrained, save_pretrained
-from segformer_jax.models import (MixTransformer, SegformerDecodeHead,
+from segformer_jax.models import (
+                                  MixTransformer,
+                                  SegformerDecodeHead,
                                   SegformerForImageClassification,
-                                  SegformerForSemanticSegmentation, init_variables)
+                                  SegformerForSemanticSegmentation,
+                                  init_variables,
+)
 
 __all__ = [
     "SegformerConfig", "ConfigError", "CheckpointError",

@@ -13,11 +13,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import shutil
 import tempfile
-import logging
 from collections.abc import Mapping
 from typing import Any
 

@@ -39,7 +39,8 @@ class SegformerConfig:
     """Architecture of a SegFormer (MiT encoder + All-MLP decode head).
 
     ``layer_norm_eps`` is kept for Hub round trips only: like transformers, every
-    LayerNorm of the model uses eps 1e-5 whatever this field says (transformers' modeling_segformer.py builds every nn.LayerNorm with its default eps).
+    LayerNorm of the model uses eps 1e-5 whatever this field says (transformers'
+    ``modeling_segformer.py`` builds every ``nn.LayerNorm`` with its default eps).
 
     ``mix_ffn_conv`` is a segformer_jax extension for ablations, not a transformers field:
     False drops the 3×3 depthwise conv of every Mix-FFN (a plain MLP, no positional leak).
@@ -110,7 +111,7 @@ class SegformerConfig:
     # -- constructors -------------------------------------------------------------------
 
     @classmethod
-    def from_variant(cls, variant: str, **overrides: Any) -> "SegformerConfig":
+    def from_variant(cls, variant: str, **overrides: Any) -> SegformerConfig:
         """The paper's MiT-``variant`` (b0…b5) with a decode head, plus ``overrides``."""
         key = variant.lower().removeprefix("mit-").removeprefix("segformer-")
         if key not in VARIANTS:
@@ -122,7 +123,7 @@ class SegformerConfig:
             overrides["num_labels"] = len(overrides["id2label"])
         return cls(**{**VARIANTS[key], **overrides})
 
-    def replace(self, **changes: Any) -> "SegformerConfig":
+    def replace(self, **changes: Any) -> SegformerConfig:
         """A copy with ``changes``; a new ``num_labels`` without ``id2label`` resets the names."""
         if "num_labels" in changes and "id2label" not in changes \
                 and changes["num_labels"] != self.num_labels:
@@ -132,7 +133,7 @@ class SegformerConfig:
     # -- Hub config.json ----------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "SegformerConfig":
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> SegformerConfig:
         """Reads a transformers-style dict; keys this model does not use are ignored."""
         if data.get("model_type", "segformer") != "segformer":
             raise ConfigError(f"{source}: model_type is {data.get('model_type')!r}, not 'segformer'")
@@ -160,7 +161,7 @@ class SegformerConfig:
         return out
 
     @classmethod
-    def from_json_file(cls, path: str | os.PathLike) -> "SegformerConfig":
+    def from_json_file(cls, path: str | os.PathLike) -> SegformerConfig:
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)

@@ -14,8 +14,7 @@ import argparse
 import logging
 import sys
 
-from segformer_jax.checkpoint import (is_model_checkpoint, load_for_inference, load_model,
-                                      save_model)
+from segformer_jax.checkpoint import is_model_checkpoint, load_for_inference, load_model, save_model
 from segformer_jax.errors import CheckpointError
 from segformer_jax.hub import SEMSEG, from_pretrained, save_pretrained
 from segformer_jax.models.segformer import TASKS

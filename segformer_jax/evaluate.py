@@ -39,7 +39,6 @@ from segformer_jax.cli import ArgumentParser, positive_int
 from segformer_jax.errors import EvaluationError, SegformerError
 from segformer_jax.evaluation import PRESET, evaluate, test_settings, to_json
 
-
 # --------------------------------------------------------------------------------------
 # Command line
 

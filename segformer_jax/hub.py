@@ -28,8 +28,8 @@ import re
 import tempfile
 import zipfile
 from collections import OrderedDict
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp

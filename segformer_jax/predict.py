@@ -63,6 +63,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """
     import PIL.Image
     import PIL.ImageOps
+
     from segformer_jax.images import to_rgb
     try:
         with PIL.Image.open(path) as image:
@@ -100,6 +101,7 @@ class Segmenter:
                  mode: str = "auto", crop: int | None = None, stride: int | None = None,
                  batch_windows: int = 1):
         import jax
+
         from segformer_jax.models.segformer import SegformerForSemanticSegmentation
         from segformer_jax.processing import SegformerImageProcessor
         if mode not in ("auto", "whole", "slide"):
@@ -228,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     import PIL.Image
+
     from segformer_jax import visualize
     # A binary model's masks hold 0 (background) and 1 (its class): two names.
     names = list(scored_class_names(config.num_labels,

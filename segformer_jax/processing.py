@@ -132,7 +132,7 @@ class SegformerImageProcessor:
         if any(s == 0 for s in self.image_std):
             raise ProcessingError(f"image_std must not contain 0; got {self.image_std!r}")
 
-    def replace(self, **changes: Any) -> "SegformerImageProcessor":
+    def replace(self, **changes: Any) -> SegformerImageProcessor:
         """A copy with ``changes`` (any field); an unknown name is an error, not ignored."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
@@ -283,7 +283,7 @@ class SegformerImageProcessor:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "preprocessor config",
-                  **overrides: Any) -> "SegformerImageProcessor":
+                  **overrides: Any) -> SegformerImageProcessor:
         """Reads transformers' keys; unknown keys are ignored, a null value means the default.
 
         The deprecated ``reduce_labels`` key of older configs (e.g. the NVIDIA ADE20k
@@ -328,7 +328,7 @@ class SegformerImageProcessor:
         }
 
     @classmethod
-    def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> "SegformerImageProcessor":
+    def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> SegformerImageProcessor:
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
@@ -351,7 +351,7 @@ class SegformerImageProcessor:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike,
-                        **overrides: Any) -> "SegformerImageProcessor":
+                        **overrides: Any) -> SegformerImageProcessor:
         """Reads ``path/preprocessor_config.json`` (or ``path`` itself if it is a file).
 
         Local paths only (the library never downloads): fetch a Hub repo first, e.g. with

@@ -15,7 +15,8 @@ import pytest
 
 from segformer_jax import data as sd
 from segformer_jax import errors, images
-from segformer_jax.data import pipeline, presets, transforms as T
+from segformer_jax.data import pipeline, presets
+from segformer_jax.data import transforms as T
 
 
 @pytest.fixture
@@ -382,9 +383,10 @@ def test_random_crop_size_and_cat_max_ratio():
     # random numbers used); a single class among them never does (11 draws, the last kept).
     mostly_ignored = np.full((30, 30), 255, np.uint8)
     mostly_ignored[:, :2], mostly_ignored[:, -2:] = 1, 2
-    for label, draws in ((mostly_ignored, 2), (np.where(label == 2, 255, 1), 22)):
+    cases = ((mostly_ignored, 2), (np.where(label == 2, 255, 1), 22))
+    for crop_label, draws in cases:
         rng, reference = np.random.default_rng(0), np.random.default_rng(0)
-        out = T.random_crop({"image": ex["image"], "label": label.astype(np.uint8)}, rng,
+        out = T.random_crop({"image": ex["image"], "label": crop_label.astype(np.uint8)}, rng,
                             (30, 30), 0.75)
         assert out["label"].shape == (30, 30)
         reference.integers(0, 1, size=draws)

@@ -21,8 +21,8 @@ from segformer_jax import evaluation
 from segformer_jax import predict as pr
 from segformer_jax import visualize as vis
 from segformer_jax.checkpoint import save_model
-from segformer_jax.errors import EvaluationError, InputError
 from segformer_jax.data.synthetic import CLASS_NAMES
+from segformer_jax.errors import EvaluationError, InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_LABELS = len(CLASS_NAMES)  # 6
@@ -72,7 +72,7 @@ def images(tmp_path_factory):
     files["palette"] = d / "palette.png"
     PIL.Image.fromarray(pixels(50, 70)).convert("P").save(files["palette"])
     files["sixteen"] = d / "sixteen.png"
-    PIL.Image.fromarray((pixels(50, 70)[..., 1].astype(np.uint16) * 257)).save(files["sixteen"])
+    PIL.Image.fromarray(pixels(50, 70)[..., 1].astype(np.uint16) * 257).save(files["sixteen"])
     files["wide"] = d / "wide.png"
     PIL.Image.fromarray(pixels(30, 200)).save(files["wide"])
     files["broken"] = d / "broken.png"
@@ -86,6 +86,7 @@ def images(tmp_path_factory):
 
 def test_load_for_inference_reads_every_checkpoint_kind(tiny, tmp_path):
     import jax.numpy as jnp
+
     from segformer_jax.checkpoint import TrainCheckpoints
     from segformer_jax.optim import Recipe, make_optimizer
     config, variables, hub_dir, model_dir = tiny
@@ -271,6 +272,7 @@ def test_predict_and_evaluate_choose_the_same_test_size():
 def test_binary_model_is_thresholded_and_scored_on_two_classes(tmp_path):
     """num_labels == 1: class 1 where the sigmoid logit is above 0, a 2 x 2 confusion matrix."""
     import jax
+
     from segformer_jax.data import SplitData
     from segformer_jax.inference import Inference
     from segformer_jax.models.ops import resize_bilinear

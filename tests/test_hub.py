@@ -9,10 +9,10 @@ import zipfile
 import jax
 import numpy as np
 import pytest
+from conftest import build_hf, random_images, torch_forward
 
 import segformer_jax as sj
 from segformer_jax.hub import read_torch_file
-from conftest import build_hf, random_images, torch_forward
 
 ATOL = 1e-4  # see test_parity.py
 

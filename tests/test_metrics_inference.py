@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import random_images
 
 import segformer_jax as sj
-from conftest import random_images
 from segformer_jax import inference, metrics
 from segformer_jax.inference import Window
 from segformer_jax.models.ops import resize_bilinear

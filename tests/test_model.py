@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import random_images
 
 import segformer_jax as sj
-from conftest import random_images
 
 TINY = sj.SegformerConfig.from_variant("b0", num_labels=5, hidden_sizes=(8, 16, 24, 32), depths=(1, 1, 1, 1),
                                        num_attention_heads=(1, 2, 3, 4), decoder_hidden_size=16,
@@ -44,7 +44,8 @@ def test_train_mode_uses_dropout_rng_and_updates_batch_stats(tiny):
     (a, stats_a), (b, _), (a2, _) = run(0), run(1), run(0)
     assert not np.allclose(a, b), "dropout / drop path should make train outputs depend on the rng"
     np.testing.assert_array_equal(a, a2)
-    old, new = variables["batch_stats"]["decode_head"]["batch_norm"], stats_a["batch_stats"]["decode_head"]["batch_norm"]
+    old = variables["batch_stats"]["decode_head"]["batch_norm"]
+    new = stats_a["batch_stats"]["decode_head"]["batch_norm"]
     assert not np.allclose(old["mean"], new["mean"]) and not np.allclose(old["var"], new["var"])
     with pytest.raises(Exception, match="dropout"):
         model.apply(variables, images, train=True, mutable="batch_stats")
@@ -53,6 +54,7 @@ def test_train_mode_uses_dropout_rng_and_updates_batch_stats(tiny):
 def test_batch_norm_running_stats_follow_torch():
     """Running mean/var: momentum 0.1 and the *unbiased* batch variance, as BatchNorm2d."""
     import torch
+
     from segformer_jax.models.head import BatchNorm
     x = np.random.default_rng(0).standard_normal((2, 3, 5, 4)).astype(np.float32) * 3 + 1
     bn = BatchNorm()
@@ -171,7 +173,8 @@ def test_hub_config_json_round_trip(tmp_path):
     again = sj.SegformerConfig.from_json_file(tmp_path / "out.json")
     assert again == config and hash(again) == hash(config)
     import transformers
-    assert transformers.SegformerConfig.from_pretrained(tmp_path, config_file_name="out.json").id2label == {0: "road", 1: "sidewalk"}
+    back = transformers.SegformerConfig.from_pretrained(tmp_path, config_file_name="out.json")
+    assert back.id2label == {0: "road", 1: "sidewalk"}
     (tmp_path / "bad.json").write_text(json.dumps({"model_type": "vit"}))
     with pytest.raises(sj.ConfigError, match=r"bad\.json: model_type is 'vit'"):
         sj.SegformerConfig.from_json_file(tmp_path / "bad.json")

@@ -4,11 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import build_hf, random_images
 
 import segformer_jax as sj
 from segformer_jax.losses import segmentation_loss
 from segformer_jax.optim import Recipe, make_optimizer, param_groups, poly_with_warmup
-from conftest import build_hf, random_images
 
 
 def mmcv_lr(step, base=6e-5, total=160_000, warmup=1500, ratio=1e-6, power=1.0):

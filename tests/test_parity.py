@@ -11,9 +11,9 @@ wrong eps, an approximate GELU, a transposed kernel or a swapped concat move log
 import jax
 import numpy as np
 import pytest
+from conftest import build_hf, random_images, torch_forward
 
 import segformer_jax as sj
-from conftest import build_hf, random_images, torch_forward
 
 ATOL = 1e-4
 SIZES = [(64, 64), (97, 45), (40, 130)]  # square, odd, non-multiples of 32, both aspects

@@ -9,7 +9,7 @@ so that what the processors see has JPEG's blocking, ringing and chroma subsampl
 import io
 import json
 import types
-from functools import lru_cache
+from functools import cache
 
 import jax.numpy as jnp
 import numpy as np
@@ -51,7 +51,7 @@ def _jpeg(image: PIL.Image.Image, quality: int = 88) -> PIL.Image.Image:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _photo_rgb(h: int, w: int, seed: int) -> PIL.Image.Image:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)

@@ -27,7 +27,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-
 from test_train import ROOT, _run, train_args
 
 # XLA:CPU's LLVM optimisation level only changes how fast the compiled code runs; level 0
@@ -145,6 +144,7 @@ def _free_port() -> int:
 def _state(step_dir: pathlib.Path):
     """A training state restored in this (single-device) process, whatever wrote it."""
     import orbax.checkpoint as ocp
+
     from segformer_jax.checkpoint import local_target
     with ocp.StandardCheckpointer() as c:
         tree = c.metadata(step_dir / "state")
@@ -170,7 +170,7 @@ def test_two_processes_train_like_one_and_their_checkpoint_resumes_in_one(tmp_pa
          f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
         env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=900) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
+    for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
     # Process 0 alone reports (and writes metrics.jsonl, read below).
     assert "validation mIoU" in outputs[0][0] and "validation mIoU" not in outputs[1][0]

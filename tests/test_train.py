@@ -107,7 +107,7 @@ def test_run_writes_metrics_and_progress(uninterrupted):
     assert "step     12/12  loss" in stdout and "img/s" in stdout and "ETA" in stdout
     assert "mIoU" in stdout and "background" in stdout  # final per-class table
     lines = (root / "a" / "metrics.jsonl").read_text().splitlines()
-    assert any('"train/loss"' in l for l in lines) and any('"val/mIoU"' in l for l in lines)
+    assert any('"train/loss"' in line for line in lines) and any('"val/mIoU"' in line for line in lines)
     assert [json.loads(line)["step"] for line in lines] == list(range(1, 13))  # one record a step
     resolved = json.loads((root / "a" / "config.json").read_text())
     assert resolved["total_steps"] == 12 and resolved["batch_size"] == 4
@@ -167,6 +167,7 @@ def test_sigterm_saves_before_exit(uninterrupted):
 def test_final_checkpoint_exports_to_transformers(uninterrupted, tmp_path):
     import torch
     import transformers
+
     from segformer_jax.checkpoint import load_for_inference
     root, _, _ = uninterrupted
     done = subprocess.run([sys.executable, "-m", "segformer_jax.convert", "to-hub", str(root / "a"),

@@ -35,11 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from segformer_jax.constants import IGNORE_INDEX
-from segformer_jax.data.pipeline import (TrainBatches, eval_batches, global_batch_indices,
-                                         train_batches)
+from segformer_jax.data.pipeline import TrainBatches, eval_batches, global_batch_indices, train_batches
 from segformer_jax.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASS_NAMES
-from segformer_jax.data.transforms import (EvalTransform, TrainTransform, eval_transform,
-                                           train_transform)
+from segformer_jax.data.transforms import EvalTransform, TrainTransform, eval_transform, train_transform
 from segformer_jax.errors import DatasetError  # imports nothing: TFDS stays unloaded
 
 DATASETS = ("synthetic", "ade20k", "cityscapes", "folder")

@@ -19,9 +19,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from segformer_jax.data.common import (DatasetError, FileStore, SegmentationBuilder,
-                                       check_labels, check_same_size, make_example,
-                                       manual_dir_of, read_image, read_mask)
+from segformer_jax.data.common import (
+    DatasetError,
+    FileStore,
+    SegmentationBuilder,
+    check_labels,
+    check_same_size,
+    make_example,
+    manual_dir_of,
+    read_image,
+    read_mask,
+)
 
 ZIP_NAME = "ADEChallengeData2016.zip"
 URL = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"

@@ -21,9 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from segformer_jax.data.common import (IGNORE_INDEX, DatasetError, FileStore,
-                                       SegmentationBuilder, check_same_size, make_example,
-                                       manual_dir_of, read_image, read_mask)
+from segformer_jax.data.common import (
+    IGNORE_INDEX,
+    DatasetError,
+    FileStore,
+    SegmentationBuilder,
+    check_same_size,
+    make_example,
+    manual_dir_of,
+    read_image,
+    read_mask,
+)
 
 IMAGES_ZIP = "leftImg8bit_trainvaltest.zip"
 LABELS_ZIP = "gtFine_trainvaltest.zip"

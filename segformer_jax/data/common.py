@@ -82,7 +82,7 @@ class FileStore:
             self._zip.close()
             self._zip = None
 
-    def __enter__(self) -> "FileStore":
+    def __enter__(self) -> FileStore:
         return self
 
     def __exit__(self, *exc: Any) -> None:

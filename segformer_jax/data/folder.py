@@ -29,9 +29,17 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from segformer_jax.data.common import (IGNORE_INDEX, IMAGE_EXTENSIONS, DatasetError,
-                                       SegmentationBuilder, check_labels, check_same_size,
-                                       make_example, read_image, read_mask)
+from segformer_jax.data.common import (
+    IGNORE_INDEX,
+    IMAGE_EXTENSIONS,
+    DatasetError,
+    SegmentationBuilder,
+    check_labels,
+    check_same_size,
+    make_example,
+    read_image,
+    read_mask,
+)
 
 LAYOUT = ("ROOT/classes.txt (one class name per line), ROOT/images/<split>/<name>.<jpg|png|...>"
           " and ROOT/masks/<split>/<name>.png")

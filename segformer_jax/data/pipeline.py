@@ -149,7 +149,7 @@ class TrainBatches:
             self._pending.append((step, futures))
             self._scheduled += 1
 
-    def __iter__(self) -> "TrainBatches":
+    def __iter__(self) -> TrainBatches:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
@@ -178,7 +178,7 @@ class TrainBatches:
         self._pending.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def __enter__(self) -> "TrainBatches":
+    def __enter__(self) -> TrainBatches:
         return self
 
     def __exit__(self, *exc: Any) -> None:

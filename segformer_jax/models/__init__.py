@@ -2,8 +2,11 @@
 
 from segformer_jax.models.head import SegformerDecodeHead
 from segformer_jax.models.mit import MixTransformer
-from segformer_jax.models.segformer import (SegformerForImageClassification,
-                                            SegformerForSemanticSegmentation, init_variables)
+from segformer_jax.models.segformer import (
+                                            SegformerForImageClassification,
+                                            SegformerForSemanticSegmentation,
+                                            init_variables,
+)
 
 __all__ = ["MixTransformer", "SegformerDecodeHead", "SegformerForSemanticSegmentation",
            "SegformerForImageClassification", "init_variables"]
