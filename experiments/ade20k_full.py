@@ -6,10 +6,10 @@ short side 512 (640) every 16k steps. Parameters and GFLOPs are measured at the 
 as the paper's Table 1 counts them. One job per point::
 
     export ADE20K_DIR=/data/ade MIT_WEIGHTS_DIR=/weights    # ADEChallengeData2016.zip, mit-bX/
-    python experiments/sweep.py experiments/ade20k_full.py --workdir /shared/sweeps/ade20k \\
+    python -m experiments.sweep experiments/ade20k_full.py --workdir /shared/sweeps/ade20k \\
         --launcher "sbatch --job-name=segformer-{name} --gres=gpu:1 --output={log} --wrap '{cmd}'"
     # ... when the jobs are done:
-    python experiments/sweep.py experiments/ade20k_full.py --workdir /shared/sweeps/ade20k --collect
+    python -m experiments.sweep experiments/ade20k_full.py --workdir /shared/sweeps/ade20k --collect
 
 ``MIT_WEIGHTS_DIR/mit-bX`` is a Hub ``nvidia/mit-bX`` directory or an NVlabs ``mit_bX.pth``
 (anything ``segformer_jax.from_pretrained`` reads). A job that is preempted resumes from its

@@ -15,8 +15,8 @@ What it measures, for one SegFormer variant (b0…b5, ADE20K head with 150 class
 
 Run it from the repository root::
 
-    PYTHONPATH=. python experiments/benchmark_inference.py --variant b0 --size 512
-    PYTHONPATH=. python experiments/benchmark_inference.py --variant b2 --size 512x1024 --threads 8
+    python -m experiments.benchmark_inference --variant b0 --size 512
+    python -m experiments.benchmark_inference --variant b2 --size 512x1024 --threads 8
 
 JAX's CPU thread pool is not set by ``--threads``, which only calls ``torch.set_num_threads``.
 Time on an otherwise idle machine: when other processes hold some of the cores, torch's
@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import segformer_jax
+from experiments import xla_stats
 from segformer_jax import SegformerConfig
 
 NUM_LABELS = 150  # ADE20K
@@ -73,21 +74,33 @@ def parse_size(text: str) -> tuple[int, int]:
     return sizes[0], sizes[1]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def benchmark_parser(module: str, doc: str, batch: int, repeats: int,
+                     warmup_help: str) -> argparse.ArgumentParser:
+    """The flags of both single benchmarks (this one and benchmark_train): variant, batch,
+    size, repeats, warmup, torch threads, --skip-torch."""
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", default="b0", choices=sorted(PAPER_GMACS))
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int, default=batch)
     p.add_argument("--size", type=parse_size, default=(512, 512), help="N or HxW (default 512)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs (default 5)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    p.add_argument("--repeats", type=int, default=repeats, help=f"timed runs (default {repeats})")
+    p.add_argument("--warmup", type=int, default=2, help=f"{warmup_help} (default 2)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--skip-torch", action="store_true",
                    help="time JAX only, with freshly initialised weights (no transformers)")
+    return p
+
+
+def parse_checked(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``p``'s arguments, with counts that cannot be run refused."""
     args = p.parse_args(argv)
     if args.batch < 1 or args.repeats < 1 or args.warmup < 0:
         p.error("--batch and --repeats must be >= 1, --warmup >= 0")
     return args
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return parse_checked(benchmark_parser("experiments.benchmark_inference", __doc__, 1, 5, "untimed runs first"), argv)
 
 
 # -- timing -----------------------------------------------------------------------------
@@ -187,27 +200,7 @@ def paper_style_macs(config: SegformerConfig, height: int, width: int) -> int:
     return macs
 
 
-def xla_flops(compiled: Any) -> float | None:
-    """'flops' of XLA's cost analysis (a dict, or a list of dicts on some jax versions)."""
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0] if analysis else None
-    if not analysis or "flops" not in analysis:
-        return None
-    return float(analysis["flops"])
-
-
 # -- memory -----------------------------------------------------------------------------
-
-def xla_program_bytes(compiled: Any) -> int | None:
-    """Temporaries + arguments + outputs of the compiled program, or None if unreported."""
-    stats = compiled.memory_analysis()
-    if stats is None:
-        return None
-    fields = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes")
-    sizes = [getattr(stats, f, None) for f in fields]
-    return sum(s for s in sizes if s is not None) if any(s is not None for s in sizes) else None
-
 
 def process_peak_rss_bytes() -> int:
     """Peak resident set of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
@@ -326,10 +319,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"agreement      max |logits_jax - logits_torch| = {diff:.3e} "
                   f"(max |logit| {scale:.3e}), logits {tuple(ours.shape)} NCHW")
 
-    print_flops(config, args.variant, args.size, args.batch, xla_flops(compiled))
-    program = xla_program_bytes(compiled)
+    print_flops(config, args.variant, args.size, args.batch, xla_stats.flops(compiled))
+    program = xla_stats.program_bytes(compiled)
     print("memory")
-    print(f"  XLA program (temp + args + outputs)  "
+    print(f"  XLA program (args + temps + outputs) "
           f"{mib(program) if program is not None else 'not reported'}")
     print(f"  process peak RSS (ru_maxrss)         {mib(process_peak_rss_bytes())}")
 

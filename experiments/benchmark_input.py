@@ -1,7 +1,7 @@
 """Input-pipeline benchmark: images/s of our ADE20K training input at 512² crops.
 
 What it measures: ``segformer_jax.data.pipeline.TrainBatches`` with
-``TrainTransform.ade20k(crop)`` (reduce_zero_label -> random rescale into (2048, 512) x
+``train_transform('ade20k', crop)`` (reduce_zero_label -> random rescale into (2048, 512) x
 0.5..2 -> random crop with cat_max_ratio 0.75 -> flip -> photometric distortion -> normalise
 -> pad; then collation into float32 / int32 batches), over a synthetic ADE-like source, for
 every ``--threads`` (default 1 2) and ``--global-batch`` (default 2 16): batches/s and
@@ -31,9 +31,9 @@ so the two rates do not simply add; on an accelerator they run on different hard
 
 Run it from the repository root::
 
-    PYTHONPATH=. python experiments/benchmark_input.py
-    PYTHONPATH=. python experiments/benchmark_input.py --threads 1 2 4 8 --train-step-ms 850
-    PYTHONPATH=. python experiments/benchmark_input.py --num-images 8 --images 8 --repeats 1  # smoke
+    python -m experiments.benchmark_input
+    python -m experiments.benchmark_input --threads 1 2 4 8 --train-step-ms 850
+    python -m experiments.benchmark_input --num-images 8 --images 8 --repeats 1  # smoke
 
 Time on an otherwise idle machine; the script prints the load average.
 """
@@ -47,7 +47,6 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -59,11 +58,6 @@ import PIL.Image
 from segformer_jax.data import transforms as T
 from segformer_jax.data.pipeline import TrainBatches
 
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _siblings, when loaded by path
-from _siblings import load_sibling  # noqa: E402
-
-
 # (height, width) of typical ADE20K training images (most have a side of 512 or more).
 ADE_SIZES = ((512, 683), (683, 512), (375, 500), (500, 375), (768, 1024), (1024, 768),
              (512, 512), (480, 640), (427, 640), (512, 768), (341, 512), (600, 800))
@@ -73,7 +67,8 @@ NUM_RAW_CLASSES = 151  # 0 = other, 1..150
 # -- command line -----------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m experiments.benchmark_input",
+                                description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--crop", type=int, default=512, help="crop side (default 512)")
     p.add_argument("--num-images", type=int, default=64, help="synthetic images (default 64)")
@@ -242,8 +237,8 @@ def time_pipeline(source: Any, transform: Callable, global_batch: int, num_threa
         start = time.perf_counter()
         it = TrainBatches(source, transform, global_batch, seed=seed, start_step=start_step,
                           num_steps=batches, num_threads=num_threads, prefetch=prefetch)
-        count = 0
-        for batch in it:
+        count, batch = 0, None
+        for batch in it:  # noqa: B007 - the last one is checked below
             count += 1
         seconds.append(time.perf_counter() - start)
         it.close()
@@ -258,9 +253,9 @@ def stage_breakdown(source: Any, transform: T.TrainTransform, count: int,
     crop = T._pair(transform.crop_size)
     stages: dict[str, list[float]] = {}
 
-    def timed(name: str, fn: Callable[[], Any]) -> Any:
+    def timed(name: str, fn: Callable[..., Any], *args: Any) -> Any:
         start = time.perf_counter()
-        out = fn()
+        out = fn(*args)
         stages.setdefault(name, []).append(time.perf_counter() - start)
         return out
 
@@ -268,18 +263,18 @@ def stage_breakdown(source: Any, transform: T.TrainTransform, count: int,
         index = i % len(source)
         rng = np.random.default_rng([seed, 10**6, i])
         t0 = time.perf_counter()
-        ex = timed("read (+ decode)", lambda: T.as_example(source[index]))
+        ex = timed("read (+ decode)", lambda j: T.as_example(source[j]), index)
         if transform.reduce_zero_label:
-            ex = timed("reduce_zero_label", lambda: T.reduce_zero_label(ex))
-        ex = timed("random_rescale", lambda: T.random_rescale(ex, rng, transform.img_scale,
-                                                              transform.ratio_range))
-        ex = timed("random_crop", lambda: T.random_crop(ex, rng, crop, transform.cat_max_ratio,
-                                                        transform.ignore_index))
-        ex = timed("random_flip", lambda: T.random_flip(ex, rng, transform.flip_prob))
+            ex = timed("reduce_zero_label", T.reduce_zero_label, ex)
+        ex = timed("random_rescale", T.random_rescale, ex, rng, transform.img_scale,
+                   transform.ratio_range)
+        ex = timed("random_crop", T.random_crop, ex, rng, crop, transform.cat_max_ratio,
+                   transform.ignore_index)
+        ex = timed("random_flip", T.random_flip, ex, rng, transform.flip_prob)
         if transform.photometric:
-            ex = timed("photometric", lambda: T.photometric_distortion(ex, rng))
-        ex = timed("normalize", lambda: T.normalize(ex, transform.mean, transform.std))
-        ex = timed("pad", lambda: T.pad(ex, crop, 0.0, transform.ignore_index))
+            ex = timed("photometric", T.photometric_distortion, ex, rng)
+        ex = timed("normalize", T.normalize, ex, transform.mean, transform.std)
+        ex = timed("pad", T.pad, ex, crop, 0.0, transform.ignore_index)
         stages.setdefault("total (sum of stages)", []).append(time.perf_counter() - t0)
         rng = np.random.default_rng([seed, 10**6, i])
         example = T.as_example(source[index])
@@ -294,9 +289,9 @@ def stage_breakdown(source: Any, transform: T.TrainTransform, count: int,
 def measure_model_step_ms(crop: int, batch: int) -> float:
     """Median ms of our jitted b0 train step (random init) at batch ``batch``, crop x crop."""
     import jax
-    import segformer_jax
 
-    bt = load_sibling("benchmark_train")
+    import segformer_jax
+    from experiments import benchmark_train as bt
     config = segformer_jax.SegformerConfig.from_variant("b0", num_labels=bt.NUM_LABELS)
     variables = segformer_jax.init_variables(config)
     images, labels = bt.random_batch(batch, crop, crop, config.num_channels)
@@ -326,8 +321,8 @@ def print_machine(num_threads: Sequence[int]) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     print_machine(args.threads)
-    transform = T.TrainTransform.ade20k(args.crop)
-    print(f"transform      TrainTransform.ade20k({args.crop}): img_scale {transform.img_scale}, "
+    transform = T.train_transform("ade20k", args.crop, reduce_zero_label=True)
+    print(f"transform      train_transform('ade20k', {args.crop}): img_scale {transform.img_scale}, "
           f"ratio {transform.ratio_range}, crop {transform.crop_size}, cat_max_ratio "
           f"{transform.cat_max_ratio}, photometric {transform.photometric}")
 

@@ -3,10 +3,11 @@
 What it measures, for one SegFormer variant (b0…b5, ADE20K head with 150 classes), at
 ``--size`` crops (default 512x512) and batch ``--batch`` (default 2):
 
-* ours: the jitted update of ``segformer_jax.train.make_train_step`` (forward in train mode
-  with dropout / drop-path, cross-entropy on logits upsampled to the label size with 255
-  ignored, backward, the NVlabs AdamW of ``segformer_jax.optim`` with its three parameter
-  groups and poly/warmup schedule, new BatchNorm statistics), compiled with the state donated;
+* ours: ``segformer_jax.train.jit_train_step``, the update ``train`` runs (forward in train
+  mode with dropout / drop-path, cross-entropy on logits upsampled to the label size with
+  255 ignored, backward, the NVlabs AdamW of ``segformer_jax.optim`` with its three
+  parameter groups and poly/warmup schedule, new BatchNorm statistics), on the default run
+  config's mesh (all devices), compiled with the state donated;
 * torch: ``transformers.SegformerForSemanticSegmentation`` in train mode (eager attention),
   ``zero_grad`` -> ``model(pixel_values, labels=labels).loss.backward()`` -> ``AdamW(lr 6e-5,
   weight_decay 0.01).step()`` (one parameter group: the per-group learning rates of ours
@@ -19,7 +20,8 @@ What it measures, for one SegFormer variant (b0…b5, ADE20K head with 150 class
   an exact check without randomness: both models' loss in eval mode (running BatchNorm
   statistics, no dropout) on the same batch;
 * memory: the buffers of the compiled XLA step (``memory_analysis``: temporaries,
-  arguments, outputs; outputs alias the donated arguments) and the process's peak RSS.
+  arguments, outputs; outputs alias the donated arguments; their total is
+  ``experiments.xla_stats.program_bytes``) and the process's peak RSS.
 
 Both models start from the same weights: torch's seeded random init, saved with
 ``save_pretrained`` and read back with ``segformer_jax.from_pretrained``. The batch is
@@ -28,9 +30,9 @@ some 255 (ignored) pixels; it is put on the device once, so host->device copies 
 
 Run it from the repository root::
 
-    PYTHONPATH=. python experiments/benchmark_train.py                      # b0, 512², batch 2
-    PYTHONPATH=. python experiments/benchmark_train.py --variant b2 --batch 8 --threads 8
-    PYTHONPATH=. python experiments/benchmark_train.py --size 128 --repeats 2 --warmup 1  # smoke
+    python -m experiments.benchmark_train                      # b0, 512², batch 2
+    python -m experiments.benchmark_train --variant b2 --batch 8 --threads 8
+    python -m experiments.benchmark_train --size 128 --repeats 2 --warmup 1  # smoke
 
 ``--threads`` only calls ``torch.set_num_threads``; JAX's CPU thread pool is not set by it.
 Time on an otherwise idle machine (see benchmark_inference.py: torch's spin-waiting OpenMP
@@ -45,7 +47,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: never tou
 
 import argparse
 import dataclasses
-import sys
 import time
 from typing import Any
 
@@ -54,15 +55,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import segformer_jax
+from experiments import benchmark_inference as bi
+from experiments import train_steps, xla_stats
+from experiments.benchmark_inference import Timing, mib, time_calls
 from segformer_jax import SegformerConfig
-
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _siblings, when loaded by path
-from _siblings import load_sibling  # noqa: E402
-
-
-bi = load_sibling("benchmark_inference")
-Timing, time_calls, parse_size, mib = bi.Timing, bi.time_calls, bi.parse_size, bi.mib
 
 NUM_LABELS = bi.NUM_LABELS  # ADE20K
 IGNORE_INDEX = 255
@@ -71,23 +67,10 @@ IGNORE_INDEX = 255
 # -- command line -----------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variant", default="b0", choices=sorted(bi.PAPER_GMACS))
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--size", type=parse_size, default=(512, 512), help="N or HxW (default 512)")
-    p.add_argument("--repeats", type=int, default=10, help="timed steps (default 10)")
-    p.add_argument("--warmup", type=int, default=2,
-                   help="untimed steps after the first one (default 2)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p = bi.benchmark_parser("experiments.benchmark_train", __doc__, 2, 10, "untimed steps after the first one")
     p.add_argument("--torch-device", default=None,
                    help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--skip-torch", action="store_true",
-                   help="time JAX only, with freshly initialised weights (no transformers)")
-    args = p.parse_args(argv)
-    if args.batch < 1 or args.repeats < 1 or args.warmup < 0:
-        p.error("--batch and --repeats must be >= 1, --warmup >= 0")
-    return args
+    return bi.parse_checked(p, argv)
 
 
 # -- data -------------------------------------------------------------------------------
@@ -106,47 +89,14 @@ def random_batch(batch: int, height: int, width: int, channels: int = 3,
 
 # -- ours -------------------------------------------------------------------------------
 
-@dataclasses.dataclass
-class JaxResult:
-    lower_s: float           # trace + lower to StableHLO
-    compile_s: float         # XLA compile
-    first_step_s: float      # the first run of the compiled step
-    first_loss: float
-    timing: Timing
-    compiled: Any
-
-
 def jax_train_step(config: SegformerConfig, variables: dict, images: np.ndarray,
-                   labels: np.ndarray, warmup: int, repeats: int) -> JaxResult:
-    """Compiles and times ``segformer_jax.train``'s update on one device-resident batch."""
-    from segformer_jax.optim import Recipe, make_optimizer
-    from segformer_jax.train import initial_state, make_train_step
-
-    model = segformer_jax.SegformerForSemanticSegmentation(config)
-    tx = make_optimizer(Recipe())
-    state = initial_state(config, tx, seed=0, pretrained=variables)
-    batch = {"image": jax.device_put(images), "label": jax.device_put(labels)}
-    step = jax.jit(make_train_step(model, tx, seed=0, ignore_index=IGNORE_INDEX,
-                                   loss_reduction="valid"), donate_argnums=0)
-
-    start = time.perf_counter()
-    lowered = step.lower(state, batch)
-    lower_s = time.perf_counter() - start
-    start = time.perf_counter()
-    compiled = lowered.compile()  # the executable jit would build; donation included
-    compile_s = time.perf_counter() - start
-
-    holder = {"state": state}
-
-    def one_step() -> dict:
-        holder["state"], out = compiled(holder["state"], batch)
-        return jax.block_until_ready(out)
-
-    start = time.perf_counter()
-    first = one_step()
-    first_step_s = time.perf_counter() - start
-    timing = time_calls(one_step, warmup, repeats)
-    return JaxResult(lower_s, compile_s, first_step_s, float(first["loss"]), timing, compiled)
+                   labels: np.ndarray, warmup: int, repeats: int) -> train_steps.Timed:
+    """Compiles and times ``segformer_jax.train``'s step on one device-resident batch, from
+    ``variables`` (the default run config: seed 0, the NVlabs recipe, float32)."""
+    from segformer_jax.run_config import default_config
+    step = train_steps.build(default_config(), config, pretrained=variables)
+    return train_steps.time_steps(step, train_steps.device_batch(images, labels, step.mesh),
+                                  warmup, repeats)
 
 
 def jax_eval_loss(config: SegformerConfig, variables: dict, images: np.ndarray,
@@ -213,19 +163,15 @@ def images_per_s(batch: int, timing: Timing) -> float:
 
 
 def print_memory(compiled: Any, rss_after_jax: int) -> None:
-    stats = compiled.memory_analysis()
+    fields = xla_stats.memory_fields(compiled)
     print("memory")
-    if stats is None:
+    if fields is None:
         print("  XLA program                          not reported by this backend")
     else:
-        fields = [("temporaries", "temp_size_in_bytes"), ("arguments", "argument_size_in_bytes"),
-                  ("outputs", "output_size_in_bytes"),
-                  ("outputs aliasing arguments", "alias_size_in_bytes")]
-        for label, field in fields:
-            value = getattr(stats, field, None)
+        for label, value in fields.items():
             print(f"  XLA {label:<33}{mib(value) if value is not None else 'not reported'}")
-        total = bi.xla_program_bytes(compiled)
-        print(f"  XLA temp + args + outputs            "
+        total = xla_stats.program_bytes(compiled)
+        print(f"  XLA args + temps + outputs - aliased "
               f"{mib(total) if total is not None else 'not reported'}"
               "  (donated state: outputs reuse the arguments' buffers)")
     print(f"  process peak RSS after the jax steps {mib(rss_after_jax)}")
@@ -294,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         print("    (no randomness, running BN statistics: the same function, equal to float32 "
               "rounding)")
 
-    flops = bi.xla_flops(ours.compiled)
+    flops = xla_stats.flops(ours.compiled)
     if flops is not None:
         print(f"compute        XLA cost analysis of the step: {flops / args.batch / 1e9:.2f} "
               f"GFLOP per image (forward + backward + optimiser)")

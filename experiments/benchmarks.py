@@ -1,15 +1,15 @@
 """All the benchmarks against transformers + torch in one table: inference and training.
 
 For every variant and size asked for, on this machine, with the same (converted) weights in
-one process, it runs what benchmark_inference.py (a jitted forward, ``--infer-batch``) and
-benchmark_train.py (the jitted update with AdamW, ``--train-batch``) measure, and prints
+one process, it runs what benchmark_inference (a jitted forward, ``--infer-batch``) and
+benchmark_train (the jitted update with AdamW, ``--train-batch``) measure, and prints
 one Markdown table: milliseconds per call of each framework, the speed-up (torch / ours),
 images/s, and how far the two agree (max |logit difference|; |eval-mode loss difference|)::
 
-    PYTHONPATH=. python experiments/benchmarks.py                          # b0, 512², both kinds
-    PYTHONPATH=. python experiments/benchmarks.py --variants b0,b2 --kinds inference --threads 2
-    PYTHONPATH=. python experiments/benchmarks.py --quick                  # b0, 128², 2 repeats
-    PYTHONPATH=. python experiments/benchmarks.py --paper                  # params/GMACs vs Table 1
+    python -m experiments.benchmarks                          # b0, 512², both kinds
+    python -m experiments.benchmarks --variants b0,b2 --kinds inference --threads 2
+    python -m experiments.benchmarks --quick                  # b0, 128², 2 repeats
+    python -m experiments.benchmarks --paper                  # params/GMACs vs Table 1
 
 For the full report of one measurement (compile times, FLOPs, memory, loss check) run the
 two scripts themselves. Time on an otherwise idle machine: see benchmark_inference.py.
@@ -24,20 +24,14 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # save_pretrained's,
 
 import argparse
 import dataclasses
-import sys
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _siblings, when loaded by path
-from _siblings import load_sibling  # noqa: E402
-
-
-bi = load_sibling("benchmark_inference")
-bt = load_sibling("benchmark_train")
+from experiments import benchmark_inference as bi
+from experiments import benchmark_train as bt
 
 # The paper's Table 1 parameter counts (M, ADE20K model); its GFLOPs are bi.PAPER_GMACS.
 PAPER_PARAMS_M = {"b0": 3.8, "b1": 13.7, "b2": 27.5, "b3": 47.3, "b4": 64.1, "b5": 84.7}
@@ -146,7 +140,8 @@ def paper_table(variants: list[str]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m experiments.benchmarks",
+                                description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", default="b0", help="comma-separated, b0…b5 (default b0)")
     p.add_argument("--sizes", default="512", help="comma-separated N or HxW (default 512)")

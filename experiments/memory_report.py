@@ -1,20 +1,25 @@
 """Memory per device of one training step: train state, saved activations, XLA's peak.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 \\
-        python experiments/memory_report.py --variants b0 b2 b5 --sizes 512 1024 [--compile]
+        python -m experiments.memory_report --variants b0 b2 b5 --sizes 512 1024 [--compile]
 
 Per configuration (variant, crop, images per device, remat per MiT block, FSDP over all
-devices or replicated parameters):
+devices or replicated parameters), for the step ``segformer_jax.train`` runs
+(``train.jit_train_step``, built by ``experiments.train_steps`` from the default run config):
 
 * ``state``: this device's share of parameters + two Adam moments + BN statistics, from
   the shardings ``segformer_jax.sharding`` gives the leaves (exact).
-* ``activations``: the residuals the backward pass keeps, as JAX's autodiff saves them
-  (``saved_residuals`` of the loss; no compile): what remat changes.
-* ``XLA peak`` (``--compile``, slow: minutes per B5 compile on a CPU): arguments +
-  temporaries + non-donated outputs of the compiled, sharded train step from
-  ``compiled.memory_analysis()``. XLA:CPU's scheduler does not keep recomputation late, so
-  on CPU this figure is the same with and without remat (measured, even for a plain MLP
-  chain); GPU and TPU schedulers do realise remat's savings. Only remat-off rows compile.
+* ``activations``: what the backward pass keeps, as JAX's autodiff saves it, without
+  compiling: the residuals of ``jax.vjp`` of the loss with respect to the parameters (the
+  leaves of the returned vjp function), less those that are the step's own inputs
+  (parameters, BN statistics, the batch), which the state and the batch hold anyway. What
+  remat changes. (It equals JAX's ``saved_residuals`` without its "argument" entries.)
+* ``XLA peak`` (``--compile``, slow: minutes per B5 compile on a CPU):
+  ``experiments.xla_stats.program_bytes`` of the compiled, sharded train step (arguments +
+  temporaries + outputs not aliasing the donated state). XLA:CPU's scheduler does not keep
+  recomputation late, so on CPU this figure is the same with and without remat (measured,
+  even for a plain MLP chain); GPU and TPU schedulers do realise remat's savings. Only
+  remat-off rows compile.
 
 Estimate for an accelerator: ``state + gradients (= the parameter share) + activations +
 workspace``, the last being what XLA peak shows beyond the rest.
@@ -25,75 +30,87 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import os
 import sys
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax._src.ad_checkpoint import saved_residuals  # public only as print_saved_residuals
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import train_steps, xla_stats
 
-from segformer_jax import sharding  # noqa: E402
-from segformer_jax.config import SegformerConfig  # noqa: E402
-from segformer_jax.losses import segmentation_loss  # noqa: E402
-from segformer_jax.models.segformer import SegformerForSemanticSegmentation  # noqa: E402
-from segformer_jax.optim import Recipe, make_optimizer  # noqa: E402
-from segformer_jax.train import initial_state, make_train_step  # noqa: E402
+IGNORE_INDEX = 255
+
+
+def _bytes(leaf: Any) -> int:
+    """Bytes of one array or shape (PRNG keys, with no itemsize: negligible, 0)."""
+    itemsize = getattr(leaf.dtype, "itemsize", 0)
+    return math.prod(leaf.shape) * itemsize
+
+
+def saved_activation_bytes(model: Any, variables: dict[str, Any], images: Any, labels: Any,
+                           loss_reduction: str) -> int:
+    """Bytes of the residuals the backward pass of the training loss keeps, the step's
+    inputs excluded (see the module docstring); shapes only, nothing is computed."""
+    from segformer_jax.losses import segmentation_loss
+    inputs_seen: dict[str, list[bool]] = {}
+
+    def residuals(params: Any, batch_stats: Any, x: Any, y: Any) -> list[Any]:
+        def loss(p: Any) -> jax.Array:
+            logits, _ = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
+                                    mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+            return segmentation_loss(logits, y, IGNORE_INDEX, loss_reduction)
+
+        leaves = jax.tree.leaves(jax.vjp(loss, params)[1])
+        inputs = jax.tree.leaves((params, batch_stats, x, y))
+        inputs_seen["flags"] = [any(leaf is i for i in inputs) for leaf in leaves]
+        return leaves
+
+    shapes = jax.eval_shape(residuals, variables["params"], variables["batch_stats"], images,
+                            labels)
+    return sum(_bytes(s) for s, is_input in zip(shapes, inputs_seen["flags"]) if not is_input)
 
 
 def step_memory(variant: str, size: int, per_device_batch: int, remat: bool, fsdp: bool,
-                dtype: str, compile_step: bool, num_labels: int = 150) -> dict:
+                dtype: str, compile_step: bool, num_labels: int = 150) -> dict[str, Any]:
     """Memory figures of one configuration, per device (see the module docstring)."""
-    config = SegformerConfig.from_variant(variant, num_labels=num_labels)
-    devices = jax.device_count()
-    mesh = sharding.make_mesh(1, devices) if fsdp else sharding.make_mesh(devices, 1)
-    model = SegformerForSemanticSegmentation(config, dtype=jnp.dtype(dtype), remat=remat)
-    tx = make_optimizer(Recipe())
-    abstract = jax.eval_shape(lambda: initial_state(config, tx, 0))
-    state_sharding = sharding.state_shardings(abstract, mesh)
-    per_device = lambda x, s: x.size * x.dtype.itemsize // math.prod(  # noqa: E731
-        mesh.shape[a] for a in s.spec if a is not None)
-    state_bytes = sum(per_device(x, s) for x, s in zip(jax.tree.leaves(abstract),
-                                                       jax.tree.leaves(state_sharding)))
-    params_bytes = sum(per_device(x, s) for x, s in zip(jax.tree.leaves(abstract["params"]),
-                                                        jax.tree.leaves(state_sharding["params"])))
+    from segformer_jax.config import SegformerConfig
+    from segformer_jax.run_config import default_config
 
+    seg_config = SegformerConfig.from_variant(variant, num_labels=num_labels)
+    devices = jax.device_count()
+    config = default_config()
+    config.mesh.data, config.mesh.fsdp = (1, devices) if fsdp else (devices, 1)
+    config.model.dtype, config.model.remat = dtype, remat
+    step = train_steps.build(config, seg_config, abstract=True)
+    mesh = step.mesh
+
+    def per_device(leaf: Any) -> int:
+        return _bytes(leaf) // math.prod(mesh.shape[a] for a in leaf.sharding.spec if a is not None)
+
+    state_bytes = sum(per_device(x) for x in jax.tree.leaves(step.state))
+    params_bytes = sum(per_device(x) for x in jax.tree.leaves(step.state["params"]))
     image = jax.ShapeDtypeStruct((per_device_batch, size, size, 3), jnp.float32)
     label = jax.ShapeDtypeStruct((per_device_batch, size, size), jnp.int32)
-
-    def loss(params, batch_stats, images, labels):
-        logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, images, train=True,
-                                mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
-        return segmentation_loss(logits, labels, 255, "valid")
-
-    residuals = saved_residuals(loss, abstract["params"], abstract["batch_stats"], image, label)
-    activations = sum(math.prod(a.shape) * a.dtype.itemsize  # (PRNG keys: 8 bytes, negligible)
-                      for a, why in residuals if "argument" not in why and hasattr(a.dtype, "itemsize"))
+    activations = saved_activation_bytes(step.model, step.state, image, label,
+                                         config.loss_reduction)
     out = {"variant": variant, "size": size, "batch": per_device_batch, "remat": remat,
            "fsdp": fsdp, "devices": devices, "state_gib": state_bytes / 2**30,
            "grads_gib": params_bytes / 2**30, "activations_gib": activations / 2**30,
            "xla_peak_gib": None, "compile_s": None}
     if compile_step and not remat:
-        images = sharding.batch_sharding(mesh)
-        rows = per_device_batch * devices
-        batch = {"image": jax.ShapeDtypeStruct((rows, size, size, 3), jnp.float32, sharding=images),
-                 "label": jax.ShapeDtypeStruct((rows, size, size), jnp.int32, sharding=images)}
-        state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                             abstract, state_sharding)
-        step = jax.jit(make_train_step(model, tx, 0, 255, "valid"), in_shardings=(state_sharding, images),
-                       out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+        batch = train_steps.abstract_batch(per_device_batch * devices, size, size, 3, mesh)
         start = time.perf_counter()
-        memory = step.lower(state, batch).compile().memory_analysis()
+        compiled = step.step.lower(step.state, batch).compile()
         out["compile_s"] = time.perf_counter() - start
-        out["xla_peak_gib"] = (memory.argument_size_in_bytes + memory.temp_size_in_bytes
-                               + memory.output_size_in_bytes - memory.alias_size_in_bytes) / 2**30
+        peak = xla_stats.program_bytes(compiled)
+        out["xla_peak_gib"] = None if peak is None else peak / 2**30
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.memory_report",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", nargs="+", default=["b0", "b2", "b5"])
     p.add_argument("--sizes", nargs="+", type=int, default=[512, 1024])
     p.add_argument("--batch", type=int, default=2, help="images per device (default 2, NVlabs' 8 GPUs x 2)")

@@ -2,7 +2,7 @@
 
 Sized to finish in under 30 minutes on a 2-core CPU (measured: see experiments/README.md)::
 
-    python experiments/sweep.py experiments/variants_quickstart.py --workdir workdirs/sweep_quickstart
+    python -m experiments.sweep experiments/variants_quickstart.py --workdir workdirs/sweep_quickstart
 
 The base is configs/quickstart.py (from scratch, lr 6e-4) shrunk: 64² crops, batch 8,
 200 steps, square 96² images (so validation, at 64², compiles one program per point).

@@ -120,18 +120,21 @@ def validate(config: ml_collections.ConfigDict, process_count: int = 1) -> None:
         raise ConfigError(f"model.dtype must be 'float32' or 'bfloat16'; got {config.model.dtype!r}")
     if config.loss_reduction not in ("valid", "all"):
         raise ConfigError(f"loss_reduction must be 'valid' or 'all'; got {config.loss_reduction!r}")
-    for key in ("crop_size", "img_scale", "ratio_range"):
+    for key in ("crop_size", "img_scale", "ratio_range", "eval_scale"):
         value = config.data[key]
-        if len(value) != 2 or min(value) <= 0:
+        if value is None and key == "eval_scale":  # the images' native size
+            continue
+        if not _positive_pair(value):
             raise ConfigError(f"data.{key} must be two positive numbers; got {value!r}")
-    if config.data.eval_scale is not None and (len(config.data.eval_scale) != 2
-                                               or min(config.data.eval_scale) < 1):
-        raise ConfigError(f"data.eval_scale must be (long, short) or None; got "
-                          f"{config.data.eval_scale!r}")
     try:
         SegformerConfig.from_variant(config.model.variant, **model_overrides(config))
     except (TypeError, ConfigError) as e:
         raise ConfigError(f"model.variant / model.overrides: {e}") from None
+
+
+def _positive_pair(value: Any) -> bool:
+    return (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value))
 
 
 # --------------------------------------------------------------------------------------
@@ -226,13 +229,45 @@ def load(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collection
 
 
 def set_key(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
-    """``config[key] = value`` for a dotted key, typed by ml_collections; ConfigError if not."""
+    """``config[key] = value`` for a dotted key, typed by ml_collections; ConfigError if not.
+
+    A dict for a section with keys of its own (``model.overrides``, ``mesh``) sets those keys
+    one by one, each typed; a free-form section (``data.options``: the dataset builder's
+    keyword arguments, empty in ``default_config``) takes the dict whole.
+    """
+    *parents, leaf = key.split(".")
+    node: Any = config
+    for depth, name in enumerate(parents):
+        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+            raise ConfigError(_unknown(key, ".".join(parents[:depth]), node))
+        node = node[name]
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        raise ConfigError(_unknown(key, ".".join(parents), node))
+    if isinstance(value, Mapping) and isinstance(node[leaf], ml_collections.ConfigDict) \
+            and not _free_form(key):
+        for name, item in value.items():
+            set_key(config, f"{key}.{name}", item)
+        return
     try:
-        config.update_from_flattened_dict({key: tuple(value) if isinstance(value, list) else value})
-    except KeyError as e:
-        raise ConfigError(f"unknown config key {key!r} ({_one_line(e)})") from None
+        node[leaf] = tuple(value) if isinstance(value, list) else value
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{key}={value!r}: {_one_line(e)}") from None
+
+
+def _free_form(key: str) -> bool:
+    """True for a section that ``default_config`` leaves empty (``data.options``)."""
+    node: Any = default_config()
+    for name in key.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+            return False
+        node = node[name]
+    return isinstance(node, ml_collections.ConfigDict) and not len(node)
+
+
+def _unknown(key: str, section: str, node: Any) -> str:
+    valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+    where = f"section {section!r}" if section else "the config"
+    return f"unknown config key {key!r}; {where} has {', '.join(valid) or 'no keys'}"
 
 
 # --------------------------------------------------------------------------------------

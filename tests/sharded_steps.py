@@ -14,14 +14,15 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from segformer_jax import sharding
+from segformer_jax import run_config, sharding
 from segformer_jax.checkpoint import TrainCheckpoints
 from segformer_jax.config import SegformerConfig
 from segformer_jax.models.segformer import SegformerForSemanticSegmentation
-from segformer_jax.optim import Recipe, make_optimizer
-from segformer_jax.train import create_state, make_train_step
+from segformer_jax.optim import make_optimizer
+from segformer_jax.train import create_state, jit_train_step
 
 STEPS = 3
 FSDP_MIN_SIZE = 64  # the tiny model has no leaf of 2**14 elements; shard nearly all of them
@@ -41,13 +42,26 @@ def batches() -> list[dict[str, np.ndarray]]:
     return out
 
 
+def run_settings() -> ml_collections.ConfigDict:
+    """The run config of these steps: seed 0, valid-pixel mean, lr 1e-3 without warmup."""
+    config = run_config.default_config()
+    config.seed = 0
+    config.loss_reduction = "valid"
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.warmup_steps = 0
+    config.total_steps = 100
+    return config
+
+
 def run(mesh, dtype=jnp.float32) -> dict:
+    """``train``'s own step (``jit_train_step``: shardings, donation) for STEPS batches."""
+    config = run_settings()
     model = SegformerForSemanticSegmentation(CONFIG, dtype=dtype)
-    tx = make_optimizer(Recipe(learning_rate=1e-3, warmup_steps=0, total_steps=100))
-    state, shardings = create_state(CONFIG, tx, seed=0, mesh=mesh, fsdp_min_size=FSDP_MIN_SIZE)
+    tx = make_optimizer(run_config.recipe(config))
+    state, shardings = create_state(CONFIG, tx, config.seed, mesh, pretrained=None,
+                                    fsdp_min_size=FSDP_MIN_SIZE)
+    step = jit_train_step(model, tx, config, CONFIG, mesh, shardings)
     images = sharding.batch_sharding(mesh)
-    step = jax.jit(make_train_step(model, tx, 0, 255, "valid"), in_shardings=(shardings, images),
-                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
     data = [sharding.global_batch(b, images) for b in batches()]
     losses, bn_after_first = [], None
     for batch in data:

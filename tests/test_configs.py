@@ -73,3 +73,20 @@ def test_resolved_config_is_json(tmp_path):
     data = json.loads(path.read_text())
     assert data["total_steps"] == 7 and data["data"]["crop_size"] == [96, 96]
     assert data["optimizer"]["learning_rate"] == 6e-4
+
+
+def test_sections_typed_or_free_form():
+    """A dict for a section with keys sets them one by one (typed); data.options, empty by
+    default (the dataset builder's keyword arguments), takes a dict whole."""
+    config = load(str(CONFIGS / "quickstart.py"))
+    set_key(config, "model.overrides", {"decoder_hidden_size": 64})
+    assert run_config.model_overrides(config) == {"decoder_hidden_size": 64}
+    with pytest.raises(ConfigError, match=r"model\.overrides\.decoder_hidden_size='wide'"):
+        set_key(config, "model.overrides", {"decoder_hidden_size": "wide"})
+    with pytest.raises(ConfigError, match=r"'model\.overrides\.depthz'; section 'model\.overrides' has"):
+        set_key(config, "model.overrides", {"depthz": (1, 1, 1, 1)})
+    set_key(config, "data.options", {"num_train": 3})
+    assert config.data.options.to_dict() == {"num_train": 3}
+    set_key(config, "data.crop_size", (64, "a"))
+    with pytest.raises(ConfigError, match=r"data\.crop_size must be two positive numbers"):
+        run_config.validate(config)

@@ -1,7 +1,6 @@
-"""Sweeps (experiments/sweep.py): two tiny points end to end, a restart after SIGKILL runs only
-the missing point, and malformed sweep files are refused before anything runs."""
+"""Sweeps (python -m experiments.sweep): two tiny points end to end, a restart after SIGKILL
+runs only the missing point, and malformed sweep files are refused before anything runs."""
 
-import importlib.util
 import json
 import math
 import os
@@ -12,18 +11,12 @@ import time
 
 import pytest
 
+from experiments import sweep_file
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SWEEP = os.path.join(ROOT, "experiments", "sweep.py")
+SWEEP = [sys.executable, "-m", "experiments.sweep"]
 TINY = {"hidden_sizes": (8, 16, 24, 32), "num_attention_heads": (1, 2, 3, 4),
         "depths": (1, 1, 1, 1), "decoder_hidden_size": 16}
-
-
-def _sweep_module():
-    spec = importlib.util.spec_from_file_location("_experiments_sweep", SWEEP)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["_experiments_sweep"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _write_sweep(path, data_dir, body):
@@ -45,22 +38,29 @@ def _env():
     return {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", "HF_HUB_OFFLINE": "1"}
 
 
+def _run(command, **kwargs):
+    """The sweep command from another directory: ``-m experiments.sweep`` finds the package
+    through PYTHONPATH, and so must the point processes it starts."""
+    return subprocess.run(command, env=_env(), cwd=os.path.dirname(ROOT), capture_output=True,
+                          text=True, **kwargs)
+
+
 # Both points train the same programs (photometric distortion is host-side augmentation), so the
 # second one is served by the sweep's compilation cache: XLA:CPU compiles cost most of the time.
 TWO_POINTS = "POINTS = [{'name': 'a'}, {'name': 'b', 'data.photometric': False}]\n"
 
 
 def test_sweep_runs_two_points_and_a_restart_after_sigkill_runs_only_the_missing_one(tmp_path):
-    sweep_file = _write_sweep(tmp_path / "tiny.py", tmp_path / "tfds", TWO_POINTS)
+    sweep_file_path = _write_sweep(tmp_path / "tiny.py", tmp_path / "tfds", TWO_POINTS)
     workdir = tmp_path / "sweep"
     cache = tmp_path / "xla-cache"  # its own, not the session's: its entries are counted below
-    command = [sys.executable, SWEEP, str(sweep_file), "--workdir", str(workdir),
-               "--compilation-cache", str(cache)]
+    command = [*SWEEP, str(sweep_file_path), "--workdir", str(workdir), "--compilation-cache", str(cache)]
     a, b = workdir / "points" / "a", workdir / "points" / "b"
 
     # First run: killed (the sweep and its point process, no chance to clean up) as soon as
     # point a is finished, while point b is starting.
-    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(command, env=_env(), cwd=os.path.dirname(ROOT),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True, text=True)
     deadline = time.monotonic() + 600
     while not (a / "result.json").exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -74,7 +74,7 @@ def test_sweep_runs_two_points_and_a_restart_after_sigkill_runs_only_the_missing
     metrics_a = (a / "metrics.jsonl").read_bytes()
 
     # Second run: a is skipped (neither retrained nor re-measured), b runs.
-    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900)
+    done = _run(command, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "[a] finished, skipped" in done.stdout
     assert "[b] starting" in done.stdout or "[b] resuming" in done.stdout
@@ -105,20 +105,41 @@ def test_sweep_runs_two_points_and_a_restart_after_sigkill_runs_only_the_missing
     with Image.open(workdir / "plot.png") as image:
         assert image.format == "PNG" and image.size == (1500, 680)
         assert len(image.convert("RGB").getcolors(1 << 20)) > 10  # axes, markers and text drawn
+    assert (a / "point_config.json").is_file() and (a / "log.txt").is_file()
+    assert "-m experiments.sweep" in (a / "log.txt").read_text()
+
+    # A point killed between its last checkpoint and its saved summary: the final evaluation
+    # is made again from the workdir's last checkpoint, and it is the one train() made.
+    from experiments import sweep as sweep_cli
+    saved = json.loads((a / "train_summary.json").read_text())
+    (a / "train_summary.json").unlink()
+    again = sweep_cli._final_summary(sweep_file.load_sweep(sweep_file_path).points[0], a, {})
+    assert again["class_names"] == saved["class_names"]
+    assert again["mIoU"] == pytest.approx(saved["mIoU"], abs=1e-6)
+    assert json.loads((a / "train_summary.json").read_text()) == again
 
 
 @pytest.mark.parametrize("body, message", [
     ("POINTS = [{'name': 'x', 'model.decoder_size': 128}]", "unknown config key 'model.decoder_size'"),
     ("POINTS = [{'model.overrides.decoder_size': 128}]",
-     "unknown model field 'model.overrides.decoder_size'"),
+     "unknown config key 'model.overrides.decoder_size'"),
+    ("POINTS = [{'name': 'x', 'model.overrides': {'decoder_size': 128}}]",
+     "unknown config key 'model.overrides.decoder_size'"),
     ("GRID = {'model.variant': ['b0', 'b9']}", "model.variant='b9' is not a SegFormer variant"),
     ("POINTS = [{'name': 'x', 'total_steps': '100'}]",
-     "total_steps='100' is a str; total_steps takes an int like"),
+     "total_steps='100': Could not override field 'total_steps'"),
+    ("POINTS = [{'name': 'x', 'total_steps': '100'}]", "cannot be casted to type <class 'int'>"),
     ("POINTS = [{'name': 'x', 'model.overrides.mix_ffn_conv': 0}]",
-     "mix_ffn_conv=0 is an int; model.overrides.mix_ffn_conv takes a bool"),
-    ("POINTS = [{'name': 'x', 'model.overrides.sr_ratios': (8, 4, 2)}]", "sr_ratios=(8, 4, 2)"),
+     "model.overrides.mix_ffn_conv=0: Could not override field 'mix_ffn_conv'"),
+    ("POINTS = [{'name': 'x', 'model.overrides.mix_ffn_conv': 0}]",
+     "cannot be casted to type <class 'bool'>"),
+    ("POINTS = [{'name': 'x', 'model.overrides': {'mix_ffn_conv': 0}}]",
+     "model.overrides.mix_ffn_conv=0: Could not override field 'mix_ffn_conv'"),
+    ("POINTS = [{'name': 'x', 'model.overrides.sr_ratios': (8, 4, 2)}]",
+     "'sr_ratios' has 3 entries but num_encoder_blocks is 4"),
     ("POINTS = [{'name': 'x', 'data.crop_size': 64}]",
-     "data.crop_size=64 is an int; data.crop_size takes a list of 2"),
+     "data.crop_size=64: Could not override field 'crop_size'"),
+    ("POINTS = [{'name': 'x', 'data.crop_size': 64}]", "cannot be casted to type <class 'tuple'>"),
     ("POINTS = [{'name': 'x', 'model.overrides.hidden_sizes': (8, 16, 24, 30)}]",
      "hidden size 30 is not a multiple of its 4 attention heads"),
     ("POINTS = [{'name': 'x'}, {'name': 'x', 'seed': 1}]", "the name 'x' is already used"),
@@ -126,20 +147,41 @@ def test_sweep_runs_two_points_and_a_restart_after_sigkill_runs_only_the_missing
     ("", "defines no points"),
 ])
 def test_malformed_sweeps_are_refused_naming_the_key(tmp_path, body, message):
-    sweep = _sweep_module()
-    sweep_file = _write_sweep(tmp_path / "bad.py", tmp_path / "tfds", body + "\n")
-    with pytest.raises(sweep.SweepError) as error:
-        sweep.load_sweep(sweep_file)
+    path = _write_sweep(tmp_path / "bad.py", tmp_path / "tfds", body + "\n")
+    with pytest.raises(sweep_file.SweepError) as error:
+        sweep_file.load_sweep(path)
     assert message in str(error.value)
-    assert str(sweep_file) in str(error.value)
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("key, value", [("model.overrides.decoder_width", 128),
+                                        ("optimizer.lr", 1e-3), ("total_steps", 1.5),
+                                        ("model.overrides.depths", "1,1,1,1")])
+def test_a_point_with_an_unknown_key_or_a_wrong_type_is_refused_naming_the_point_and_key(
+        tmp_path, key, value):
+    path = _write_sweep(tmp_path / "bad.py", tmp_path / "tfds",
+                        f"POINTS = [{{'name': 'ok'}}, {{'name': 'bad', {key!r}: {value!r}}}]\n")
+    with pytest.raises(sweep_file.SweepError) as error:
+        sweep_file.load_sweep(path)
+    assert f"{path}: point 'bad' (POINTS[1]): " in str(error.value)
+    assert repr(key) in str(error.value) or f"{key}={value!r}" in str(error.value)
+
+
+def test_a_dict_for_a_section_sets_its_keys_and_data_options_is_replaced_whole(tmp_path):
+    path = _write_sweep(tmp_path / "ok.py", tmp_path / "tfds",
+                        "POINTS = [{'name': 'x', 'model.overrides': {'sr_ratios': [1, 1, 1, 1]},"
+                        " 'data.options': {'num_train': 4}}]\n")
+    config = sweep_file.load_sweep(path).points[0].config
+    overrides = {k: v for k, v in config.model.overrides.items() if v is not None}
+    assert overrides == {**TINY, "sr_ratios": (1, 1, 1, 1)}  # TINY kept, typed as tuples
+    assert dict(config.data.options) == {"num_train": 4}
 
 
 def test_the_command_refuses_a_malformed_sweep_before_creating_anything(tmp_path):
-    sweep_file = _write_sweep(tmp_path / "bad.py", tmp_path / "tfds",
+    path = _write_sweep(tmp_path / "bad.py", tmp_path / "tfds",
                               "GRID = {'model.variant': ['b0', 'b9']}\n")
     workdir = tmp_path / "sweep"
-    done = subprocess.run([sys.executable, SWEEP, str(sweep_file), "--workdir", str(workdir)],
-                          env=_env(), capture_output=True, text=True, timeout=300)
+    done = _run([*SWEEP, str(path), "--workdir", str(workdir)], timeout=300)
     assert done.returncode == 2
     assert "model.variant='b9' is not a SegFormer variant; choose one of b0, b1, b2, b3, b4, b5" \
         in done.stderr
@@ -147,29 +189,29 @@ def test_the_command_refuses_a_malformed_sweep_before_creating_anything(tmp_path
 
 
 def test_the_shipped_sweeps_are_valid():
-    sweep = _sweep_module()
-    quick = sweep.load_sweep(os.path.join(ROOT, "experiments", "variants_quickstart.py"))
+    quick = sweep_file.load_sweep(os.path.join(ROOT, "experiments", "variants_quickstart.py"))
     assert [p.config.model.variant for p in quick.points][:3] == ["b0", "b1", "b2"]
     assert any(p.config.model.overrides.get("mix_ffn_conv") is False for p in quick.points)
-    full = sweep.load_sweep(os.path.join(ROOT, "experiments", "ade20k_full.py"))
+    full = sweep_file.load_sweep(os.path.join(ROOT, "experiments", "ade20k_full.py"))
     assert [p.name for p in full.points] == ["b0", "b1", "b2", "b3", "b4", "b5"]
     assert all(p.config.total_steps == 160_000 and p.config.data.name == "ade20k" for p in full.points)
     assert full.points[5].config.data.crop_size == (640, 640)
 
 
 def test_a_launcher_submits_one_job_per_unfinished_point_once(tmp_path):
-    sweep_file = _write_sweep(tmp_path / "tiny.py", tmp_path / "tfds", TWO_POINTS)
+    path = _write_sweep(tmp_path / "tiny.py", tmp_path / "tfds", TWO_POINTS)
     workdir, jobs = tmp_path / "sweep", tmp_path / "jobs.txt"
-    command = [sys.executable, SWEEP, str(sweep_file), "--workdir", str(workdir),
+    command = [*SWEEP, str(path), "--workdir", str(workdir),
                "--launcher", f"echo {{name}} {{log}} :: {{cmd}} >> {jobs}"]
-    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    done = _run(command, timeout=300)
     assert done.returncode == 0, done.stderr
     lines = jobs.read_text().splitlines()
     assert [line.split()[0] for line in lines] == ["a", "b"]
     for line, name in zip(lines, "ab"):
         assert f"{workdir / 'points' / name / 'log.txt'} ::" in line
-        assert f"{SWEEP} {sweep_file} --workdir {workdir} --point {name}" in line
+        assert f"env PYTHONPATH={ROOT}" in line  # the job may start in any directory
+        assert f"-m experiments.sweep {path} --workdir {workdir} --point {name}" in line
         assert (workdir / "points" / name / "submitted.json").is_file()
-    again = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    again = _run(command, timeout=300)
     assert again.returncode == 0 and "[a] submitted before, skipped" in again.stdout
     assert jobs.read_text().splitlines() == lines  # nothing submitted twice

@@ -1,0 +1,114 @@
+"""The training step ``segformer_jax.train`` runs, built for a measurement.
+
+The sweeps (``sweep_measure``), the training benchmark and the memory report all time or
+compile ``segformer_jax.train.jit_train_step``: the same update, optimiser, mesh, shardings
+and donation as a real run, so that what they report is the program training runs (and a
+sweep's compilation cache serves it from the point's own training). Here, once: the model,
+optimiser, mesh and state from a run config, a batch laid out on the mesh, and the timing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from experiments.benchmark_inference import Timing, time_calls
+
+
+@dataclasses.dataclass
+class TrainStep:
+    model: Any
+    tx: Any
+    mesh: Any
+    state: Any           # arrays, or ShapeDtypeStructs carrying their shardings (abstract)
+    state_sharding: Any
+    step: Any            # the jitted step: (state, batch) -> (state, {"loss", "grad_norm"})
+
+
+def build(config: ml_collections.ConfigDict, seg_config: Any,
+          pretrained: Mapping[str, Any] | None = None, abstract: bool = False) -> TrainStep:
+    """``train``'s step for ``config`` (a ``run_config`` config: seed, mesh, model.dtype and
+    remat, optimizer, accumulate_steps, loss_reduction) and the model ``seg_config``.
+
+    ``abstract``: the state as shapes only (what compiling needs, without the memory of a
+    large model replicated over many devices), with the shardings ``create_state`` gives.
+    """
+    from segformer_jax import run_config, sharding
+    from segformer_jax.models.segformer import SegformerForSemanticSegmentation
+    from segformer_jax.optim import make_optimizer
+    from segformer_jax.train import create_state, initial_state, jit_train_step
+
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    model = SegformerForSemanticSegmentation(seg_config, dtype=jnp.dtype(config.model.dtype),
+                                             remat=config.model.remat)
+    tx = make_optimizer(run_config.recipe(config), config.accumulate_steps)
+    if abstract:
+        shapes = jax.eval_shape(lambda: initial_state(seg_config, tx, config.seed))
+        state_sharding = sharding.state_shardings(
+            shapes, mesh, config.mesh.fsdp_min_size or sharding.MIN_FSDP_SIZE)
+        state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                             shapes, state_sharding)
+    else:
+        state, state_sharding = create_state(seg_config, tx, config.seed, mesh, pretrained,
+                                             config.mesh.fsdp_min_size)
+    step = jit_train_step(model, tx, config, seg_config, mesh, state_sharding)
+    return TrainStep(model, tx, mesh, state, state_sharding, step)
+
+
+def device_batch(images: np.ndarray, labels: np.ndarray, mesh: Any) -> dict[str, jax.Array]:
+    """A global batch on ``mesh`` as ``train`` lays it out (this process's rows)."""
+    from segformer_jax import sharding
+    layout = sharding.batch_sharding(mesh)
+    rows = sharding.process_rows(layout, len(images))
+    return sharding.global_batch({"image": images[rows.start:rows.stop],
+                                  "label": labels[rows.start:rows.stop]}, layout)
+
+
+def abstract_batch(rows: int, height: int, width: int, channels: int, mesh: Any) -> dict[str, Any]:
+    """The shapes of a global batch of ``rows`` images on ``mesh`` (for compiling only)."""
+    from segformer_jax import sharding
+    layout = sharding.batch_sharding(mesh)
+    return {"image": jax.ShapeDtypeStruct((rows, height, width, channels), jnp.float32,
+                                          sharding=layout),
+            "label": jax.ShapeDtypeStruct((rows, height, width), jnp.int32, sharding=layout)}
+
+
+@dataclasses.dataclass
+class Timed:
+    lower_s: float       # trace + lower to StableHLO
+    compile_s: float     # XLA compile (or a hit in the compilation cache)
+    first_step_s: float  # the first run of the compiled step
+    first_loss: float
+    timing: Timing       # the steps after it
+    compiled: Any
+
+
+def time_steps(train_step: TrainStep, batch: Mapping[str, jax.Array], warmup: int,
+               repeats: int) -> Timed:
+    """Compiles the step, runs it once, then ``warmup`` untimed and ``repeats`` timed steps
+    on the same device-resident batch, the state donated from each step to the next."""
+    start = time.perf_counter()
+    lowered = train_step.step.lower(train_step.state, batch)
+    lower_s = time.perf_counter() - start
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start
+    holder = {"state": train_step.state}
+
+    def one_step() -> dict[str, Any]:
+        holder["state"], out = compiled(holder["state"], batch)
+        return jax.block_until_ready(out)
+
+    start = time.perf_counter()
+    first = one_step()
+    first_step_s = time.perf_counter() - start
+    timing = time_calls(one_step, warmup, repeats)
+    train_step.state = holder["state"]  # the donated original is gone
+    return Timed(lower_s, compile_s, first_step_s, float(first["loss"]), timing, compiled)
