@@ -37,7 +37,7 @@ from typing import Any
 from segformer_jax.checkpoint import load_for_inference
 from segformer_jax.cli import ArgumentParser, positive_int
 from segformer_jax.errors import EvaluationError, SegformerError
-from segformer_jax.evaluation import PRESET, evaluate, test_settings, to_json
+from segformer_jax.evaluation import PRESET, eval_settings, evaluate, to_json
 
 # --------------------------------------------------------------------------------------
 # Command line
@@ -127,7 +127,7 @@ def parse_args(argv: Sequence[str]):
     if args.mode == "whole" and (args.crop or args.stride):
         parser.error("--crop/--stride are for sliding-window inference, not --mode whole")
     try:
-        test_settings(args.dataset, args.mode, args.crop, args.stride, args.img_scale,
+        eval_settings(args.dataset, args.mode, args.crop, args.stride, args.img_scale,
                       args.size_divisor)
     except EvaluationError as e:
         parser.error(str(e))

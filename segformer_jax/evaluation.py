@@ -58,7 +58,7 @@ class Evaluator(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
-class TestSettings:
+class EvalSettings:
     """How each image is run: ``img_scale`` (long, short) or None (native size), the
     alignment, whole or slide (with crop and stride), and the multi-scale / flip test."""
 
@@ -80,10 +80,10 @@ class TestSettings:
         return d
 
 
-def test_settings(dataset: str, mode: str | None = None, crop: int | None = None,
+def eval_settings(dataset: str, mode: str | None = None, crop: int | None = None,
                   stride: int | None = None, img_scale: Any = PRESET,
                   size_divisor: Any = PRESET, scales: Sequence[float] | None = None,
-                  flip: bool = False) -> TestSettings:
+                  flip: bool = False) -> EvalSettings:
     """The dataset's test settings (``data.presets``) with the given values put over them.
 
     ``crop`` alone means ``mode="slide"``; ``stride`` defaults to 3/4 of the crop.
@@ -119,7 +119,7 @@ def test_settings(dataset: str, mode: str | None = None, crop: int | None = None
     if scales is not None and (not scales or min(scales) <= 0):
         raise EvaluationError(f"scales must be positive ratios; got {scales}")
     multiscale = bool(scales) or flip
-    return TestSettings(img_scale, int(size_divisor) if size_divisor else None, mode, crop,
+    return EvalSettings(img_scale, int(size_divisor) if size_divisor else None, mode, crop,
                         stride, tuple(scales or (1.0,)) if multiscale else None, bool(flip))
 
 
@@ -211,7 +211,7 @@ class SegmentationEvaluator:
     """mIoU, aAcc, mAcc and per-class IoU/Acc of a model on a split (mmseg's metrics).
 
     Built once over ``model`` (its jitted programs live in an ``inference.Inference``), the
-    split (``data.SplitData``) and the ``TestSettings``; calling it with variables scores
+    split (``data.SplitData``) and the ``EvalSettings``; calling it with variables scores
     this process's share of the split and sums the confusion matrices over processes.
     ``max_examples`` scores the first examples only; ``progress(done, total)`` is called
     after each one.
@@ -219,7 +219,7 @@ class SegmentationEvaluator:
 
     best_metric = "mIoU"
 
-    def __init__(self, model: Any, split: Any, settings: TestSettings, *,
+    def __init__(self, model: Any, split: Any, settings: EvalSettings, *,
                  max_examples: int | None = None, batch_windows: int = 1,
                  progress: Callable[[int, int], None] | None = None,
                  process_index: int = 0, process_count: int = 1):
@@ -306,10 +306,10 @@ def evaluate(config: SegformerConfig, variables: Mapping[str, Any], split_data: 
     """Scores of ``variables`` on a ``data.SplitData`` (``SegmentationEvaluator``'s result).
 
     ``mode`` / ``crop`` / ``stride`` / ``img_scale`` / ``size_divisor`` default to the
-    dataset's presets (``test_settings``).
+    dataset's presets (``eval_settings``).
     """
     from segformer_jax.models.segformer import SegformerForSemanticSegmentation
-    settings = test_settings(split_data.name, mode, crop, stride, img_scale, size_divisor,
+    settings = eval_settings(split_data.name, mode, crop, stride, img_scale, size_divisor,
                              scales, flip)
     evaluator = SegmentationEvaluator(SegformerForSemanticSegmentation(config), split_data,
                                       settings, max_examples=max_examples,

@@ -79,7 +79,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return rgb
 
 
-def test_size(height: int, width: int, size: int) -> tuple[int, int]:
+def inference_size(height: int, width: int, size: int) -> tuple[int, int]:
     """The test size of an image: rescaled into ``(4 × size, size)``, sides up to a multiple
     of 32; for ``size`` 512 exactly ``evaluate``'s ADE20K preset ``(2048, 512)``."""
     return aligned_test_size(height, width, (4 * size, size), SIZE_DIVISOR)
@@ -121,7 +121,7 @@ class Segmenter:
 
     def plan(self, height: int, width: int) -> tuple[tuple[int, int], str, int, int]:
         """``(test size, "whole" | "slide", crop, stride)`` for an image of this size."""
-        scaled = test_size(height, width, self.size)
+        scaled = inference_size(height, width, self.size)
         slide = self.mode == "slide" or (self.mode == "auto" and (
             self.crop is not None or self.stride is not None or max(scaled) > 2 * self.size))
         crop = self.crop or self.size

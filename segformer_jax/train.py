@@ -41,7 +41,7 @@ from segformer_jax import run_config, sharding
 from segformer_jax.checkpoint import TrainCheckpoints
 from segformer_jax.config import SegformerConfig
 from segformer_jax.errors import SegformerError, TrainingError
-from segformer_jax.evaluation import Evaluator, SegmentationEvaluator, TestSettings
+from segformer_jax.evaluation import EvalSettings, Evaluator, SegmentationEvaluator
 from segformer_jax.losses import segmentation_loss
 from segformer_jax.models.segformer import SegformerForSemanticSegmentation, init_variables
 from segformer_jax.optim import make_optimizer, poly_with_warmup
@@ -248,7 +248,7 @@ def make_evaluator(config: ml_collections.ConfigDict, model: Any, eval_split: An
     """The segmentation task's validation: whole images at ``data.eval_scale``, aligned to
     ``data.eval_size_divisor``, each process scoring its share of the split."""
     d = config.data
-    settings = TestSettings(img_scale=tuple(d.eval_scale) if d.eval_scale else None,
+    settings = EvalSettings(img_scale=tuple(d.eval_scale) if d.eval_scale else None,
                             size_divisor=d.eval_size_divisor or None)
     return SegmentationEvaluator(model, eval_split, settings, process_index=jax.process_index(),
                                  process_count=jax.process_count())

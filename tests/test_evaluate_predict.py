@@ -167,8 +167,8 @@ def test_banded_logits_to_mask_equals_the_full_resize():
 
 def test_test_size_and_plan(tiny):
     config, variables, _, _ = tiny
-    assert pr.test_size(50, 70, 32) == (32, 64)
-    assert pr.test_size(375, 500, 512) == (512, 704)           # ADE's aligned test size
+    assert pr.inference_size(50, 70, 32) == (32, 64)
+    assert pr.inference_size(375, 500, 512) == (512, 704)           # ADE's aligned test size
     seg = pr.Segmenter(config, variables, size=32)
     assert seg.plan(50, 70)[1] == "whole"
     # Long side capped at 4 x size (mmcv's rescale into (128, 32)), as evaluate does.
@@ -261,12 +261,12 @@ def test_predict_errors(tiny, images, tmp_path, capsys):
 def test_predict_and_evaluate_choose_the_same_test_size():
     """predict --size 512 and evaluate's ADE20K preset give every image the same test size."""
     from segformer_jax.data.transforms import EvalTransform
-    settings = evaluation.test_settings("ade20k")
+    settings = evaluation.eval_settings("ade20k")
     transform = EvalTransform(img_scale=settings.img_scale, size_divisor=settings.size_divisor)
     for h, w in ((375, 500), (512, 683), (100, 1000), (1000, 300), (30, 200), (2000, 2000)):
         image = np.zeros((h, w, 3), np.uint8)
         evaluated = transform({"image": image, "segmentation_mask": image[..., :1]})["image"].shape[:2]
-        assert pr.test_size(h, w, 512) == evaluated, (h, w)
+        assert pr.inference_size(h, w, 512) == evaluated, (h, w)
 
 
 def test_binary_model_is_thresholded_and_scored_on_two_classes(tmp_path):

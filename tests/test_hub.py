@@ -84,7 +84,8 @@ def test_pickle_with_arbitrary_code_is_refused(tmp_path):
         sj.from_pretrained(tmp_path / "evil.bin")
 
 
-# The NVlabs original names, written out from the spec (§3.2) independently of our rules.
+# The NVlabs original names (mmseg/models/backbones/mix_transformer.py, SegFormerHead), written
+# out by hand, independently of our renaming rules.
 def _to_nvlabs(key: str) -> str:
     key = key.removeprefix("segformer.")
     if key.startswith("classifier."):
