@@ -59,9 +59,9 @@ from experiments import benchmark_inference as bi
 from experiments import train_steps, xla_stats
 from experiments.benchmark_inference import Timing, mib, time_calls
 from segformer_jax import SegformerConfig
+from segformer_jax.constants import IGNORE_INDEX
 
 NUM_LABELS = bi.NUM_LABELS  # ADE20K
-IGNORE_INDEX = 255
 
 
 # -- command line -----------------------------------------------------------------------

@@ -38,8 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments import train_steps, xla_stats
-
-IGNORE_INDEX = 255
+from segformer_jax.constants import IGNORE_INDEX
 
 
 def _bytes(leaf: Any) -> int:

@@ -132,17 +132,19 @@ def _final_summary(point: Point, directory: pathlib.Path, summary: dict[str, Any
         return data
     if (directory / SUMMARY).is_file():
         return json.loads((directory / SUMMARY).read_text(encoding="utf-8"))
+    import jax.numpy as jnp
+
     from segformer_jax import data as data_lib
     from segformer_jax.checkpoint import load_for_inference
-    from segformer_jax.evaluation import evaluate
+    from segformer_jax.models.segformer import SegformerForSemanticSegmentation
+    from segformer_jax.train import make_evaluator
     d = point.config.data
     seg_config, variables = load_for_inference(directory)
     split = data_lib.load_split(d.name, d.eval_split, data_dir=d.data_dir or None,
                                 manual_dir=d.manual_dir or None, **dict(d.options))
-    result = evaluate(seg_config, variables, split, "whole",
-                      img_scale=tuple(d.eval_scale) if d.eval_scale else None,
-                      size_divisor=d.eval_size_divisor or None)
-    return _final_summary(point, directory, result)
+    # The evaluator and the compute dtype train() validates with.
+    model = SegformerForSemanticSegmentation(seg_config, dtype=jnp.dtype(point.config.model.dtype))
+    return _final_summary(point, directory, make_evaluator(point.config, model, split)(variables))
 
 
 def run_point(sweep: Sweep, point: Point, workdir: pathlib.Path) -> dict[str, Any]:

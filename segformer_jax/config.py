@@ -15,6 +15,7 @@ from typing import Any
 
 from flax.core import FrozenDict
 
+from segformer_jax.constants import IGNORE_INDEX
 from segformer_jax.errors import ConfigError
 
 # The six MiT variants of the paper (Xie et al. 2021, Table 1 / NVlabs ``mit_bX``).
@@ -65,7 +66,7 @@ class SegformerConfig:
     drop_path_rate: float = 0.1
     layer_norm_eps: float = 1e-6
     decoder_hidden_size: int = 256
-    semantic_loss_ignore_index: int = 255
+    semantic_loss_ignore_index: int = IGNORE_INDEX
     num_labels: int = 2
     id2label: Mapping[int, str] | None = None
     mix_ffn_conv: bool = True  # segformer_jax ablation switch; see the class docstring

@@ -31,6 +31,7 @@ import numpy as np
 
 from segformer_jax import metrics
 from segformer_jax.config import SegformerConfig
+from segformer_jax.constants import IGNORE_INDEX
 from segformer_jax.data.presets import settings as dataset_settings
 from segformer_jax.errors import EvaluationError
 from segformer_jax.inference import Inference
@@ -231,7 +232,7 @@ class SegmentationEvaluator:
                                   f"{split.name} dataset has {dataset_classes}")
         self.settings = settings
         self.class_names = scored_class_names(num_labels, split.class_names)
-        self.ignore_index = getattr(split, "ignore_index", 255)
+        self.ignore_index = getattr(split, "ignore_index", IGNORE_INDEX)
         self.inference = Inference(model.apply)
         self.batch_windows = int(batch_windows)
         self.progress = progress
@@ -249,10 +250,12 @@ class SegmentationEvaluator:
         """Logits (or multi-scale probabilities) at the image's test size."""
         s = self.settings
         if s.multiscale:
-            return self.inference.multiscale_flip(
+            probs = self.inference.multiscale_flip(
                 variables, images, scales=s.scales, flip=s.flip, base_size=s.img_scale,
                 size_divisor=s.size_divisor, mode=s.mode, crop=s.crop, stride=s.stride,
                 batch_windows=self.batch_windows)
+            # A binary model's averaged sigmoid: above 0.5 is the class, as logit > 0 is.
+            return probs - 0.5 if probs.shape[-1] == 1 else probs
         if s.mode == "slide":
             return self.inference.slide(variables, images, s.crop, s.stride,
                                         batch_windows=self.batch_windows)

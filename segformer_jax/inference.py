@@ -202,7 +202,9 @@ def _augmented_probs(apply_fn: ApplyFn, variables: Any, images: jax.Array,
     else:
         logits = _whole(apply_fn, variables, x)
     logits = resize_bilinear(logits, size)  # rescale=True: back to ori_shape
-    probs = jax.nn.softmax(logits, axis=-1)
+    # One channel is a binary model's logit: its probability is the sigmoid (a softmax over
+    # one channel would be 1 everywhere).
+    probs = jax.nn.sigmoid(logits) if logits.shape[-1] == 1 else jax.nn.softmax(logits, axis=-1)
     return probs[:, :, ::-1] if flip else probs
 
 

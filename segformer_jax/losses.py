@@ -10,10 +10,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from segformer_jax.constants import IGNORE_INDEX
 from segformer_jax.models.ops import resize_bilinear
 
 
-def segmentation_loss(logits: jax.Array, labels: jax.Array, ignore_index: int = 255,
+def segmentation_loss(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_INDEX,
                       reduction: str = "valid") -> jax.Array:
     """Cross-entropy of NHWC ``logits`` against (N, H, W) integer ``labels``.
 

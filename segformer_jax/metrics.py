@@ -39,8 +39,10 @@ from typing import Any
 
 import numpy as np
 
+from segformer_jax.constants import IGNORE_INDEX
 
-def confusion_matrix(pred: Any, label: Any, num_classes: int, ignore_index: int = 255,
+
+def confusion_matrix(pred: Any, label: Any, num_classes: int, ignore_index: int = IGNORE_INDEX,
                      reduce_zero_label: bool = False) -> np.ndarray:
     """Counts of (ground truth, prediction) pairs over the valid pixels of a batch.
 

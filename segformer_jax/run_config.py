@@ -80,7 +80,7 @@ def use_dataset(config: ml_collections.ConfigDict, name: str, crop: int | None =
     config.data.crop_size = s.crop_size
     config.data.img_scale = s.img_scale
     config.data.eval_scale = s.test_scale
-    config.data.eval_size_divisor = s.size_divisor
+    config.data.eval_size_divisor = s.size_divisor or 0   # 0: no alignment (keeps the int type)
 
 
 def recipe(config: ml_collections.ConfigDict) -> Recipe:
@@ -126,10 +126,13 @@ def validate(config: ml_collections.ConfigDict, process_count: int = 1) -> None:
             continue
         if not _positive_pair(value):
             raise ConfigError(f"data.{key} must be two positive numbers; got {value!r}")
+    overrides = model_overrides(config)
     try:
-        SegformerConfig.from_variant(config.model.variant, **model_overrides(config))
+        SegformerConfig.from_variant(config.model.variant, **overrides)
     except (TypeError, ConfigError) as e:
-        raise ConfigError(f"model.variant / model.overrides: {e}") from None
+        given = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+        raise ConfigError(f"model.variant={config.model.variant!r}, model.overrides ({given}): "
+                          f"{e}") from None
 
 
 def _positive_pair(value: Any) -> bool:
@@ -152,8 +155,7 @@ def _flag_values(argv: Sequence[str], lock: bool = True) -> Any:
 
 def _one_line(error: BaseException) -> str:
     text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
-    return text.removeprefix("flag ")
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def parse_flags(argv: Sequence[str], define: Any = None) -> tuple[ml_collections.ConfigDict, Any]:
@@ -178,12 +180,9 @@ def parse_flags(argv: Sequence[str], define: Any = None) -> tuple[ml_collections
     except flags.UnrecognizedFlagError as e:
         raise ConfigError(f"unrecognised flag --{e.flagname} (config overrides look like "
                           "--config.key=value)") from None
-    except KeyError as e:  # an override of a key the config does not have
-        raise ConfigError(f"{_unknown_override(argv) or '--config'}: unknown key "
-                          f"({_one_line(e)})") from None
-    except flags.Error as e:
-        raise ConfigError(_one_line(e)) from None
-    except (TypeError, ValueError, AttributeError, OSError) as e:
+    except (KeyError, AttributeError, flags.Error) as e:  # a missing key, or a wrong type
+        raise ConfigError(_bad_override(argv, e)) from None
+    except (TypeError, ValueError, OSError) as e:
         raise ConfigError(f"--config {spec}: {_one_line(e)}") from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"--config {spec}: get_config() returned a {type(config).__name__}, "
@@ -201,21 +200,70 @@ def _config_spec(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _unknown_override(argv: Sequence[str]) -> str | None:
-    """The first ``--config.a.b`` of ``argv`` whose key the (unchanged) config lacks."""
+def _bad_override(argv: Sequence[str], error: BaseException) -> str:
+    """The message for the first ``--config.KEY=VALUE`` of ``argv`` that the config file's
+    own config refuses: an unknown key (with the valid ones), or a value of another type."""
+    from absl import flags
     try:
         config, _ = parse_flags(["load", f"--config={_config_spec(argv)}"])
     except ConfigError:
-        return None
+        config = None
     for arg in argv:
-        if arg.startswith("--config."):
-            key = arg[len("--config."):].split("=", 1)[0]
-            node: Any = config
-            for part in key.split("."):
-                if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-                    return f"--config.{key}"
-                node = node[part]
-    return None
+        if config is None or not arg.startswith("--config."):
+            continue
+        key, _, text = arg[len("--config."):].partition("=")
+        try:
+            old = _lookup(config, key)
+        except ConfigError as e:
+            return f"--config.{key}: {e}"
+        if not isinstance(error, flags.Error):
+            continue
+        if f"--config.{key}" in str(error):
+            return f"--config.{key}={text}: {_expected(config, key, old)} ({_one_line(error)})"
+    return f"--config: {_one_line(error)}"
+
+
+def _lookup(config: ml_collections.ConfigDict, key: str) -> Any:
+    """``config``'s value at a dotted key; ConfigError listing the valid keys if none."""
+    node: Any = config
+    parts = key.split(".")
+    for depth, name in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+            section = ".".join(parts[:depth])
+            prefix = f"{section}." if section else ""
+            valid = leaf_keys(node, prefix) if isinstance(node, ml_collections.ConfigDict) else []
+            raise ConfigError(f"unknown key; valid keys: {', '.join(valid) or '(none)'}")
+        node = node[name]
+    return node
+
+
+def leaf_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every dotted key of ``config`` that holds a value (``model.overrides.sr_ratios``, ...)."""
+    out = []
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict) and len(value):
+            out += leaf_keys(value, f"{prefix}{key}.")
+        else:
+            out.append(prefix + key)
+    return out
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, type):
+        name = value.__name__
+    elif isinstance(value, (tuple, list)):
+        return f"a list of {len(value)}" if value else "a list"
+    else:
+        name = type(value).__name__
+    return {"bool": "a bool (true or false)"}.get(name, f"{'an' if name[0] in 'aeiou' else 'a'} {name}")
+
+
+def _expected(config: ml_collections.ConfigDict, key: str, old: Any) -> str:
+    """What ``key`` takes: its type (a placeholder's declared one) and its current value."""
+    *parents, leaf = key.split(".")
+    section = _lookup(config, ".".join(parents)) if parents else config
+    kind = _kind(section.get_type(leaf) if old is None else old)
+    return f"{key} takes {kind}" + ("" if old is None else f" like {old!r}")
 
 
 def load(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
@@ -235,39 +283,31 @@ def set_key(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
     one by one, each typed; a free-form section (``data.options``: the dataset builder's
     keyword arguments, empty in ``default_config``) takes the dict whole.
     """
-    *parents, leaf = key.split(".")
-    node: Any = config
-    for depth, name in enumerate(parents):
-        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
-            raise ConfigError(_unknown(key, ".".join(parents[:depth]), node))
-        node = node[name]
-    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-        raise ConfigError(_unknown(key, ".".join(parents), node))
-    if isinstance(value, Mapping) and isinstance(node[leaf], ml_collections.ConfigDict) \
+    try:
+        old = _lookup(config, key)
+    except ConfigError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    if isinstance(value, Mapping) and isinstance(old, ml_collections.ConfigDict) \
             and not _free_form(key):
         for name, item in value.items():
             set_key(config, f"{key}.{name}", item)
         return
+    *parents, leaf = key.split(".")
+    section = _lookup(config, ".".join(parents)) if parents else config
     try:
-        node[leaf] = tuple(value) if isinstance(value, list) else value
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{key}={value!r}: {_one_line(e)}") from None
+        section[leaf] = tuple(value) if isinstance(value, list) else value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is {_kind(value)}; "
+                          f"{_expected(config, key, old)}") from None
 
 
 def _free_form(key: str) -> bool:
     """True for a section that ``default_config`` leaves empty (``data.options``)."""
-    node: Any = default_config()
-    for name in key.split("."):
-        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
-            return False
-        node = node[name]
+    try:
+        node = _lookup(default_config(), key)
+    except ConfigError:
+        return False
     return isinstance(node, ml_collections.ConfigDict) and not len(node)
-
-
-def _unknown(key: str, section: str, node: Any) -> str:
-    valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-    where = f"section {section!r}" if section else "the config"
-    return f"unknown config key {key!r}; {where} has {', '.join(valid) or 'no keys'}"
 
 
 # --------------------------------------------------------------------------------------

@@ -68,7 +68,6 @@ def create_state(seg_config: SegformerConfig, tx, seed: int, mesh: Mesh,
                  fsdp_min_size: int | None = None) -> tuple[State, Any]:
     """The initial state born sharded on ``mesh`` (shapes first, no full host copy of a
     fresh model), and the shardings of its leaves."""
-    from segformer_jax import sharding
     abstract = jax.eval_shape(lambda: initial_state(seg_config, tx, seed))
     shardings = sharding.state_shardings(abstract, mesh, fsdp_min_size or sharding.MIN_FSDP_SIZE)
     if pretrained is None:
@@ -110,7 +109,6 @@ def jit_train_step(model: SegformerForSemanticSegmentation, tx, config: ml_colle
                    seg_config: SegformerConfig, mesh: Mesh, state_sharding: Any) -> Callable:
     """The step ``train`` runs: jitted with the state's and the batch's shardings, donating
     the state (the sweeps, the benchmarks and the memory report time this very program)."""
-    from segformer_jax import sharding
     step = make_train_step(model, tx, config.seed, seg_config.semantic_loss_ignore_index,
                            config.loss_reduction)
     return jax.jit(step, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
@@ -144,7 +142,7 @@ class MetricWriter:
         if not enabled:
             return
         path = workdir / METRICS
-        if start_step and path.is_file():
+        if path.is_file():  # a run killed before its first checkpoint restarts at 0
             kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
                     if line.strip() and _record_step(line) <= start_step]
             tmp = path.with_name(f".{path.name}.tmp")
@@ -153,8 +151,7 @@ class MetricWriter:
         self._jsonl = open(path, "a", encoding="utf-8")
         try:
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(str(workdir / "tensorboard"),
-                                     purge_step=start_step + 1 if start_step else None)
+            self._tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step + 1)
         except ImportError:  # TensorBoard files are optional; the JSON lines are not.
             pass
 
@@ -346,11 +343,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                                    best_metric=best)
     try:
         state, start = resume(run, checkpoints, state, state_sharding)
+        if run.is_main:
+            run_config.write_json(config, workdir)
     except BaseException:
         checkpoints.close()
         raise
-    if run.is_main:
-        run_config.write_json(config, workdir)
     return run_loop(run, checkpoints, state, state_sharding, start)
 
 

@@ -307,6 +307,16 @@ def test_binary_model_is_thresholded_and_scored_on_two_classes(tmp_path):
         cm += np.bincount(label[valid] * 2 + (logit[valid] > 0), minlength=4).reshape(2, 2)
     np.testing.assert_array_equal(summary["confusion_matrix"], cm)
     assert 0 < cm[:, 1].sum() < cm.sum()   # the random head predicts both classes here
+    # Multi-scale/flip averages the sigmoid (not a softmax over one channel, which is 1):
+    # at one scale it is the whole-image prediction (the first image is already aligned).
+    whole = evaluation.evaluate(config, variables, split, img_scale=None, size_divisor=32,
+                                max_examples=1)
+    single = evaluation.evaluate(config, variables, split, img_scale=None, size_divisor=32,
+                                 max_examples=1, scales=(1.0,))
+    np.testing.assert_array_equal(single["confusion_matrix"], whole["confusion_matrix"])
+    flipped = evaluation.evaluate(config, variables, split, img_scale=None, size_divisor=32,
+                                  max_examples=1, flip=True)["confusion_matrix"]
+    assert 0 < flipped[:, 1].sum() < flipped.sum()
     mask = evaluation.logits_to_mask(np.array([[[[-0.5], [0.0]], [[2.0], [1e-3]]]], np.float32),
                                      (2, 2))
     assert mask.tolist() == [[[0, 0], [1, 1]]]

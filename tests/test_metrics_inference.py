@@ -185,7 +185,7 @@ def test_inference_objects_keep_their_own_model():
                 if callable(value) and hasattr(value, "lower")]  # no module-level jax.jit
 
 
-def test_whole_inference_is_resized_logits():
+def test_whole_is_resized_logits():
     images = random_images(2, 37, 50, seed=1)
     out = FAKE_INFERENCE.whole(FAKE, images)
     assert out.shape == (2, 37, 50, 5) and out.dtype == jnp.float32
