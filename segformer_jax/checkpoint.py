@@ -12,13 +12,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -165,10 +166,24 @@ def finished_steps(checkpoints: str | os.PathLike) -> list[int]:
     """The steps Orbax's ``CheckpointManager`` has finished in ``checkpoints``, oldest first
     (a step still being written, or interrupted, is not one)."""
     import orbax.checkpoint as ocp
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    with ocp.CheckpointManager(pathlib.Path(checkpoints).absolute(), options=options,
-                               item_names=("state", "meta")) as manager:
-        return sorted(int(s) for s in manager.all_steps())
+    with _quiet_absl():
+        options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+        with ocp.CheckpointManager(pathlib.Path(checkpoints).absolute(), options=options,
+                                   item_names=("state", "meta")) as manager:
+            return sorted(int(s) for s in manager.all_steps())
+
+
+@contextlib.contextmanager
+def _quiet_absl() -> Iterator[None]:
+    """Orbax's absl warnings about what reading on purpose does (a read-only manager, a
+    step item without step metadata) are hidden while we read."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
 
 
 def training_step_dir(path: str | os.PathLike) -> pathlib.Path | None:
@@ -222,19 +237,14 @@ def load_training_checkpoint(step_dir: str | os.PathLike) -> tuple[SegformerConf
         raise CheckpointError(f"{step_dir / 'meta'}: holds no 'model' config; not written by "
                               "segformer_jax.train")
     config = SegformerConfig.from_dict(meta["model"], source=str(step_dir / "meta"))
-    absl = logging.getLogger("absl")  # orbax warns that a step's item has no step metadata
-    level = absl.level
-    absl.setLevel(logging.ERROR)
     try:
-        with ocp.StandardCheckpointer() as checkpointer:
+        with _quiet_absl(), ocp.StandardCheckpointer() as checkpointer:
             tree = checkpointer.metadata(step_dir / "state")
             tree = getattr(getattr(tree, "item_metadata", None), "tree", tree)
             state = checkpointer.restore(step_dir / "state", local_target(tree))
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{step_dir / 'state'}: cannot be restored "
                               f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    finally:
-        absl.setLevel(level)
     if not isinstance(state, Mapping) or not {"params", "batch_stats"} <= set(state):
         raise CheckpointError(f"{step_dir / 'state'}: not a training state (expected params "
                               "and batch_stats)")
