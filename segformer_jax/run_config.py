@@ -218,7 +218,7 @@ def _bad_override(argv: Sequence[str], error: BaseException) -> str:
             return f"--config.{key}: {e}"
         if not isinstance(error, flags.Error):
             continue
-        if f"--config.{key}" in str(error):
+        if f"--config.{key}={text}" in str(error):  # the flag the error is about
             return f"--config.{key}={text}: {_expected(config, key, old)} ({_one_line(error)})"
     return f"--config: {_one_line(error)}"
 

@@ -141,7 +141,7 @@ def test_bad_command_lines(tmp_path):
     assert done.returncode == 2 and "--config.optimzer.learning_rate: unknown key; valid keys:" in done.stderr
     assert "optimizer.learning_rate" in done.stderr
     done = _run(tmp_path / "w", tmp_path / "tfds", "--config.batch_size=many")
-    assert done.returncode == 2 and "--config.batch_size=many: batch_size takes an int like 4" in done.stderr
+    assert done.returncode == 2 and "--config.batch_size=many: batch_size takes an int like 8" in done.stderr
     assert not (tmp_path / "w").exists()
     (tmp_path / "file").write_text("")
     done = _run(tmp_path / "file" / "w", tmp_path / "tfds")

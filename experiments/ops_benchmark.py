@@ -1,0 +1,99 @@
+"""Every form of each hand-written op, forward and backward, on the backend this runs on.
+
+    python -m experiments.ops_benchmark [--batch 2] [--size 512] [--repeats 5]
+
+The shapes are those of a SegFormer-B0 training step at ``size``² crops: the decode head's
+150-class logits upsampled from size/4 to size (the loss's resize), and the Mix-FFN's 3×3
+depthwise conv of stage 1 (128 channels at size/4) and stage 3 (640 channels at size/16).
+Each form is jitted, run ``--warmup`` times, then timed ``--repeats`` times (median);
+"backward" is the gradient of ``sum(op(x) * g)`` with respect to the input (and the kernel).
+The ratio is each form's time over the default form's, in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from segformer_jax.models import ops
+
+
+def _median_ms(fn: Callable[..., object], args: tuple, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def resize_rows(batch: int, size: int, warmup: int, repeats: int) -> list[tuple[str, str, float, float]]:
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, size // 4, size // 4, 150), dtype=np.float32))
+    g = jnp.asarray(rng.standard_normal((batch, size, size, 150), dtype=np.float32))
+    rows = []
+    for form in ops.RESIZE_FORMS:
+        forward = jax.jit(lambda v, f=form: ops.resize_bilinear(v, (size, size), form=f))
+        backward = jax.jit(jax.grad(
+            lambda v, f=form: jnp.sum(ops.resize_bilinear(v, (size, size), form=f) * g)))
+        rows.append((f"resize 150ch {size // 4}²→{size}²", form,
+                     _median_ms(forward, (x,), warmup, repeats),
+                     _median_ms(backward, (x,), warmup, repeats)))
+    return rows
+
+
+def conv_rows(batch: int, side: int, channels: int, warmup: int,
+              repeats: int) -> list[tuple[str, str, float, float]]:
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((batch, side, side, channels), dtype=np.float32))
+    kernel = jnp.asarray(rng.standard_normal((3, 3, channels), dtype=np.float32))
+    bias = jnp.zeros((channels,), jnp.float32)
+    g = jnp.asarray(rng.standard_normal(x.shape, dtype=np.float32))
+    rows = []
+    for form in ops.CONV_FORMS:
+        forward = jax.jit(lambda v, k, f=form: ops.depthwise_conv3x3(v, k, bias, form=f))
+        backward = jax.jit(jax.grad(
+            lambda v, k, f=form: jnp.sum(ops.depthwise_conv3x3(v, k, bias, form=f) * g),
+            argnums=(0, 1)))
+        rows.append((f"dwconv3x3 {channels}ch {side}²", form,
+                     _median_ms(forward, (x, kernel), warmup, repeats),
+                     _median_ms(backward, (x, kernel), warmup, repeats)))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m experiments.ops_benchmark", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--size", type=int, default=512, help="training crop side (multiple of 32)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args(argv)
+    if args.size % 32 or args.size < 32:
+        p.error(f"--size must be a positive multiple of 32; got {args.size}")
+    device = jax.devices()[0]
+    print(f"# {device.platform} ({device.device_kind}), jax {jax.__version__}, "
+          f"{platform.machine()}, batch {args.batch}, crop {args.size}²\n")
+    rows = resize_rows(args.batch, args.size, args.warmup, args.repeats)
+    rows += conv_rows(args.batch, args.size // 4, 128, args.warmup, args.repeats)
+    rows += conv_rows(args.batch, args.size // 16, 640, args.warmup, args.repeats)
+    print("| op | form | forward (ms) | backward (ms) | forward / default | backward / default |")
+    print("|---|---|---:|---:|---:|---:|")
+    default = {}
+    for op, form, fwd, bwd in rows:
+        default.setdefault(op, (fwd, bwd))
+        base_f, base_b = default[op]
+        print(f"| {op} | {form} | {fwd:.2f} | {bwd:.2f} | {fwd / base_f:.2f} | {bwd / base_b:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
