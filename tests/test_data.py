@@ -450,7 +450,8 @@ def test_train_and_eval_transforms():
     out = train(ex, np.random.default_rng(0))
     assert out["image"].shape == (32, 32, 3) and out["image"].dtype == np.float32
     assert set(np.unique(out["label"])) <= {2, 255}  # 3 -> 2, 0 -> 255 (reduce_zero_label)
-    ev = T.eval_transform("ade20k", crop=20, size_divisor=16, reduce_zero_label=True)(ex)
+    ev = T.EvalTransform(img_scale=presets.settings("ade20k", crop=20).test_scale, size_divisor=16,
+                         reduce_zero_label=True)(ex)
     assert ev["image"].shape == (32, 32, 3)  # 40x60 -> 20x30 -> multiples of 16
     assert ev["label"].shape == (40, 60) and ev["original_size"] == (40, 60)
     assert set(np.unique(ev["label"])) == {2, 255}
@@ -464,10 +465,11 @@ def test_dataset_transforms_come_from_the_presets():
     assert T.train_transform("ade20k", 640, reduce_zero_label=True).img_scale == (2048, 640)
     assert T.train_transform("cityscapes", reduce_zero_label=False) == T.TrainTransform(
         img_scale=(2048, 1024), crop_size=(1024, 1024))
-    assert T.eval_transform("ade20k", 640, reduce_zero_label=True) == T.EvalTransform(
-        img_scale=(2048, 640), size_divisor=32, reduce_zero_label=True)
-    assert T.eval_transform("cityscapes", reduce_zero_label=False) == T.EvalTransform(
-        img_scale=(2048, 1024))
+    b5 = presets.settings("ade20k", 640)
+    assert (b5.test_scale, b5.size_divisor, b5.test_mode) == ((2048, 640), 32, "whole")
+    city = presets.settings("cityscapes")
+    assert (city.test_scale, city.size_divisor, city.test_mode, city.test_crop,
+            city.test_stride) == ((2048, 1024), None, "slide", 1024, 768)
     synthetic = presets.settings("synthetic")
     assert T.train_transform("synthetic", reduce_zero_label=False, photometric=False) == \
         T.TrainTransform(img_scale=synthetic.img_scale, crop_size=synthetic.crop_size,

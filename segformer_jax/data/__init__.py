@@ -18,10 +18,9 @@ later calls read what was built. Then::
     transform = train_transform("ade20k", reduce_zero_label=data.reduce_zero_label)
     batches = train_batches(data.source, transform, global_batch_size=16, seed=0)
     validation = load_split("ade20k", "validation", ...)
-    evaluation = eval_batches(validation.source, eval_transform(
-        "ade20k", reduce_zero_label=validation.reduce_zero_label))
+    scores = segformer_jax.evaluation.evaluate(config, variables, validation)
 
-(the rescale and crop sizes of each dataset are in ``presets``).
+(the rescale, crop and test sizes of each dataset are in ``presets``).
 
 ``transforms`` (the NVlabs/mmseg augmentations) and ``pipeline`` (deterministic batching)
 need numpy and PIL only; TensorFlow Datasets is imported when a builder is needed.
@@ -37,7 +36,7 @@ from typing import Any
 from segformer_jax.constants import IGNORE_INDEX
 from segformer_jax.data.pipeline import TrainBatches, eval_batches, global_batch_indices, train_batches
 from segformer_jax.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASS_NAMES
-from segformer_jax.data.transforms import EvalTransform, TrainTransform, eval_transform, train_transform
+from segformer_jax.data.transforms import EvalTransform, TrainTransform, train_transform
 from segformer_jax.errors import DatasetError  # imports nothing: TFDS stays unloaded
 
 DATASETS = ("synthetic", "ade20k", "cityscapes", "folder")
@@ -145,5 +144,5 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
 
 __all__ = ["DATASETS", "SYNTHETIC_CLASS_NAMES", "DatasetError", "SplitData", "get_builder",
            "prepare", "load_split", "TrainTransform", "EvalTransform", "train_transform",
-           "eval_transform", "TrainBatches", "train_batches", "eval_batches",
+           "TrainBatches", "train_batches", "eval_batches",
            "global_batch_indices"]

@@ -13,8 +13,8 @@ the example and a ``numpy.random.Generator``: the same generator state gives the
 and :class:`EvalTransform` does the test pipeline: rescale into ``img_scale`` keeping the
 aspect ratio (ADE20K: (2048, 512), i.e. short side 512), optionally resize each side up to a
 multiple of ``size_divisor`` (NVlabs' ``AlignedResize``), normalise; the label keeps its
-original resolution (mIoU is computed there). ``train_transform`` / ``eval_transform`` build
-both from a dataset's settings (``data.presets``).
+original resolution (mIoU is computed there). ``train_transform`` builds the first from a
+dataset's settings (``data.presets``); evaluation builds the second from its ``EvalSettings``.
 
 Interpolation follows mmcv's OpenCV calls: images bilinear at half-pixel centres *without*
 antialiasing (``cv2.INTER_LINEAR``; PIL's affine transform computes that, to within one grey
@@ -376,15 +376,3 @@ def train_transform(dataset: str, crop: int | None = None, *, reduce_zero_label:
     return TrainTransform(**{"img_scale": preset.img_scale, "crop_size": preset.crop_size,
                              "reduce_zero_label": reduce_zero_label, **changes})
 
-
-def eval_transform(dataset: str, crop: int | None = None, *, reduce_zero_label: bool,
-                   **changes: Any) -> EvalTransform:
-    """The whole-image test transform of ``dataset`` from its settings (test rescale and
-    size divisor; ``crop`` as in ``train_transform``), with ``changes`` to any field.
-
-    Sliding-window datasets (Cityscapes) get their native-size rescale here; the windows
-    are the evaluator's business, not the transform's.
-    """
-    preset = dataset_settings(dataset, crop)
-    return EvalTransform(**{"img_scale": preset.test_scale, "size_divisor": preset.size_divisor,
-                            "reduce_zero_label": reduce_zero_label, **changes})
