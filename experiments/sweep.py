@@ -132,18 +132,15 @@ def _final_summary(point: Point, directory: pathlib.Path, summary: dict[str, Any
         return data
     if (directory / SUMMARY).is_file():
         return json.loads((directory / SUMMARY).read_text(encoding="utf-8"))
-    import jax.numpy as jnp
-
     from segformer_jax import data as data_lib
     from segformer_jax.checkpoint import load_for_inference
-    from segformer_jax.models.segformer import SegformerForSemanticSegmentation
-    from segformer_jax.train import make_evaluator
+    from segformer_jax.train import make_evaluator, model_for_run
     d = point.config.data
     seg_config, variables = load_for_inference(directory)
     split = data_lib.load_split(d.name, d.eval_split, data_dir=d.data_dir or None,
                                 manual_dir=d.manual_dir or None, **dict(d.options))
-    # The evaluator and the compute dtype train() validates with.
-    model = SegformerForSemanticSegmentation(seg_config, dtype=jnp.dtype(point.config.model.dtype))
+    # The evaluator and the model train() validates with.
+    model = model_for_run(point.config, seg_config)
     return _final_summary(point, directory, make_evaluator(point.config, model, split)(variables))
 
 

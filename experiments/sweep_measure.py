@@ -94,12 +94,12 @@ def measure_training(config: ml_collections.ConfigDict, seg_config: Any,
 def measure_point(config: ml_collections.ConfigDict, measure: dict[str, Any],
                   class_names: list[str]) -> dict[str, Any]:
     """Every measurement of the point trained with ``config`` (see the module docstring)."""
-    from segformer_jax.models.segformer import SegformerForSemanticSegmentation, init_variables
+    from segformer_jax.models.segformer import init_variables
     from segformer_jax.run_config import model_config
+    from segformer_jax.train import model_for_run
 
     seg_config = model_config(config, len(class_names), dict(enumerate(class_names)))
-    model = SegformerForSemanticSegmentation(seg_config, dtype=jnp.dtype(config.model.dtype),
-                                             remat=config.model.remat)
+    model = model_for_run(config, seg_config)
     variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                              jax.eval_shape(lambda: init_variables(seg_config)))
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))

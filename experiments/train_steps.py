@@ -41,20 +41,15 @@ def build(config: ml_collections.ConfigDict, seg_config: Any,
     large model replicated over many devices), with the shardings ``create_state`` gives.
     """
     from segformer_jax import run_config, sharding
-    from segformer_jax.models.segformer import SegformerForSemanticSegmentation
     from segformer_jax.optim import make_optimizer
-    from segformer_jax.train import create_state, initial_state, jit_train_step
+    from segformer_jax.train import create_state, jit_train_step, model_for_run, state_layout
 
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-    model = SegformerForSemanticSegmentation(seg_config, dtype=jnp.dtype(config.model.dtype),
-                                             remat=config.model.remat)
+    model = model_for_run(config, seg_config)
     tx = make_optimizer(run_config.recipe(config), config.accumulate_steps)
     if abstract:
-        shapes = jax.eval_shape(lambda: initial_state(seg_config, tx, config.seed))
-        state_sharding = sharding.state_shardings(
-            shapes, mesh, config.mesh.fsdp_min_size or sharding.MIN_FSDP_SIZE)
-        state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                             shapes, state_sharding)
+        state, state_sharding = state_layout(seg_config, tx, config.seed, mesh,
+                                             config.mesh.fsdp_min_size)
     else:
         state, state_sharding = create_state(seg_config, tx, config.seed, mesh, pretrained,
                                              config.mesh.fsdp_min_size)

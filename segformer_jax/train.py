@@ -63,13 +63,30 @@ def initial_state(seg_config: SegformerConfig, tx, seed: int,
             "opt_state": tx.init(params)}
 
 
+def model_for_run(config: ml_collections.ConfigDict,
+                  seg_config: SegformerConfig) -> SegformerForSemanticSegmentation:
+    """The model a run config trains: ``seg_config`` in ``model.dtype``, with ``model.remat``."""
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
+    return SegformerForSemanticSegmentation(seg_config, dtype=dtype, remat=config.model.remat)
+
+
+def state_layout(seg_config: SegformerConfig, tx, seed: int, mesh: Mesh,
+                 fsdp_min_size: int | None = None) -> tuple[State, Any]:
+    """The state's shapes (``ShapeDtypeStruct``s carrying their shardings) and the shardings
+    of its leaves on ``mesh``, computed without materialising anything."""
+    shapes = jax.eval_shape(lambda: initial_state(seg_config, tx, seed))
+    shardings = sharding.state_shardings(shapes, mesh, fsdp_min_size or sharding.MIN_FSDP_SIZE)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            shapes, shardings)
+    return abstract, shardings
+
+
 def create_state(seg_config: SegformerConfig, tx, seed: int, mesh: Mesh,
                  pretrained: Mapping[str, Any] | None = None,
                  fsdp_min_size: int | None = None) -> tuple[State, Any]:
     """The initial state born sharded on ``mesh`` (shapes first, no full host copy of a
     fresh model), and the shardings of its leaves."""
-    abstract = jax.eval_shape(lambda: initial_state(seg_config, tx, seed))
-    shardings = sharding.state_shardings(abstract, mesh, fsdp_min_size or sharding.MIN_FSDP_SIZE)
+    _, shardings = state_layout(seg_config, tx, seed, mesh, fsdp_min_size)
     if pretrained is None:
         return jax.jit(lambda: initial_state(seg_config, tx, seed), out_shardings=shardings)(), shardings
     variables = {k: pretrained[k] for k in ("params", "batch_stats")}
@@ -267,8 +284,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
                               reduce_zero_label=train_split.reduce_zero_label,
                               photometric=d.photometric)
     seg_config = run_config.model_config(config, train_split.num_labels, train_split.id2label)
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
-    model = SegformerForSemanticSegmentation(seg_config, dtype=dtype, remat=config.model.remat)
+    model = model_for_run(config, seg_config)
     tx = make_optimizer(run_config.recipe(config), config.accumulate_steps)
     evaluator = make_evaluator(config, model, eval_split) if eval_split is not None else None
     return Run(config, workdir, mesh, micro_batch, train_split, train_tf, seg_config, model, tx,
