@@ -174,7 +174,7 @@ def _check(config: ml_collections.ConfigDict, where: str) -> None:
                          f"choose one of {', '.join(sorted(VARIANTS))}")
     try:
         validate(config)
-    except (ConfigError, TypeError) as e:  # TypeError: e.g. a tuple of strings for a size
+    except (ConfigError, TypeError) as e:  # TypeError: a None where validate compares numbers
         raise SweepError(f"{where}: {e}") from None
     if not config.data.eval_split:
         raise SweepError(f"{where}: data.eval_split is empty; a sweep scores every point on "
