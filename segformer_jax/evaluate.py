@@ -118,7 +118,8 @@ def parse_args(argv: Sequence[str]):
                         help="round test sides up to a multiple (or none); default: the preset's")
     parser.add_argument("--max-examples", type=positive_int, help="score only the first N")
     parser.add_argument("--batch-windows", type=positive_int, default=1,
-                        help="sliding windows per forward pass (default 1)")
+                        help="sliding windows per forward pass, rounded up to a multiple of the "
+                             "device count (default 1: one window per device)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     args = parser.parse_args(argv)
     if args.dataset == "folder" and not args.manual_dir:

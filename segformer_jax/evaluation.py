@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import jax
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from segformer_jax import metrics
 from segformer_jax.config import SegformerConfig
@@ -35,7 +36,7 @@ from segformer_jax.constants import IGNORE_INDEX
 from segformer_jax.data.presets import settings as dataset_settings
 from segformer_jax.errors import EvaluationError
 from segformer_jax.inference import Inference
-from segformer_jax.models.ops import _lerp_taps, resize_bilinear
+from segformer_jax.models.ops import lerp_taps, resize_bilinear
 
 PRESET = "preset"   # the default of img_scale / size_divisor: the dataset's own
 
@@ -149,7 +150,7 @@ def logits_to_mask(logits: Any, size: Sequence[int], chunk_elements: int = 1 << 
         return classes(resize_bilinear(logits, (out_h, out_w)))
     out = np.empty((n, out_h, out_w), np.int32)
     rows = max(1, chunk_elements // (n * out_w * k))
-    taps = None if h == out_h else _lerp_taps(h, out_h)
+    taps = None if h == out_h else lerp_taps(h, out_h)
     for r0 in range(0, out_h, rows):
         r1 = min(out_h, r0 + rows)
         if taps is None:
@@ -189,6 +190,33 @@ def scored_class_names(num_labels: int, class_names: Sequence[str]) -> tuple[str
     return ("background", names[0] if names else "foreground")
 
 
+def same_shape_groups(examples: Iterable[dict[str, Any]], rows: int,
+                      max_pending: int | None = None) -> Iterator[list[dict[str, Any]]]:
+    """Examples grouped by image shape into lists of ``rows`` (padding an image changes
+    SegFormer's output everywhere, attention being global, so a batch holds one shape).
+
+    A group is yielded when full; when more than ``max_pending`` examples (default 4 ×
+    rows) wait, the fullest group goes out partial; at the end every partial group does, in
+    the order their shapes first came. Deterministic given the examples' order.
+    """
+    max_pending = max_pending or 4 * rows
+    pending: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+    waiting = 0
+    for example in examples:
+        shape = tuple(example["image"].shape)
+        group = pending.setdefault(shape, [])
+        group.append(example)
+        waiting += 1
+        if len(group) == rows:
+            waiting -= len(pending.pop(shape))
+            yield group
+        elif waiting > max_pending:
+            fullest = max(pending, key=lambda key: len(pending[key]))
+            waiting -= len(pending[fullest])
+            yield pending.pop(fullest)
+    yield from pending.values()
+
+
 class _Head:
     """The first ``n`` examples of a random-access source."""
 
@@ -216,6 +244,15 @@ class SegmentationEvaluator:
     this process's share of the split and sums the confusion matrices over processes.
     ``max_examples`` scores the first examples only; ``progress(done, total)`` is called
     after each one.
+
+    Every device of this process takes part (``devices``, default all local ones; each
+    process scores its own share, so no process waits for another's shapes). Whole-image
+    inference runs batches of one image per device, all of one test shape
+    (``same_shape_groups``); the last batch of a shape is filled with copies of its first
+    image, whose predictions are dropped. Each device runs the one-image program, so the
+    scores are those of the image-by-image path exactly (tested). Sliding windows are
+    spread over the devices, one window per device at a time (at least). The multi-scale
+    test runs image by image.
     """
 
     best_metric = "mIoU"
@@ -223,7 +260,8 @@ class SegmentationEvaluator:
     def __init__(self, model: Any, split: Any, settings: EvalSettings, *,
                  max_examples: int | None = None, batch_windows: int = 1,
                  progress: Callable[[int, int], None] | None = None,
-                 process_index: int = 0, process_count: int = 1):
+                 process_index: int = 0, process_count: int = 1,
+                 devices: Sequence[Any] | None = None):
         from segformer_jax.data.transforms import EvalTransform
         num_labels = model.config.num_labels
         dataset_classes = split.num_labels
@@ -233,8 +271,10 @@ class SegmentationEvaluator:
         self.settings = settings
         self.class_names = scored_class_names(num_labels, split.class_names)
         self.ignore_index = getattr(split, "ignore_index", IGNORE_INDEX)
-        self.inference = Inference(model.apply)
-        self.batch_windows = int(batch_windows)
+        self.mesh = Mesh(np.asarray(list(devices or jax.local_devices())), ("data",))
+        self.rows = self.mesh.size
+        self.inference = Inference(model.apply, self.mesh)
+        self.batch_windows = -(-max(int(batch_windows), 1) // self.rows) * self.rows
         self.progress = progress
         self.process_index, self.process_count = process_index, process_count
         self.source = split.source if max_examples is None else _Head(split.source, max_examples)
@@ -271,13 +311,30 @@ class SegmentationEvaluator:
             if self.progress is not None:
                 self.progress(done, total)
 
+    def _predictions(self, variables: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(prediction, label) of each example, at the label's size."""
+        s = self.settings
+        if s.multiscale or s.mode == "slide":
+            for example in self._examples():
+                label = np.asarray(example["label"])
+                yield logits_to_mask(self.logits(variables, example["image"]), label.shape[1:3]), label
+            return
+        layout = NamedSharding(self.mesh, PartitionSpec("data"))
+        for group in same_shape_groups(self._examples(), self.rows):
+            images = np.concatenate([example["image"] for example in group])
+            filler = np.broadcast_to(images[:1], (self.rows - len(group), *images.shape[1:]))
+            logits = self.inference.whole(variables, jax.device_put(np.concatenate([images, filler]), layout))
+            rows = {shard.index[0].start or 0: shard.data for shard in logits.addressable_shards}
+            for i, example in enumerate(group):  # one row per device, fetched one at a time
+                label = np.asarray(example["label"])
+                yield logits_to_mask(np.asarray(rows[i]), label.shape[1:3]), label
+
     def confusion_matrix(self, variables: Any) -> np.ndarray:
         """The split's confusion matrix (rows = ground truth), exact int64, all processes."""
         k = len(self.class_names)
         total = metrics.zeros(k)
-        for example in self._examples():
-            label = np.asarray(example["label"])
-            pred = logits_to_mask(self.logits(variables, example["image"]), label.shape[1:3])
+        variables = jax.device_put(variables, NamedSharding(self.mesh, PartitionSpec()))
+        for pred, label in self._predictions(variables):
             total = metrics.update(total, metrics.confusion_matrix(pred, label, k, self.ignore_index))
         return sum_over_processes(total)
 

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from segformer_jax.constants import round_up
 from segformer_jax.data.transforms import rescale_size  # mmcv's imrescale rule, one copy
@@ -109,7 +110,7 @@ def window_count(height: int, width: int, crop: int | Sequence[int],
 
 
 def _slide(apply_fn: ApplyFn, variables: Any, images: jax.Array, crop: tuple[int, int],
-           stride: tuple[int, int], batch_windows: int) -> jax.Array:
+           stride: tuple[int, int], batch_windows: int, mesh: Any = None) -> jax.Array:
     n, h, w, c = images.shape
     windows = slide_windows(h, w, crop, stride)
     ch, cw = windows[0].y2 - windows[0].y1, windows[0].x2 - windows[0].x1
@@ -124,6 +125,8 @@ def _slide(apply_fn: ApplyFn, variables: Any, images: jax.Array, crop: tuple[int
     crops = crops.reshape(steps, per_step * n, ch, cw, c)
 
     def infer(x: jax.Array) -> jax.Array:
+        if mesh is not None and x.shape[0] % mesh.size == 0:  # the windows over the devices
+            x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(mesh.axis_names)))
         return resize_bilinear(apply_fn(variables, x).astype(jnp.float32), (ch, cw))
 
     logits = infer(crops[0])[None] if steps == 1 else jax.lax.map(infer, crops)
@@ -217,14 +220,19 @@ class Inference:
     ``jax.jit`` of a closure over ``apply_fn``: the programs belong to this object, so a
     second model (or a new object) never shares or evicts them, and one object compiles once
     per input shape (and crop, stride, scale). Build one per model and keep it.
+
+    ``mesh``: sliding windows are spread over its devices, ``batch_windows`` (a multiple of
+    the device count) at a time. ``whole`` follows its inputs' shardings: a batch laid out
+    over devices runs over them.
     """
 
-    def __init__(self, apply_fn: ApplyFn):
+    def __init__(self, apply_fn: ApplyFn, mesh: Any = None):
         self.apply_fn = apply_fn
+        self.mesh = mesh
         self._whole = jax.jit(lambda variables, images: _whole(apply_fn, variables, images))
         self._slide = jax.jit(
             lambda variables, images, crop, stride, batch_windows: _slide(
-                apply_fn, variables, images, crop, stride, batch_windows),
+                apply_fn, variables, images, crop, stride, batch_windows, mesh),
             static_argnums=(2, 3, 4))
         self._augmented = jax.jit(
             lambda variables, images, *static: _augmented_probs(apply_fn, variables, images,

@@ -52,7 +52,7 @@ def default_config() -> ml_collections.ConfigDict:
     # Leaves with fewer elements than fsdp_min_size stay replicated when fsdp > 1.
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "fsdp_min_size": 2 ** 14})
     c.model = ml_collections.ConfigDict({"variant": "b0", "dtype": "float32", "remat": False,
-                                         "init": "scratch", "overrides": _model_overrides()})
+                                         "scan": False, "init": "scratch", "overrides": _model_overrides()})
     ade = dataset_settings("ade20k")
     c.data = ml_collections.ConfigDict({
         "name": "synthetic", "data_dir": "", "manual_dir": "",

@@ -65,9 +65,11 @@ def initial_state(seg_config: SegformerConfig, tx, seed: int,
 
 def model_for_run(config: ml_collections.ConfigDict,
                   seg_config: SegformerConfig) -> SegformerForSemanticSegmentation:
-    """The model a run config trains: ``seg_config`` in ``model.dtype``, with ``model.remat``."""
+    """The model a run config trains: ``seg_config`` in ``model.dtype``, with ``model.remat``
+    and ``model.scan`` (each stage's blocks under ``nn.scan``; the same parameter tree)."""
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
-    return SegformerForSemanticSegmentation(seg_config, dtype=dtype, remat=config.model.remat)
+    return SegformerForSemanticSegmentation(seg_config, dtype=dtype, remat=config.model.remat,
+                                            scan=config.model.scan)
 
 
 def state_layout(seg_config: SegformerConfig, tx, seed: int, mesh: Mesh,
@@ -134,7 +136,7 @@ def jit_train_step(model: SegformerForSemanticSegmentation, tx, config: ml_colle
 
 def host_variables(state: State, mesh: Mesh) -> dict[str, Any]:
     """The model's variables, whole, on this process's first device (for evaluation, which
-    runs image by image on each process's share of the split)."""
+    scores each process's share of the split on that process's devices)."""
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
     whole = jax.jit(lambda v: v, out_shardings=sharding.replicated(mesh))(variables)
     return jax.device_put(jax.tree.map(np.asarray, whole), jax.local_devices()[0])
@@ -260,7 +262,8 @@ def check_workdir(workdir: pathlib.Path, needed_bytes: int) -> None:
 
 def make_evaluator(config: ml_collections.ConfigDict, model: Any, eval_split: Any) -> Evaluator:
     """The segmentation task's validation: whole images at ``data.eval_scale``, aligned to
-    ``data.eval_size_divisor``, each process scoring its share of the split."""
+    ``data.eval_size_divisor``, each process scoring its share of the split on all its
+    devices (batches of one test shape, one image per device)."""
     d = config.data
     settings = EvalSettings(img_scale=tuple(d.eval_scale) if d.eval_scale else None,
                             size_divisor=d.eval_size_divisor or None)

@@ -181,3 +181,61 @@ def test_hub_config_json_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"depths": 2}))
     with pytest.raises(sj.ConfigError, match=r"bad\.json: config field 'depths' must be a list"):
         sj.SegformerConfig.from_json_file(tmp_path / "bad.json")
+
+
+DEEP = TINY.replace(depths=(2, 3, 1, 2), drop_path_rate=0.0, hidden_dropout_prob=0.0,
+                    attention_probs_dropout_prob=0.0, classifier_dropout_prob=0.0)
+
+
+def _loss_and_grads(config, scan, remat=False):
+    """A jitted (variables, images, key) -> (loss, gradients) of a train-mode forward."""
+    model = sj.SegformerForSemanticSegmentation(config, remat=remat, scan=scan)
+
+    def loss(params, variables, images, key):
+        out, _ = model.apply({**variables, "params": params}, images, train=True,
+                             rngs={"dropout": key}, mutable=["batch_stats"])
+        return jnp.mean(out ** 2)
+    fn = jax.jit(jax.value_and_grad(loss))
+    return lambda variables, images, rng=3: fn(variables["params"], variables, images, jax.random.key(rng))
+
+
+def test_scanned_blocks_take_the_same_parameters_and_compute_the_same_function():
+    """Each stage's blocks under nn.scan: the same parameter tree in and out (stacking is
+    internal), the same eval-mode logits and, without randomness, the same train-mode
+    loss and gradients (float32: XLA may fuse the scanned body differently, hence 1e-6)."""
+    from segformer_jax.models.mit import stack_blocks, unstack_blocks
+    variables = sj.init_variables(DEEP, seed=2)
+    images = random_images(2, 32, 32)
+    scanned = sj.SegformerForSemanticSegmentation(DEEP, scan=True)
+    abstract = jax.eval_shape(scanned.init, jax.random.key(0), images)
+    assert jax.tree.structure(abstract) == jax.tree.structure(variables)
+    assert jax.tree.map(lambda a: a.shape, abstract) == jax.tree.map(lambda a: a.shape, variables)
+
+    encoder = variables["params"]["encoder"]
+    stacked = stack_blocks(encoder)
+    assert "block_1_2" not in stacked and stacked["blocks_1"]["layer"]["mlp"]["dense1"]["kernel"].shape[0] == 3
+    jax.tree.map(np.testing.assert_array_equal, unstack_blocks(stacked), encoder)
+
+    unrolled = sj.SegformerForSemanticSegmentation(DEEP)
+    np.testing.assert_allclose(jax.jit(scanned.apply)(variables, images),
+                               jax.jit(unrolled.apply)(variables, images), rtol=1e-6, atol=1e-6)
+    (loss_s, grads_s), (loss_u, grads_u) = (_loss_and_grads(DEEP, scan)(variables, images)
+                                            for scan in (True, False))
+    assert float(loss_s) == pytest.approx(float(loss_u), rel=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads_s, grads_u)
+
+
+@pytest.mark.slow
+def test_scanned_blocks_with_drop_path_and_remat():
+    """Drop-path under the scan: each block's own rate (one a traced scalar), drawn per
+    sample; with remat inside the scan body the gradients are the same."""
+    config = DEEP.replace(drop_path_rate=0.5)
+    variables = sj.init_variables(config, seed=2)
+    images = random_images(4, 32, 32)
+    scanned = _loss_and_grads(config, scan=True)
+    loss_a, grads_a = scanned(variables, images, 5)
+    loss_b, grads_b = _loss_and_grads(config, scan=True, remat=True)(variables, images, 5)
+    assert np.isfinite(float(loss_a)) and float(loss_a) == pytest.approx(float(loss_b), rel=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads_a, grads_b)
+    # Drop-path is the only randomness of this config: another key drops other blocks.
+    assert float(scanned(variables, images, 6)[0]) != float(loss_a)

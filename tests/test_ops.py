@@ -64,3 +64,52 @@ def test_ops_benchmark_prints_every_form(capsys):
     for form in (*ops.RESIZE_FORMS, *ops.CONV_FORMS):
         assert f"| {form} |" in table
     assert table.count("| 1.00 | 1.00 |") >= 3   # each op's default form against itself
+
+
+@pytest.mark.parametrize("in_size, out_size", [(7, 29), (33, 10), (1, 4), (5, 12), (16, 128), (128, 512)])
+def test_transpose_taps_are_the_matrix_transpose(in_size, out_size):
+    index, weight = ops.transpose_taps(in_size, out_size)
+    dense = np.zeros((in_size, out_size), np.float32)
+    np.add.at(dense, (np.arange(in_size)[:, None].repeat(index.shape[1], 1), index), weight)
+    np.testing.assert_array_equal(dense, ops.interpolation_matrix(in_size, out_size).T)
+
+
+@pytest.mark.parametrize("shape, size", [((2, 7, 9, 5), (29, 31)), ((1, 33, 20, 3), (10, 47)),
+                                         ((1, 5, 5, 2), (5, 12)), ((2, 4, 6, 3), (16, 24))])
+def test_resize_backward_equals_autodiff(shape, size):
+    """The hand-written gather-add transpose against JAX's own gradient of the same gathers
+    (scatter-adds), in float32: the same products summed in another order."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal(shape, dtype=np.float32))
+    g = jnp.asarray(rng.standard_normal((shape[0], *size, shape[3]), dtype=np.float32))
+
+    def automatic(v):
+        return jnp.sum(ops.resize_axis(ops.resize_axis(v, 1, size[0]), 2, size[1]) * g)
+
+    ours = jax.jit(jax.grad(lambda v: jnp.sum(ops.resize_bilinear(v, size, form="gather") * g)))(x)
+    np.testing.assert_allclose(ours, jax.grad(automatic)(x), rtol=1e-5, atol=1e-5)
+    # The forward pass is the primal's, bit for bit.
+    np.testing.assert_array_equal(ops.resize_bilinear(x, size, form="gather"),
+                                  ops.resize_axis(ops.resize_axis(x, 1, size[0]), 2, size[1]))
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 13, 6), (1, 4, 3, 16), (1, 1, 1, 2)])
+def test_depthwise_conv_backward_equals_autodiff(shape):
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal(shape, dtype=np.float32))
+    kernel = jnp.asarray(rng.standard_normal((3, 3, shape[-1]), dtype=np.float32))
+    bias = jnp.asarray(rng.standard_normal(shape[-1], dtype=np.float32))
+    g = jnp.asarray(rng.standard_normal(shape, dtype=np.float32))
+    ours = jax.jit(jax.grad(lambda *a: jnp.sum(ops.depthwise_conv3x3(*a, form="shifted") * g),
+                            argnums=(0, 1, 2)))(x, kernel, bias)
+    automatic = jax.grad(lambda v, k, b: jnp.sum((ops.shifted_conv3x3(v, k) + b) * g),
+                         argnums=(0, 1, 2))(x, kernel, bias)
+    for a, b in zip(ours, automatic):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_default_forms_per_backend():
+    assert ops.default_form("resize", "cpu") == "gather" and ops.default_form("conv", "cpu") == "shifted"
+    for op, forms in (("resize", ops.RESIZE_FORMS), ("conv", ops.CONV_FORMS)):
+        for backend in ("cpu", "gpu", "tpu"):
+            assert ops.default_form(op, backend) in forms

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import build_hf, random_images
 
@@ -106,3 +107,44 @@ def test_binary_loss_equals_transformers(tmp_path):
     with jax.default_matmul_precision("highest"):
         logits = jax.jit(sj.SegformerForSemanticSegmentation(config).apply)(variables, images)
     assert float(segmentation_loss(logits, labels)) == pytest.approx(ref, rel=1e-5)
+
+
+def _plain_cross_entropy(logits, labels):
+    """The loss written the plain way: resize, log-softmax, pick (JAX differentiates it)."""
+    from segformer_jax.models.ops import resize_axis
+    up = resize_axis(resize_axis(logits, 1, labels.shape[1]), 2, labels.shape[2])
+    valid = (labels >= 0) & (labels < logits.shape[-1])
+    ce = optax.softmax_cross_entropy_with_integer_labels(up, jnp.where(valid, labels, 0))
+    return jnp.where(valid, ce, 0.0)
+
+
+@pytest.mark.parametrize("logit_shape, label_hw, rows", [
+    ((2, 7, 9, 5), (29, 31), 1), ((2, 7, 9, 5), (29, 31), 4), ((2, 7, 9, 5), (29, 31), None),
+    ((1, 12, 10, 3), (5, 7), 2),          # labels smaller than the logits: a downsampling
+    ((1, 8, 8, 150), (32, 32), 3)])       # 150 classes, bands that do not divide the height
+def test_upsampled_cross_entropy_equals_the_plain_form(logit_shape, label_hw, rows):
+    """Per-pixel values and the gradient (softmax − one-hot through the transposed resize)
+    equal JAX's automatic gradient of the plain form, to float32 rounding; ignored pixels
+    (255, and -1) give 0 and no gradient."""
+    from segformer_jax.losses import upsampled_cross_entropy
+    rng = np.random.default_rng(4)
+    logits = jnp.asarray(3 * rng.standard_normal(logit_shape, dtype=np.float32))
+    labels = rng.integers(0, logit_shape[-1], (logit_shape[0], *label_hw)).astype(np.int32)
+    labels[rng.random(labels.shape) < 0.2] = 255
+    labels[0, 0, :2] = -1
+    labels = jnp.asarray(labels)
+    weights = jnp.asarray(rng.random(labels.shape, dtype=np.float32))
+
+    ours = upsampled_cross_entropy(logits, labels, rows)
+    np.testing.assert_allclose(ours, _plain_cross_entropy(logits, labels), rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(jnp.where(labels == 255, ours, 0)).max()) == 0.0
+    grad = jax.jit(jax.grad(lambda v: jnp.sum(upsampled_cross_entropy(v, labels, rows) * weights)))(logits)
+    ref = jax.grad(lambda v: jnp.sum(_plain_cross_entropy(v, labels) * weights))(logits)
+    np.testing.assert_allclose(grad, ref, rtol=1e-5, atol=2e-6)
+
+
+def test_band_rows_per_backend():
+    from segformer_jax.losses import band_rows
+    assert band_rows(2, 512, 512, 150, "cpu") == 6        # 2·6·512·150 ≈ 2^20 floats
+    assert band_rows(64, 512, 512, 150, "cpu") == 1
+    assert band_rows(2, 512, 512, 150, "gpu") == 512      # one band: big kernels

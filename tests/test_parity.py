@@ -50,6 +50,11 @@ def test_semantic_segmentation_matches_transformers(variant, tmp_path):
         _assert_close(logits, ref_logits, f"{variant} {h}x{w} logits")
         for stage, (ours, ref) in enumerate(zip(features, ref_hidden)):
             _assert_close(ours, ref, f"{variant} {h}x{w} stage {stage + 1} features")
+        if (h, w) == SIZES[1]:  # the same weights with each stage's blocks under nn.scan
+            scanned = sj.SegformerForSemanticSegmentation(loaded_config, scan=True)
+            with jax.default_matmul_precision("highest"):
+                _assert_close(jax.jit(scanned.apply)(variables, images), ref_logits,
+                              f"{variant} {h}x{w} logits, scanned blocks")
 
     # Export back: transformers loads our files into the very same tensors, bit for bit.
     sj.save_pretrained(tmp_path / "export", loaded_config, variables)

@@ -175,8 +175,12 @@ def test_two_processes_train_like_one_and_their_checkpoint_resumes_in_one(tmp_pa
     # Process 0 alone reports (and writes metrics.jsonl, read below).
     assert "validation mIoU" in outputs[0][0] and "validation mIoU" not in outputs[1][0]
 
-    # 2 processes x 2 devices, fsdp 2: the same 8 steps as one process on one device.
-    np.testing.assert_allclose(_losses(tmp_path / "multi"), _losses(tmp_path / "single"), rtol=1e-5)
+    # 2 processes x 2 devices, fsdp 2: the same 8 steps as one process on one device. The
+    # first steps agree to ~1e-6 (summation order across devices); from step 4, at the peak
+    # learning rate, AdamW amplifies those differences in near-zero gradients (the bound
+    # below), measured up to 5e-5. A sharding mistake (a missing all-reduce, a batch counted
+    # twice) moves the loss by percent.
+    np.testing.assert_allclose(_losses(tmp_path / "multi"), _losses(tmp_path / "single"), rtol=2e-4)
     reference = _state(tmp_path / "single" / "checkpoints" / "8")
     nu = _second_moments(reference["opt_state"])
     # 8 steps, peak head lr 6e-4 x 10: a zero-gradient leaf moves at most 6e-3 per step.

@@ -11,6 +11,8 @@ float32. Parameters are float32; ``dtype`` is the compute dtype of convolutions 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -130,15 +132,25 @@ class MixFFN(nn.Module):
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: drops a sample's whole residual branch with probability ``rate``."""
+    """Stochastic depth: drops a sample's whole residual branch with probability ``rate``.
 
-    rate: float
+    ``rate`` is a float, or a traced scalar when the block runs under ``nn.scan`` (each
+    block of a stage has its own rate, so the scan carries them as inputs).
+    """
+
+    rate: float | jax.Array
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        # One Bernoulli draw per sample, broadcast over h, w and C; scaled by 1/keep.
-        return nn.Dropout(self.rate, broadcast_dims=tuple(range(1, x.ndim)),
-                          deterministic=not train or self.rate == 0.0)(x)
+        if isinstance(self.rate, (int, float)):
+            # One Bernoulli draw per sample, broadcast over h, w and C; scaled by 1/keep.
+            return nn.Dropout(self.rate, broadcast_dims=tuple(range(1, x.ndim)),
+                              deterministic=not train or self.rate == 0.0)(x)
+        if not train:
+            return x
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros((), x.dtype))
 
 
 class MixTransformerLayer(nn.Module):
@@ -146,7 +158,7 @@ class MixTransformerLayer(nn.Module):
 
     config: SegformerConfig
     stage: int
-    drop_path: float
+    drop_path: float | jax.Array
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -163,6 +175,8 @@ class MixTransformer(nn.Module):
     """The MiT encoder: four stages at strides 4, 8, 16, 32; returns their feature maps.
 
     ``remat`` recomputes each block's activations in the backward pass (saves memory).
+    Every block is its own module ``block_{stage}_{index}``, unrolled in the program; see
+    ``ScannedMixTransformer`` for the same encoder with each stage under ``nn.scan``.
     """
 
     config: SegformerConfig
@@ -183,6 +197,108 @@ class MixTransformer(nn.Module):
             x = layer_norm(f"layer_norm_{i}")(x)
             features.append(x)
         return tuple(features)
+
+
+class _ScanStep(nn.Module):
+    """One block as an ``nn.scan`` body: (features, this block's drop-path rate) → features."""
+
+    config: SegformerConfig
+    stage: int
+    dtype: Dtype
+    train: bool
+
+    @nn.compact
+    def __call__(self, x: jax.Array, rate: jax.Array) -> tuple[jax.Array, None]:
+        layer = MixTransformerLayer(self.config, self.stage, rate, self.dtype, name="layer")
+        return layer(x, self.train), None
+
+
+class _StackedMixTransformer(nn.Module):
+    """The MiT encoder with the blocks of each stage stacked: ``blocks_{stage}`` holds every
+    parameter of that stage's blocks with a leading axis of length ``depths[stage]``."""
+
+    config: SegformerConfig
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, ...]:
+        check_images(images, self.config)
+        step = nn.remat(_ScanStep, prevent_cse=False) if self.remat else _ScanStep
+        x = images
+        features = []
+        for i, rates in enumerate(self.config.drop_path_rates()):
+            x = OverlapPatchEmbeddings(self.config, i, self.dtype, name=f"patch_embeddings_{i}")(x)
+            if rates:
+                stage = nn.scan(step, variable_axes={"params": 0},
+                                split_rngs={"params": True, "dropout": True}, length=len(rates))
+                x, _ = stage(self.config, i, self.dtype, train, name=f"blocks_{i}")(
+                    x, jnp.asarray(rates, jnp.float32))
+            x = layer_norm(f"layer_norm_{i}")(x)
+            features.append(x)
+        return tuple(features)
+
+
+_BLOCK = re.compile(r"block_(\d+)_(\d+)$")
+_STACK = re.compile(r"blocks_(\d+)$")
+
+
+def stack_blocks(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """Per-block parameters (``block_{i}_{j}``) → one stacked tree per stage (``blocks_{i}``)."""
+    out: dict[str, Any] = {}
+    stages: dict[int, dict[int, Any]] = {}
+    for name, value in tree.items():
+        match = _BLOCK.match(name)
+        if match:
+            stages.setdefault(int(match[1]), {})[int(match[2])] = value
+        else:
+            out[name] = value
+    for i, blocks in stages.items():
+        ordered = [blocks[j] for j in range(len(blocks))]
+        out[f"blocks_{i}"] = {"layer": jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ordered)}
+    return out
+
+
+def unstack_blocks(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of ``stack_blocks``."""
+    out: dict[str, Any] = {}
+    for name, value in tree.items():
+        match = _STACK.match(name)
+        if not match:
+            out[name] = value
+            continue
+        layer = value["layer"]
+        depth = jax.tree_util.tree_leaves(layer)[0].shape[0]
+        for j in range(depth):
+            out[f"block_{match[1]}_{j}"] = jax.tree_util.tree_map(lambda a, j=j: a[j], layer)
+    return out
+
+
+def _map_params(fn: Callable[[Mapping[str, Any]], dict[str, Any]]) -> Callable[[Any], Any]:
+    def mapped(variables: Mapping[str, Any]) -> dict[str, Any]:
+        return {col: fn(tree) if col == "params" else tree for col, tree in variables.items()}
+    return mapped
+
+
+def scanned_mix_transformer(initializing: bool) -> type[nn.Module]:
+    """The MiT encoder with the identical blocks of each stage run under ``flax.linen.scan``,
+    as a class to instantiate inside a parent's ``__call__``.
+
+    One traced block per stage, so compile time does not grow with depth (as maxtext and
+    big_vision do for deep stacks); with ``remat`` the scan body is rematerialised. Its
+    parameters are laid out exactly as ``MixTransformer``'s (``block_{stage}_{index}``):
+    stacked per stage on the way in and unstacked on the way out, inside the jitted
+    program, so Hub and Orbax files, parity tests and optimiser states never see the
+    stacked form. Eval-mode outputs equal ``MixTransformer``'s to float32 rounding; in train
+    mode drop-path draws other random numbers (``nn.scan`` splits the dropout key per
+    block instead of folding in the block's name).
+
+    ``map_variables`` must only initialise the stacked parameters (``init=True``) in
+    ``init``: in a train-mode ``apply`` with other mutable collections it would otherwise
+    look for stacked parameters that are not there.
+    """
+    return nn.map_variables(_StackedMixTransformer, "params", trans_in_fn=_map_params(stack_blocks),
+                            trans_out_fn=_map_params(unstack_blocks), init=initializing)
 
 
 def check_images(images: Any, config: SegformerConfig) -> None:

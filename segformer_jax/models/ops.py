@@ -7,12 +7,21 @@
 * ``depthwise_conv3x3`` is nine shifted multiply-adds: XLA:CPU's grouped convolution is
   about 30× slower than this fused loop.
 
+Both default forms carry hand-written backward passes (``jax.custom_vjp``), equal to JAX's
+automatic gradients to float32 rounding (tested). Autodiff of a gather is a scatter-add,
+which XLA:CPU runs element by element; the resize's transpose is again a few gathers: input
+index i receives from the K outputs j whose taps touch it (K = 2·ceil(scale) for an
+upsampling by ``scale``), each weighted by its tap. Autodiff of the shifted conv pads each
+of the nine products separately; its input gradient is the same shifted conv with the
+kernel flipped, its kernel gradient nine reductions.
+
 Each op keeps its alternative forms side by side, all equal to float32 rounding (tested):
 the forms tuned for XLA:CPU (gathers, shifted adds) are not what an MXU or tensor cores
 want. ``resize_bilinear(..., form="matmul")`` multiplies by two small dense interpolation
 matrices; ``depthwise_conv3x3(..., form="conv")`` is ``lax.conv_general_dilated`` with
-``feature_group_count``. ``python -m experiments.ops_benchmark`` times every form, forward
-and backward, on the backend it runs on; the defaults are the CPU forms.
+``feature_group_count``. ``form=None`` takes the backend's default (``default_form``).
+``python -m experiments.ops_benchmark`` times every form, forward and backward, on the
+backend it runs on.
 """
 
 from __future__ import annotations
@@ -23,10 +32,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+RESIZE_FORMS = ("gather", "matmul")
+CONV_FORMS = ("shifted", "conv")
+
+# The default form of each op per backend, chosen by ``experiments.ops_benchmark`` on that
+# backend. Only XLA:CPU has been measured; other backends take the CPU forms until a
+# measurement there says otherwise (the README's Benchmarks section keeps the figures).
+DEFAULT_FORMS = {"cpu": {"resize": "gather", "conv": "shifted"}}
+
+
+def default_form(op: str, backend: str | None = None) -> str:
+    """The form ``op`` ("resize" or "conv") takes when none is given, on ``backend``
+    (default: JAX's default backend)."""
+    backend = backend or jax.default_backend()
+    return DEFAULT_FORMS.get(backend, DEFAULT_FORMS["cpu"])[op]
+
+
+# -- bilinear resize --------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=256)
-def _lerp_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices and weights of torch's ``align_corners=False`` bilinear along one axis."""
+def lerp_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of torch's ``align_corners=False`` bilinear along one axis:
+    output j = (1 - frac[j]) · x[lo[j]] + frac[j] · x[hi[j]]."""
     # float32 arithmetic, as torch's CPU kernel computes the source coordinates.
     scale = np.float32(in_size) / np.float32(out_size)
     src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
@@ -37,12 +64,50 @@ def _lerp_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.
     return lo, hi, frac
 
 
-def _resize_axis(x: jax.Array, axis: int, out_size: int) -> jax.Array:
+@functools.lru_cache(maxsize=256)
+def interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """The (out, in) float32 matrix of ``lerp_taps``: row j holds 1 - frac at lo[j] and
+    frac at hi[j] (one 1.0 where they coincide at the border)."""
+    lo, hi, frac = lerp_taps(in_size, out_size)
+    matrix = np.zeros((out_size, in_size), np.float32)
+    rows = np.arange(out_size)
+    np.add.at(matrix, (rows, lo), np.float32(1) - frac)
+    np.add.at(matrix, (rows, hi), frac)
+    return matrix
+
+
+@functools.lru_cache(maxsize=256)
+def transpose_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The transpose of ``lerp_taps`` as gathers: (in, K) output indices and weights such
+    that input i's cotangent is Σ_k weight[i, k] · dy[index[i, k]].
+
+    Each column of the interpolation matrix is non-zero on one run of outputs; K is the
+    longest run, and shorter ones are padded with weight 0.
+    """
+    columns = interpolation_matrix(in_size, out_size).T            # (in, out)
+    nonzero = columns != 0
+    first = np.where(nonzero.any(1), nonzero.argmax(1), 0)
+    last = np.where(nonzero.any(1), out_size - 1 - nonzero[:, ::-1].argmax(1), -1)
+    k = max(int((last - first).max()) + 1, 1)
+    index = np.minimum(first[:, None] + np.arange(k), out_size - 1).astype(np.int32)
+    in_run = first[:, None] + np.arange(k) <= last[:, None]
+    weight = np.where(in_run, np.take_along_axis(columns, index, 1), 0).astype(np.float32)
+    return index, weight
+
+
+def _along(values: np.ndarray, axis: int, ndim: int, dtype) -> jax.Array:
+    shape = [1] * ndim
+    shape[axis] = values.shape[0]
+    return jnp.asarray(values.reshape(shape), dtype=dtype)
+
+
+def resize_axis(x: jax.Array, axis: int, out_size: int) -> jax.Array:
+    """Resizes one axis by two gathers and a lerp (numpy or jax; no custom gradient)."""
     in_size = x.shape[axis]
     if in_size == out_size:
         return x
     xp = np if isinstance(x, np.ndarray) else jnp
-    lo, hi, frac = _lerp_taps(in_size, out_size)
+    lo, hi, frac = lerp_taps(in_size, out_size)
     shape = [1] * x.ndim
     shape[axis] = out_size
     frac = xp.asarray(frac.reshape(shape), dtype=x.dtype)
@@ -51,16 +116,41 @@ def _resize_axis(x: jax.Array, axis: int, out_size: int) -> jax.Array:
     return a * (1 - frac) + b * frac
 
 
-@functools.lru_cache(maxsize=256)
-def interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """The (out, in) float32 matrix of ``_lerp_taps``: row j holds 1 - frac at lo[j] and
-    frac at hi[j] (one 1.0 where they coincide at the border)."""
-    lo, hi, frac = _lerp_taps(in_size, out_size)
-    matrix = np.zeros((out_size, in_size), np.float32)
-    rows = np.arange(out_size)
-    np.add.at(matrix, (rows, lo), np.float32(1) - frac)
-    np.add.at(matrix, (rows, hi), frac)
-    return matrix
+def resize_axis_transpose(dy: jax.Array, axis: int, in_size: int) -> jax.Array:
+    """The transpose (vector-Jacobian product) of ``resize_axis`` back to ``in_size``."""
+    out_size = dy.shape[axis]
+    if in_size == out_size:
+        return dy
+    index, weight = transpose_taps(in_size, out_size)
+    # The K taps in a loop: dy enters the loop as an operand, so XLA computes it once. (As K
+    # separate gathers, each fuses dy's producer and computes it again: in the decode head,
+    # where dy is the BatchNorm/ReLU backward, that doubled the head's backward on XLA:CPU.)
+    w_shape = [1] * dy.ndim
+    w_shape[axis] = in_size
+
+    def tap(k, dx):
+        taps = jnp.take(dy, jnp.asarray(index.T)[k], axis=axis)
+        return dx + taps * jnp.asarray(weight.T, dy.dtype)[k].reshape(w_shape)
+
+    shape = list(dy.shape)
+    shape[axis] = in_size
+    return jax.lax.fori_loop(0, index.shape[1], tap, jnp.zeros(shape, dy.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _resize_axis_gather(x: jax.Array, axis: int, out_size: int) -> jax.Array:
+    return resize_axis(x, axis, out_size)
+
+
+def _resize_axis_gather_fwd(x, axis, out_size):
+    return resize_axis(x, axis, out_size), x.shape[axis]
+
+
+def _resize_axis_gather_bwd(axis, out_size, in_size, dy):
+    return (resize_axis_transpose(dy, axis, in_size),)
+
+
+_resize_axis_gather.defvjp(_resize_axis_gather_fwd, _resize_axis_gather_bwd)
 
 
 def _resize_axis_matmul(x: jax.Array, axis: int, out_size: int) -> jax.Array:
@@ -73,35 +163,79 @@ def _resize_axis_matmul(x: jax.Array, axis: int, out_size: int) -> jax.Array:
     return jnp.moveaxis(out, -1, axis)
 
 
-RESIZE_FORMS = ("gather", "matmul")
-CONV_FORMS = ("shifted", "conv")
-
-
-def resize_bilinear(x: jax.Array, size: tuple[int, int], form: str = "gather") -> jax.Array:
+def resize_bilinear(x: jax.Array, size: tuple[int, int], form: str | None = None) -> jax.Array:
     """Resizes the spatial axes of an NHWC array to ``size`` = (height, width).
 
-    ``form="gather"``: two gathers and a lerp per axis (the default; fast on XLA:CPU).
-    ``form="matmul"``: a dense (out, in) interpolation matrix per axis, the form matrix
-    units want. A numpy array is resized in numpy (gather form, same arithmetic): evaluation
-    resizes logits to each image's original size on the host, where a jitted resize would
-    compile once per size.
+    ``form="gather"``: two gathers and a lerp per axis, with the gather-add transpose as its
+    gradient (fast on XLA:CPU). ``form="matmul"``: a dense (out, in) interpolation matrix per
+    axis, the form matrix units want. ``None``: the backend's default. A numpy array is
+    resized in numpy (gather form, same arithmetic): evaluation resizes logits to each
+    image's original size on the host, where a jitted resize would compile once per size.
     """
+    form = form or default_form("resize")
     if form not in RESIZE_FORMS:
         raise ValueError(f"resize form must be one of {RESIZE_FORMS}; got {form!r}")
-    axis_fn = _resize_axis_matmul if form == "matmul" and not isinstance(x, np.ndarray) \
-        else _resize_axis
+    if isinstance(x, np.ndarray):
+        axis_fn = resize_axis
+    else:
+        axis_fn = _resize_axis_matmul if form == "matmul" else _resize_axis_gather
     x = axis_fn(x, 1, int(size[0]))
     return axis_fn(x, 2, int(size[1]))
 
 
+# -- 3x3 depthwise convolution ----------------------------------------------------------
+
+def shifted_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Σ over the nine taps of the zero-padded input shifted by (dy, dx), times kernel[dy, dx]
+    (a cross-correlation, like torch's Conv2d; no bias, no custom gradient)."""
+    _, h, w, _ = x.shape
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = padded[:, 0:h, 0:w, :] * kernel[0, 0]
+    for dy in range(3):
+        for dx in range(3):
+            if dy or dx:
+                out = out + padded[:, dy:dy + h, dx:dx + w, :] * kernel[dy, dx]
+    return out
+
+
+@jax.custom_vjp
+def _depthwise_shifted(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    return shifted_conv3x3(x, kernel) + bias
+
+
+def _depthwise_shifted_fwd(x, kernel, bias):
+    return _depthwise_shifted(x, kernel, bias), (x, kernel)
+
+
+def _depthwise_shifted_bwd(residuals, g):
+    x, kernel = residuals
+    _, h, w, _ = x.shape
+    dx = shifted_conv3x3(g, kernel[::-1, ::-1])      # the transpose: the kernel flipped
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+    def tap(t, dkernel):  # a loop: g and the padded input are computed once, not per tap
+        window = jax.lax.dynamic_slice(padded, (0, t // 3, t % 3, 0), x.shape)
+        return dkernel.at[t].set(jnp.sum((window * g).astype(jnp.float32), axis=(0, 1, 2)))
+
+    dkernel = jax.lax.fori_loop(0, 9, tap, jnp.zeros((9, x.shape[-1]), jnp.float32))
+    dkernel = dkernel.reshape(3, 3, -1).astype(kernel.dtype)
+    dbias = jnp.sum(g.astype(jnp.float32), axis=(0, 1, 2)).astype(g.dtype)
+    return dx, dkernel, dbias
+
+
+_depthwise_shifted.defvjp(_depthwise_shifted_fwd, _depthwise_shifted_bwd)
+
+
 def depthwise_conv3x3(x: jax.Array, kernel: jax.Array, bias: jax.Array,
-                      form: str = "shifted") -> jax.Array:
+                      form: str | None = None) -> jax.Array:
     """3×3 depthwise convolution, stride 1, zero padding 1, of an NHWC array.
 
     ``kernel`` has shape (3, 3, C) and is applied as a cross-correlation, like torch's Conv2d.
-    ``form="shifted"``: nine shifted multiply-adds (the default; fast on XLA:CPU);
-    ``form="conv"``: ``lax.conv_general_dilated`` with one group per channel.
+    ``form="shifted"``: nine shifted multiply-adds with the flipped-kernel backward (fast on
+    XLA:CPU); ``form="conv"``: ``lax.conv_general_dilated`` with one group per channel;
+    ``None``: the backend's default.
     """
+    form = form or default_form("conv")
     if form not in CONV_FORMS:
         raise ValueError(f"depthwise conv form must be one of {CONV_FORMS}; got {form!r}")
     if form == "conv":
@@ -111,11 +245,4 @@ def depthwise_conv3x3(x: jax.Array, kernel: jax.Array, bias: jax.Array,
             padding=((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=channels, precision=jax.lax.Precision.HIGHEST)
         return out + bias
-    _, h, w, _ = x.shape
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    out = padded[:, 0:h, 0:w, :] * kernel[0, 0]
-    for dy in range(3):
-        for dx in range(3):
-            if dy or dx:
-                out = out + padded[:, dy:dy + h, dx:dx + w, :] * kernel[dy, dx]
-    return out + bias
+    return _depthwise_shifted(x, kernel, bias)

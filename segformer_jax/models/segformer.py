@@ -20,21 +20,32 @@ import jax.numpy as jnp
 
 from segformer_jax.config import SegformerConfig
 from segformer_jax.models.head import SegformerDecodeHead
-from segformer_jax.models.mit import MixTransformer, dense_init
+from segformer_jax.models.mit import MixTransformer, dense_init, scanned_mix_transformer
 
 Dtype = Any
 
 
+def encoder(parent: nn.Module) -> nn.Module:
+    """The MiT encoder of a task model, named ``encoder``: each stage's blocks unrolled, or
+    scanned (``parent.scan``). Both take and return the same parameter tree."""
+    cls = scanned_mix_transformer(parent.is_initializing()) if parent.scan else MixTransformer
+    return cls(parent.config, parent.dtype, parent.remat, name="encoder")
+
+
 class SegformerForSemanticSegmentation(nn.Module):
-    """MiT encoder + All-MLP decode head; float32 logits at 1/4 of the input resolution."""
+    """MiT encoder + All-MLP decode head; float32 logits at 1/4 of the input resolution.
+
+    ``scan``: run each stage's blocks under ``nn.scan`` (``models.mit.scanned_mix_transformer``).
+    """
 
     config: SegformerConfig
     dtype: Dtype = jnp.float32
     remat: bool = False
+    scan: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-        features = MixTransformer(self.config, self.dtype, self.remat, name="encoder")(images, train)
+        features = encoder(self)(images, train)
         return SegformerDecodeHead(self.config, self.dtype, name="decode_head")(features, train)
 
 
@@ -44,10 +55,11 @@ class SegformerForImageClassification(nn.Module):
     config: SegformerConfig
     dtype: Dtype = jnp.float32
     remat: bool = False
+    scan: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-        features = MixTransformer(self.config, self.dtype, self.remat, name="encoder")(images, train)
+        features = encoder(self)(images, train)
         pooled = features[-1].astype(jnp.float32).mean(axis=(1, 2))
         return nn.Dense(self.config.num_labels, dtype=jnp.float32,
                         kernel_init=dense_init(self.config), name="classifier")(pooled)
