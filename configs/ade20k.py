@@ -9,12 +9,12 @@ of global batch 16 (8 GPUs × 2), 512² crops (640² for B5), whole-image valida
 side 512 aligned to 32 every 16k steps.
 """
 
-from segformer_jax.run_config import default_config, use_dataset
+from segformer_jax.run_config import default_config, use_dataset, use_variant
 
 
 def get_config(variant: str = "b0"):
     c = default_config()
-    c.model.variant = variant
+    use_variant(c, variant)
     use_dataset(c, "ade20k", crop=640 if variant == "b5" else 512)
     c.data.num_workers = 8
     c.batch_size = 16

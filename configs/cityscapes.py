@@ -9,12 +9,12 @@ native 1024×2048; the paper's number uses sliding windows (1024 crops, stride 7
 ``python -m segformer_jax.evaluate --dataset cityscapes`` does that on the final checkpoint.
 """
 
-from segformer_jax.run_config import default_config, use_dataset
+from segformer_jax.run_config import default_config, use_dataset, use_variant
 
 
 def get_config(variant: str = "b0"):
     c = default_config()
-    c.model.variant = variant
+    use_variant(c, variant)
     use_dataset(c, "cityscapes")
     c.data.num_workers = 8
     c.batch_size = 8

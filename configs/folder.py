@@ -6,12 +6,12 @@ ignore) and ``classes.txt`` (one name per line, line i = class i); the splits ar
 MiT directory, an NVlabs ``.pth``); the recipe is NVlabs' with a run length for small sets.
 """
 
-from segformer_jax.run_config import default_config, use_dataset
+from segformer_jax.run_config import default_config, use_dataset, use_variant
 
 
 def get_config(variant: str = "b0"):
     c = default_config()
-    c.model.variant = variant
+    use_variant(c, variant)
     use_dataset(c, "folder")
     c.batch_size = 8
     c.total_steps = 20_000

@@ -93,3 +93,14 @@ def test_sections_typed_or_free_form():
     set_key(config, "data.crop_size", (64, "a"))
     with pytest.raises(ConfigError, match=r"data\.crop_size must be two positive numbers"):
         run_config.validate(config)
+
+
+def test_scanned_blocks_by_default_where_they_measured_better():
+    for name in ("ade20k", "cityscapes", "folder"):
+        for variant in ("b0", "b2", "b5"):
+            config = load(f"configs/{name}.py:{variant}")
+            assert config.model.scan == (variant in run_config.SCAN_BY_DEFAULT), (name, variant)
+    assert run_config.SCAN_BY_DEFAULT == ("b5",)
+    assert load("configs/quickstart.py").model.scan is False
+    model = train.model_for_run(load("configs/ade20k.py:b5"), model_config(load("configs/ade20k.py:b5"), 150))
+    assert model.scan is True
