@@ -217,6 +217,17 @@ def same_shape_groups(examples: Iterable[dict[str, Any]], rows: int,
     yield from pending.values()
 
 
+def _row(array: jax.Array, i: int) -> np.ndarray:
+    """Row ``i`` of a batch-sharded array, copied to the host from the device that holds it."""
+    for shard in array.addressable_shards:
+        start = shard.index[0].start or 0
+        stop = shard.index[0].stop or array.shape[0]
+        if start <= i < stop:
+            data = shard.data if stop - start == 1 else shard.data[i - start:i - start + 1]
+            return np.asarray(data)
+    raise ValueError(f"row {i} is on no device of this process")
+
+
 class _Head:
     """The first ``n`` examples of a random-access source."""
 
@@ -324,10 +335,9 @@ class SegmentationEvaluator:
             images = np.concatenate([example["image"] for example in group])
             filler = np.broadcast_to(images[:1], (self.rows - len(group), *images.shape[1:]))
             logits = self.inference.whole(variables, jax.device_put(np.concatenate([images, filler]), layout))
-            rows = {shard.index[0].start or 0: shard.data for shard in logits.addressable_shards}
             for i, example in enumerate(group):  # one row per device, fetched one at a time
                 label = np.asarray(example["label"])
-                yield logits_to_mask(np.asarray(rows[i]), label.shape[1:3]), label
+                yield logits_to_mask(_row(logits, i), label.shape[1:3]), label
 
     def confusion_matrix(self, variables: Any) -> np.ndarray:
         """The split's confusion matrix (rows = ground truth), exact int64, all processes."""

@@ -54,7 +54,8 @@ def _second_moments(opt_state) -> dict[str, np.ndarray]:
     return out
 
 
-def _compare_params(reference: dict, other: dict, nu: dict, bound_for_zero_grad: float) -> None:
+def _compare_params(reference: dict, other: dict, nu: dict, bound_for_zero_grad: float,
+                    limit_others: float = 2e-5) -> None:
     ref, oth = _flat(reference), _flat(other)
     assert ref.keys() == oth.keys()
     largest = max(float(v.max()) for v in nu.values())
@@ -62,7 +63,7 @@ def _compare_params(reference: dict, other: dict, nu: dict, bound_for_zero_grad:
     assert 0 < len(zero_grad) < len(ref) // 3, zero_grad  # the analysis above, not half the model
     for key in ref:
         diff = float(np.max(np.abs(ref[key].astype(np.float64) - oth[key])))
-        limit = bound_for_zero_grad if key in zero_grad else 2e-5
+        limit = bound_for_zero_grad if key in zero_grad else limit_others
         assert diff <= limit, f"{key}: differs by {diff:.3g} (limit {limit:.3g})"
 
 
@@ -183,9 +184,12 @@ def test_two_processes_train_like_one_and_their_checkpoint_resumes_in_one(tmp_pa
     np.testing.assert_allclose(_losses(tmp_path / "multi"), _losses(tmp_path / "single"), rtol=2e-4)
     reference = _state(tmp_path / "single" / "checkpoints" / "8")
     nu = _second_moments(reference["opt_state"])
-    # 8 steps, peak head lr 6e-4 x 10: a zero-gradient leaf moves at most 6e-3 per step.
+    # 8 steps, peak head lr 6e-4 x 10: a zero-gradient leaf moves at most 6e-3 per step. The
+    # other leaves: 8 steps at the peak learning rate amplify the reassociation noise more
+    # than 3 steps do (measured up to 8e-5, in the decode head's linear_c kernels); 4e-4 is
+    # still 15x below one AdamW step of the head, which any sharding mistake moves them by.
     _compare_params(reference["params"], _state(tmp_path / "multi" / "checkpoints" / "8")["params"],
-                    nu, bound_for_zero_grad=2 * 8 * 6e-3)
+                    nu, bound_for_zero_grad=2 * 8 * 6e-3, limit_others=4e-4)
 
     # The step-4 checkpoint the two processes wrote resumes in one process, on one device.
     resumed = tmp_path / "resumed"
@@ -195,7 +199,7 @@ def test_two_processes_train_like_one_and_their_checkpoint_resumes_in_one(tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming from" in done.stdout
     _compare_params(reference["params"], _state(resumed / "checkpoints" / "8")["params"], nu,
-                    bound_for_zero_grad=2 * 8 * 6e-3)
+                    bound_for_zero_grad=2 * 8 * 6e-3, limit_others=4e-4)
 
 
 # --------------------------------------------------------------------------------------
