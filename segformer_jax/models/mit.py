@@ -176,7 +176,7 @@ class MixTransformer(nn.Module):
 
     ``remat`` recomputes each block's activations in the backward pass (saves memory).
     Every block is its own module ``block_{stage}_{index}``, unrolled in the program; see
-    ``ScannedMixTransformer`` for the same encoder with each stage under ``nn.scan``.
+    ``scanned_mix_transformer`` for the same encoder with each stage under ``nn.scan``.
     """
 
     config: SegformerConfig
@@ -185,18 +185,15 @@ class MixTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, ...]:
-        check_images(images, self.config)
         layer_cls = nn.remat(MixTransformerLayer, static_argnums=(2,)) if self.remat \
             else MixTransformerLayer
-        x = images
-        features = []
-        for i, rates in enumerate(self.config.drop_path_rates()):
-            x = OverlapPatchEmbeddings(self.config, i, self.dtype, name=f"patch_embeddings_{i}")(x)
+
+        def blocks(i: int, rates: list[float], x: jax.Array) -> jax.Array:
             for j, rate in enumerate(rates):
                 x = layer_cls(self.config, i, rate, self.dtype, name=f"block_{i}_{j}")(x, train)
-            x = layer_norm(f"layer_norm_{i}")(x)
-            features.append(x)
-        return tuple(features)
+            return x
+
+        return _stages(self, images, blocks)
 
 
 class _ScanStep(nn.Module):
@@ -223,20 +220,33 @@ class _StackedMixTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, ...]:
-        check_images(images, self.config)
         step = nn.remat(_ScanStep, prevent_cse=False) if self.remat else _ScanStep
-        x = images
-        features = []
-        for i, rates in enumerate(self.config.drop_path_rates()):
-            x = OverlapPatchEmbeddings(self.config, i, self.dtype, name=f"patch_embeddings_{i}")(x)
-            if rates:
-                stage = nn.scan(step, variable_axes={"params": 0},
-                                split_rngs={"params": True, "dropout": True}, length=len(rates))
-                x, _ = stage(self.config, i, self.dtype, train, name=f"blocks_{i}")(
-                    x, jnp.asarray(rates, jnp.float32))
-            x = layer_norm(f"layer_norm_{i}")(x)
-            features.append(x)
-        return tuple(features)
+
+        def blocks(i: int, rates: list[float], x: jax.Array) -> jax.Array:
+            if not rates:
+                return x
+            stage = nn.scan(step, variable_axes={"params": 0},
+                            split_rngs={"params": True, "dropout": True}, length=len(rates))
+            x, _ = stage(self.config, i, self.dtype, train, name=f"blocks_{i}")(
+                x, jnp.asarray(rates, jnp.float32))
+            return x
+
+        return _stages(self, images, blocks)
+
+
+def _stages(encoder: nn.Module, images: jax.Array,
+            blocks: Callable[[int, list[float], jax.Array], jax.Array]) -> tuple[jax.Array, ...]:
+    """The four stages of an encoder module (called inside its ``__call__``): overlapping
+    patch embedding, ``blocks(stage, drop-path rates, x)``, LayerNorm; the feature maps."""
+    check_images(images, encoder.config)
+    x = images
+    features = []
+    for i, rates in enumerate(encoder.config.drop_path_rates()):
+        x = OverlapPatchEmbeddings(encoder.config, i, encoder.dtype, name=f"patch_embeddings_{i}")(x)
+        x = blocks(i, rates, x)
+        x = layer_norm(f"layer_norm_{i}")(x)
+        features.append(x)
+    return tuple(features)
 
 
 _BLOCK = re.compile(r"block_(\d+)_(\d+)$")
