@@ -3,8 +3,11 @@
     python -m experiments.ops_benchmark [--batch 2] [--size 512] [--repeats 5]
 
 The shapes are those of a SegFormer-B0 training step at ``size``² crops: the decode head's
-150-class logits upsampled from size/4 to size (the loss's resize), and the Mix-FFN's 3×3
-depthwise conv of stage 1 (128 channels at size/4) and stage 3 (640 channels at size/16).
+150-class logits upsampled from size/4 to size (the loss's resize), the head's upsampling of
+stage 4 (256 channels, size/32 to size/4), the attention of stage 1 (one head of 32, size/4
+squared queries on keys reduced 8×8) and stage 3 (five heads, keys reduced 2×2), and the
+Mix-FFN's 3×3 depthwise conv of stage 1 (128 channels at size/4) and stage 3 (640 channels
+at size/16).
 Each form is jitted, run ``--warmup`` times, then timed ``--repeats`` times (median);
 "backward" is the gradient of ``sum(op(x) * g)`` with respect to the input (and the kernel).
 The ratio is each form's time over the default form's, in the same process.
@@ -36,18 +39,37 @@ def _median_ms(fn: Callable[..., object], args: tuple, warmup: int, repeats: int
     return 1000 * statistics.median(times)
 
 
-def resize_rows(batch: int, size: int, warmup: int, repeats: int) -> list[tuple[str, str, float, float]]:
+def resize_rows(batch: int, side: int, size: int, channels: int, warmup: int,
+                repeats: int) -> list[tuple[str, str, float, float]]:
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((batch, size // 4, size // 4, 150), dtype=np.float32))
-    g = jnp.asarray(rng.standard_normal((batch, size, size, 150), dtype=np.float32))
+    x = jnp.asarray(rng.standard_normal((batch, side, side, channels), dtype=np.float32))
+    g = jnp.asarray(rng.standard_normal((batch, size, size, channels), dtype=np.float32))
     rows = []
     for form in ops.RESIZE_FORMS:
         forward = jax.jit(lambda v, f=form: ops.resize_bilinear(v, (size, size), form=f))
         backward = jax.jit(jax.grad(
             lambda v, f=form: jnp.sum(ops.resize_bilinear(v, (size, size), form=f) * g)))
-        rows.append((f"resize 150ch {size // 4}²→{size}²", form,
+        rows.append((f"resize {channels}ch {side}²→{size}²", form,
                      _median_ms(forward, (x,), warmup, repeats),
                      _median_ms(backward, (x,), warmup, repeats)))
+    return rows
+
+
+def attention_rows(batch: int, queries: int, keys: int, heads: int, depth: int, warmup: int,
+                   repeats: int) -> list[tuple[str, str, float, float]]:
+    """``ops.attention`` against ``jax.nn.dot_product_attention`` (the same forward)."""
+    rng = np.random.default_rng(2)
+    q = jnp.asarray(rng.standard_normal((batch, queries, heads, depth), dtype=np.float32))
+    k, v = (jnp.asarray(rng.standard_normal((batch, keys, heads, depth), dtype=np.float32))
+            for _ in range(2))
+    g = jnp.asarray(rng.standard_normal(q.shape, dtype=np.float32))
+    rows = []
+    for form, fn in (("ops.attention", ops.attention),
+                     ("jax.nn.dot_product_attention", jax.nn.dot_product_attention)):
+        backward = jax.jit(jax.grad(lambda *a, f=fn: jnp.sum(f(*a) * g), argnums=(0, 1, 2)))
+        rows.append((f"attention {heads}×{depth} {queries}q {keys}k", form,
+                     _median_ms(jax.jit(fn), (q, k, v), warmup, repeats),
+                     _median_ms(backward, (q, k, v), warmup, repeats)))
     return rows
 
 
@@ -83,7 +105,11 @@ def main(argv: list[str] | None = None) -> None:
     device = jax.devices()[0]
     print(f"# {device.platform} ({device.device_kind}), jax {jax.__version__}, "
           f"{platform.machine()}, batch {args.batch}, crop {args.size}²\n")
-    rows = resize_rows(args.batch, args.size, args.warmup, args.repeats)
+    tokens = (args.size // 4) ** 2  # stage 1: size/4 squared queries, keys reduced 8×8
+    rows = resize_rows(args.batch, args.size // 4, args.size, 150, args.warmup, args.repeats)
+    rows += resize_rows(args.batch, args.size // 32, args.size // 4, 256, args.warmup, args.repeats)
+    rows += attention_rows(args.batch, tokens, tokens // 64, 1, 32, args.warmup, args.repeats)
+    rows += attention_rows(args.batch, tokens // 16, tokens // 64, 5, 32, args.warmup, args.repeats)
     rows += conv_rows(args.batch, args.size // 4, 128, args.warmup, args.repeats)
     rows += conv_rows(args.batch, args.size // 16, 640, args.warmup, args.repeats)
     print("| op | form | forward (ms) | backward (ms) | forward / default | backward / default |")

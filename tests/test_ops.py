@@ -113,3 +113,46 @@ def test_default_forms_per_backend():
     for op, forms in (("resize", ops.RESIZE_FORMS), ("conv", ops.CONV_FORMS)):
         for backend in ("cpu", "gpu", "tpu"):
             assert ops.default_form(op, backend) in forms
+
+
+@pytest.mark.parametrize("in_size, factor", [(1, 4), (2, 2), (5, 3), (16, 8), (7, 4)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_integer_upsampling_is_the_gather_arithmetic(in_size, factor, dtype):
+    """``upsample_axis`` (selects and a lerp, no gather) equals the two gathers bit for bit,
+    on either axis, in float32 and bfloat16; its gradient is autodiff's of the same lerp."""
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((2, in_size, in_size + 1, 3), dtype=np.float32), dtype)
+    for axis in (1, 2):
+        out = x.shape[axis] * factor
+        np.testing.assert_array_equal(ops.upsample_axis(x, axis, factor), ops.resize_axis(x, axis, out))
+    g = jnp.asarray(rng.standard_normal((2, in_size * factor, in_size * factor + factor, 3),
+                                        dtype=np.float32))
+    size = (in_size * factor, (in_size + 1) * factor)
+    x32 = x.astype(jnp.float32)
+    ours = jax.grad(lambda v: jnp.sum(ops.resize_bilinear(v, size) * g))(x32)
+    gathers = jax.grad(lambda v: jnp.sum(
+        ops.resize_axis(ops.resize_axis(v, 1, size[0]), 2, size[1]) * g))(x32)
+    np.testing.assert_allclose(ours, gathers, rtol=1e-5, atol=1e-5)  # sums in another order
+
+
+@pytest.mark.parametrize("queries, keys, heads, depth", [(37, 11, 3, 24), (64, 64, 1, 32), (5, 1, 2, 8)])
+def test_attention_equals_jax_and_its_gradient(queries, keys, heads, depth):
+    """``ops.attention`` against ``jax.nn.dot_product_attention`` and JAX's gradient of it:
+    the forward is the same arithmetic (float32 rounding of a different matmul layout at
+    most); the backward's row term Σ dO·O replaces Σ dP·P, equal in exact arithmetic."""
+    rng = np.random.default_rng(5)
+    q = jnp.asarray(rng.standard_normal((2, queries, heads, depth), dtype=np.float32))
+    k = jnp.asarray(rng.standard_normal((2, keys, heads, depth), dtype=np.float32))
+    v = jnp.asarray(rng.standard_normal((2, keys, heads, depth), dtype=np.float32))
+    g = jnp.asarray(rng.standard_normal(q.shape, dtype=np.float32))
+    np.testing.assert_allclose(ops.attention(q, k, v), jax.nn.dot_product_attention(q, k, v),
+                               rtol=1e-6, atol=1e-6)
+    ours = jax.jit(jax.grad(lambda *a: jnp.sum(ops.attention(*a) * g), argnums=(0, 1, 2)))(q, k, v)
+    theirs = jax.grad(lambda *a: jnp.sum(jax.nn.dot_product_attention(*a) * g),
+                      argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    low = [a.astype(jnp.bfloat16) for a in (q, k, v)]
+    np.testing.assert_allclose(np.asarray(ops.attention(*low), np.float32),
+                               np.asarray(jax.nn.dot_product_attention(*low), np.float32),
+                               rtol=1e-2, atol=1e-2)  # bfloat16: 8 bits of mantissa
