@@ -7,7 +7,7 @@ over a model from the test settings, and called with the variables to score::
     result = evaluator(variables)           # metrics.summarize's dict, + confusion matrix
     evaluator.scalars(result)               # {"mIoU": ..., "aAcc": ..., "mAcc": ...} to log
     evaluator.table(result)                 # the per-class text table
-    evaluator.headline(result)              # "mIoU 68.53 aAcc 84.78"
+    evaluator.headline(result)              # "mIoU 68.42 aAcc 84.55"
 
 Semantic segmentation (mmseg's ``test_cfg`` and metrics): each image is resized to its test
 size (``data.presets``: mmcv rescale into ``img_scale``, sides up to a multiple of

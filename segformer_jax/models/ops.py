@@ -12,7 +12,8 @@
 * ``attention`` is ``jax.nn.dot_product_attention``'s forward with FlashAttention's backward.
 
 The default resize and conv forms and the attention carry hand-written backward passes
-(``jax.custom_vjp``), equal to JAX's automatic gradients to float32 rounding (tested). Autodiff of a gather is a scatter-add,
+(``jax.custom_vjp``), equal to JAX's automatic gradients to float32 rounding (tested).
+Autodiff of a gather is a scatter-add,
 which XLA:CPU runs element by element; the resize's transpose is again a few gathers: input
 index i receives from the K outputs j whose taps touch it (K = 2·ceil(scale) for an
 upsampling by ``scale``), each weighted by its tap, run as a loop over the K taps. The
