@@ -6,17 +6,17 @@
   here each axis is two gathers and a lerp with indices computed once in numpy.
   Upsampling by an integer factor (the decode head's 2, 4 and 8) is the same arithmetic
   written with selects instead of gathers (``upsample_axis``), which XLA fuses into its
-  consumer and differentiates without a scatter.
+  consumer; its backward pass is the gathers' transpose, as below.
 * ``depthwise_conv3x3`` is nine shifted multiply-adds: XLA:CPU's grouped convolution is
   about 30× slower than this fused loop.
 * ``attention`` is ``jax.nn.dot_product_attention``'s forward with FlashAttention's backward.
 
 The default resize and conv forms and the attention carry hand-written backward passes
 (``jax.custom_vjp``), equal to JAX's automatic gradients to float32 rounding (tested).
-Autodiff of a gather is a scatter-add,
-which XLA:CPU runs element by element; the resize's transpose is again a few gathers: input
-index i receives from the K outputs j whose taps touch it (K = 2·ceil(scale) for an
-upsampling by ``scale``), each weighted by its tap, run as a loop over the K taps. The
+Autodiff of a gather is a scatter-add, which XLA:CPU runs element by element; the resize's
+transpose is again a few gathers: input index i receives from the K outputs j whose taps
+touch it (K = 2·ceil(scale) for an upsampling by ``scale``), each weighted by its tap, run
+as a loop over the K taps. The
 shifted conv's input gradient is the same shifted conv with the kernel flipped, its kernel
 gradient nine reductions, also a loop. (Loops, because XLA fuses a tensor's producer into
 each of its consumers: K or nine unrolled gathers or reductions compute the cotangent K or
