@@ -119,7 +119,8 @@ def test_default_forms_per_backend():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_integer_upsampling_is_the_gather_arithmetic(in_size, factor, dtype):
     """``upsample_axis`` (selects and a lerp, no gather) equals the two gathers bit for bit,
-    on either axis, in float32 and bfloat16; its gradient is autodiff's of the same lerp."""
+    on either axis, in float32 and bfloat16; through ``resize_bilinear`` its backward (the
+    gathers' transpose) equals JAX's gradient of the gathers."""
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.standard_normal((2, in_size, in_size + 1, 3), dtype=np.float32), dtype)
     for axis in (1, 2):
