@@ -39,7 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -128,6 +128,24 @@ def time_calls(call: Callable[[], Any], warmup: int, repeats: int) -> Timing:
         call()
         seconds.append(time.perf_counter() - start)
     return Timing(tuple(seconds))
+
+
+def time_interleaved(calls: Mapping[str, Callable[[], Any]], warmup: int,
+                     repeats: int) -> dict[str, Timing]:
+    """Like ``time_calls`` for several calls, run in turn: round r times each call once
+    (in reversed order on odd rounds), so that a machine whose speed drifts over minutes
+    (this project's shared 2-core VM: up to 1.8x between runs) slows all of them alike,
+    and a ratio of their medians compares them under the same conditions."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    for r in range(repeats):
+        for name in (list(calls) if r % 2 == 0 else list(reversed(calls))):
+            start = time.perf_counter()
+            calls[name]()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: Timing(tuple(s)) for name, s in seconds.items()}
 
 
 # -- models -----------------------------------------------------------------------------

@@ -12,9 +12,11 @@ What it measures, for one SegFormer variant (b0…b5, ADE20K head with 150 class
   ``zero_grad`` -> ``model(pixel_values, labels=labels).loss.backward()`` -> ``AdamW(lr 6e-5,
   weight_decay 0.01).step()`` (one parameter group: the per-group learning rates of ours
   change no arithmetic);
-* for both: ``--warmup`` untimed steps, then the median / min / max wall time of
-  ``--repeats`` timed steps and the images/s of the median; for ours also the compile time
-  (trace + lower, and XLA compile, apart from the first run);
+* for both: ``--warmup`` untimed steps, then ``--repeats`` rounds of one timed step of
+  each, in turn (this machine's speed drifts by up to 1.8x over minutes; steps timed in
+  turn see the same drift): the median / min / max wall time, the images/s of the median,
+  and the median of the per-round ratios; for ours also the compile time (trace + lower,
+  and XLA compile, apart from the first run);
 * the first-step losses of both (same weights, same batch; dropout and drop-path draw
   different random numbers in the two frameworks, so they agree only approximately), and
   an exact check without randomness: both models' loss in eval mode (running BatchNorm
@@ -47,7 +49,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: never tou
 
 import argparse
 import dataclasses
+import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -57,7 +61,7 @@ import numpy as np
 import segformer_jax
 from experiments import benchmark_inference as bi
 from experiments import train_steps, xla_stats
-from experiments.benchmark_inference import Timing, mib, time_calls
+from experiments.benchmark_inference import Timing, mib
 from segformer_jax import SegformerConfig
 from segformer_jax.constants import IGNORE_INDEX
 
@@ -90,13 +94,12 @@ def random_batch(batch: int, height: int, width: int, channels: int = 3,
 # -- ours -------------------------------------------------------------------------------
 
 def jax_train_step(config: SegformerConfig, variables: dict, images: np.ndarray,
-                   labels: np.ndarray, warmup: int, repeats: int) -> train_steps.Timed:
-    """Compiles and times ``segformer_jax.train``'s step on one device-resident batch, from
-    ``variables`` (the default run config: seed 0, the NVlabs recipe, float32)."""
+                   labels: np.ndarray) -> train_steps.Compiled:
+    """Compiles ``segformer_jax.train``'s step for one device-resident batch and runs it once,
+    from ``variables`` (the default run config: seed 0, the NVlabs recipe, float32)."""
     from segformer_jax.run_config import default_config
     step = train_steps.build(default_config(), config, pretrained=variables)
-    return train_steps.time_steps(step, train_steps.device_batch(images, labels, step.mesh),
-                                  warmup, repeats)
+    return train_steps.compile_step(step, train_steps.device_batch(images, labels, step.mesh))
 
 
 def jax_eval_loss(config: SegformerConfig, variables: dict, images: np.ndarray,
@@ -112,10 +115,10 @@ def jax_eval_loss(config: SegformerConfig, variables: dict, images: np.ndarray,
 # -- torch ------------------------------------------------------------------------------
 
 @dataclasses.dataclass
-class TorchResult:
+class TorchStep:
     first_step_s: float
     first_loss: float
-    timing: Timing
+    one_step: Callable[[], Any]
 
 
 def torch_device(requested: str | None) -> Any:
@@ -132,9 +135,8 @@ def torch_eval_loss(torch_model: Any, pixel_values: Any, labels: Any) -> float:
         return float(torch_model(pixel_values=pixel_values, labels=labels).loss)
 
 
-def torch_train_step(torch_model: Any, pixel_values: Any, labels: Any, warmup: int,
-                     repeats: int) -> TorchResult:
-    """zero_grad -> fwd + CE on upsampled logits -> bwd -> AdamW, in train mode."""
+def torch_train_step(torch_model: Any, pixel_values: Any, labels: Any) -> TorchStep:
+    """zero_grad -> fwd + CE on upsampled logits -> bwd -> AdamW, in train mode: run once."""
     import torch
 
     torch_model.train()
@@ -152,8 +154,7 @@ def torch_train_step(torch_model: Any, pixel_values: Any, labels: Any, warmup: i
     start = time.perf_counter()
     first_loss = float(one_step().detach())  # also allocates AdamW's moments
     first_step_s = time.perf_counter() - start
-    timing = time_calls(one_step, warmup, repeats)
-    return TorchResult(first_step_s, first_loss, timing)
+    return TorchStep(first_step_s, first_loss, one_step)
 
 
 # -- report -----------------------------------------------------------------------------
@@ -211,20 +212,27 @@ def main(argv: list[str] | None = None) -> None:
         torch_labels = torch.from_numpy(labels.astype(np.int64)).to(device)
         torch_eval = torch_eval_loss(torch_model, pixel_values, torch_labels)
 
-    ours = jax_train_step(config, variables, images, labels, args.warmup, args.repeats)
+    ours = jax_train_step(config, variables, images, labels)
     del variables  # its buffers may have been donated with the state
     print(f"jax compile    trace + lower {ours.lower_s:.2f} s, XLA compile {ours.compile_s:.2f} s, "
           f"first step {ours.first_step_s:.2f} s")
-    print(f"jax            {ours.timing}   {images_per_s(args.batch, ours.timing):7.2f} img/s")
     rss_after_jax = bi.process_peak_rss_bytes()
-
+    calls = {"jax": ours.one_step}
     theirs = None
     if torch_model is not None:
-        theirs = torch_train_step(torch_model, pixel_values, torch_labels, args.warmup,
-                                  args.repeats)
+        theirs = torch_train_step(torch_model, pixel_values, torch_labels)
         print(f"torch ({device.type})    first step {theirs.first_step_s:.2f} s")
-        print(f"torch          {theirs.timing}   "
-              f"{images_per_s(args.batch, theirs.timing):7.2f} img/s")
+        calls["torch"] = theirs.one_step
+    # Steps of the two in turn, so that the machine's drift slows both alike.
+    timings = bi.time_interleaved(calls, args.warmup, args.repeats)
+    ours_timing = timings["jax"]
+    print(f"jax            {ours_timing}   {images_per_s(args.batch, ours_timing):7.2f} img/s")
+    if theirs is not None:
+        torch_timing = timings["torch"]
+        print(f"torch          {torch_timing}   {images_per_s(args.batch, torch_timing):7.2f} img/s")
+        per_round = [t / j for t, j in zip(torch_timing.seconds, ours_timing.seconds)]
+        print(f"rounds         torch/jax per round: median {statistics.median(per_round):.2f}x, "
+              f"min {min(per_round):.2f}x, max {max(per_round):.2f}x")
 
     print("loss")
     if theirs is None:
@@ -247,14 +255,14 @@ def main(argv: list[str] | None = None) -> None:
     print_memory(ours.compiled, rss_after_jax)
 
     head = (f"train {args.variant} bs{args.batch} {height}x{width}: "
-            f"jax {ours.timing.median_ms:.1f} ms/step "
-            f"({images_per_s(args.batch, ours.timing):.2f} img/s)")
+            f"jax {ours_timing.median_ms:.1f} ms/step "
+            f"({images_per_s(args.batch, ours_timing):.2f} img/s)")
     if theirs is None:
         print(f"{head}, torch skipped")
     else:
-        print(f"{head}, torch {theirs.timing.median_ms:.1f} ms/step "
-              f"({images_per_s(args.batch, theirs.timing):.2f} img/s), "
-              f"speed-up {theirs.timing.median_ms / ours.timing.median_ms:.2f}x (torch/jax)")
+        print(f"{head}, torch {torch_timing.median_ms:.1f} ms/step "
+              f"({images_per_s(args.batch, torch_timing):.2f} img/s), "
+              f"speed-up {torch_timing.median_ms / ours_timing.median_ms:.2f}x (torch/jax)")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -76,34 +76,49 @@ def abstract_batch(rows: int, height: int, width: int, channels: int, mesh: Any)
 
 
 @dataclasses.dataclass
-class Timed:
+class Compiled:
     lower_s: float       # trace + lower to StableHLO
     compile_s: float     # XLA compile (or a hit in the compilation cache)
     first_step_s: float  # the first run of the compiled step
     first_loss: float
-    timing: Timing       # the steps after it
+    compiled: Any
+    one_step: Callable[[], dict[str, Any]]  # runs one more step, waits for its outputs
+
+
+@dataclasses.dataclass
+class Timed:
+    lower_s: float
+    compile_s: float
+    first_step_s: float
+    first_loss: float
+    timing: Timing       # the steps after the first
     compiled: Any
 
 
-def time_steps(train_step: TrainStep, batch: Mapping[str, jax.Array], warmup: int,
-               repeats: int) -> Timed:
-    """Compiles the step, runs it once, then ``warmup`` untimed and ``repeats`` timed steps
-    on the same device-resident batch, the state donated from each step to the next."""
+def compile_step(train_step: TrainStep, batch: Mapping[str, jax.Array]) -> Compiled:
+    """Compiles the step and runs it once on the device-resident ``batch``; each further
+    ``one_step()`` donates the state to the next step (``train_step.state`` follows it)."""
     start = time.perf_counter()
     lowered = train_step.step.lower(train_step.state, batch)
     lower_s = time.perf_counter() - start
     start = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
-    holder = {"state": train_step.state}
 
     def one_step() -> dict[str, Any]:
-        holder["state"], out = compiled(holder["state"], batch)
+        train_step.state, out = compiled(train_step.state, batch)  # the donated one is gone
         return jax.block_until_ready(out)
 
     start = time.perf_counter()
     first = one_step()
     first_step_s = time.perf_counter() - start
-    timing = time_calls(one_step, warmup, repeats)
-    train_step.state = holder["state"]  # the donated original is gone
-    return Timed(lower_s, compile_s, first_step_s, float(first["loss"]), timing, compiled)
+    return Compiled(lower_s, compile_s, first_step_s, float(first["loss"]), compiled, one_step)
+
+
+def time_steps(train_step: TrainStep, batch: Mapping[str, jax.Array], warmup: int,
+               repeats: int) -> Timed:
+    """Compiles the step, runs it once, then ``warmup`` untimed and ``repeats`` timed steps
+    on the same device-resident batch, the state donated from each step to the next."""
+    c = compile_step(train_step, batch)
+    timing = time_calls(c.one_step, warmup, repeats)
+    return Timed(c.lower_s, c.compile_s, c.first_step_s, c.first_loss, timing, c.compiled)

@@ -86,6 +86,46 @@ def test_batch_norm_backward_equals_autodiff():
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
 
 
+def test_relu_dropout_is_flax_dropout_of_relu_with_its_gradient():
+    """``ReluDropout`` draws flax's mask (same module path, same rng) and computes the same
+    values; its stored-output backward equals autodiff of ``nn.Dropout(nn.relu(x))``
+    bit for bit (both are one select of ``g / keep_prob``)."""
+    import flax.linen as nn
+
+    from segformer_jax.models.head import ReluDropout
+
+    x = jnp.asarray(np.random.default_rng(7).standard_normal((2, 9, 11, 8), dtype=np.float32))
+    g = jnp.asarray(np.random.default_rng(8).standard_normal(x.shape, dtype=np.float32))
+    rngs = {"dropout": jax.random.key(3)}
+
+    def flax_reference(x):
+        return nn.Dropout(0.3, name="Dropout_0")(nn.relu(x), deterministic=False)
+
+    class Ours(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return ReluDropout(0.3, name="Dropout_0")(x, deterministic=False)
+
+    class Reference(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return flax_reference(x)
+
+    def value_and_vjp(module):  # jitted, as in the train step (eager division rounds apart)
+        def f(x, g):
+            out, vjp = jax.vjp(lambda x: module.apply({}, x, rngs=rngs), x)
+            return out, vjp(g)[0]
+        return jax.jit(f)(x, g)
+
+    (out_ours, grad_ours), (out_ref, grad_ref) = value_and_vjp(Ours()), value_and_vjp(Reference())
+    outs, grads = (out_ours, out_ref), (grad_ours, grad_ref)
+    assert 0 < float(jnp.mean(outs[0] == 0)) < 1  # some units dropped, some kept
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(grads[0], grads[1])
+    eval_out = ReluDropout(0.3).apply({}, x, deterministic=True)
+    np.testing.assert_array_equal(eval_out, nn.relu(x))
+
+
 def test_bfloat16_compute_keeps_float32_params_and_logits():
     config = sj.SegformerConfig.from_variant("b0", num_labels=7)
     variables = sj.init_variables(config)
