@@ -44,7 +44,7 @@ from segformer_jax.errors import SegformerError, TrainingError
 from segformer_jax.evaluation import EvalSettings, Evaluator, SegmentationEvaluator
 from segformer_jax.losses import segmentation_loss
 from segformer_jax.models.segformer import SegformerForSemanticSegmentation, init_variables
-from segformer_jax.optim import make_optimizer, poly_with_warmup
+from segformer_jax.optim import learning_rate, make_optimizer
 
 State = dict[str, Any]
 METRICS = "metrics.jsonl"
@@ -378,7 +378,7 @@ def run_loop(run: Run, checkpoints: TrainCheckpoints, state: State, state_shardi
     images_sharding = sharding.batch_sharding(run.mesh)
     train_step = jit_train_step(run.model, run.tx, config, run.seg_config, run.mesh,
                                 state_sharding)
-    schedule = poly_with_warmup(run_config.recipe(config))  # the backbone's lr, for the logs
+    schedule = learning_rate(run_config.recipe(config))  # the backbone's lr, for the logs
     writer = MetricWriter(run.workdir, start, enabled=is_main)
     multi_process = jax.process_count() > 1
     stop = {"signal": None}

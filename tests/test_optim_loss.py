@@ -36,6 +36,60 @@ def test_schedule_values():
     assert float(s(160_000)) == 0.0
 
 
+PVT_RECIPE = dict(schedule="cosine", no_decay="1d", learning_rate=1e-3, weight_decay=0.05,
+                  warmup_lr=1e-6, min_lr=1e-5, warmup_steps=5 * 1251, total_steps=300 * 1251,
+                  head_lr_mult=1.0)
+
+
+@pytest.mark.parametrize("step", [0, 1, 3127, 6254, 6255, 187_650, 375_299, 375_300])
+def test_cosine_schedule_equals_timm(step):
+    """Warmup start / middle / end, the cosine's middle and end, against timm's
+    CosineLRScheduler as PVT v2 builds it (here stepped per optimiser step)."""
+    import torch
+    from timm_oracle import import_timm
+
+    import_timm()
+    from timm.scheduler import CosineLRScheduler
+
+    from segformer_jax.optim import learning_rate
+
+    recipe = Recipe(**PVT_RECIPE)
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=recipe.learning_rate)
+    timm_schedule = CosineLRScheduler(opt, t_initial=recipe.total_steps, lr_min=recipe.min_lr,
+                                      warmup_lr_init=recipe.warmup_lr, warmup_t=recipe.warmup_steps,
+                                      cycle_limit=1, t_in_epochs=False)
+    expected = timm_schedule._get_lr(step)[0]
+    assert float(learning_rate(recipe)(step)) == pytest.approx(expected, rel=2e-6, abs=1e-12)
+
+
+def test_no_weight_decay_on_one_dimensional_parameters():
+    """timm's rule on the classification model: biases and norm scales keep their values
+    under zero gradients, kernels (incl. the depthwise conv and the patch embedding) decay."""
+    config = sj.SegformerConfig.from_variant("b0", num_labels=5)
+    params = sj.init_variables(config, task="image_classification")["params"]
+    recipe = Recipe(**{**PVT_RECIPE, "warmup_steps": 0})
+    tx = make_optimizer(recipe)
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    flat = {"/".join(k.key for k in path): (np.asarray(u), np.asarray(p))
+            for (path, u), p in zip(jax.tree_util.tree_flatten_with_path(updates)[0],
+                                    jax.tree.leaves(params))}
+    exempt = ["encoder/block_0_0/layer_norm_1/scale", "encoder/block_0_0/layer_norm_1/bias",
+              "encoder/block_0_0/attention/query/bias", "encoder/layer_norm_3/scale",
+              "encoder/patch_embeddings_0/layer_norm/bias", "classifier/bias"]
+    decayed = ["encoder/block_0_0/attention/query/kernel", "encoder/block_1_0/mlp/dwconv_kernel",
+               "encoder/patch_embeddings_0/proj/kernel", "encoder/block_0_0/attention/sr/kernel",
+               "classifier/kernel"]
+    lr = recipe.learning_rate * 1.0  # cosine at t = 0 without warmup: the base lr
+    for name in exempt:
+        np.testing.assert_array_equal(flat[name][0], 0.0, err_msg=name)
+    for name in decayed:
+        update, value = flat[name]
+        np.testing.assert_allclose(update, -lr * recipe.weight_decay * value, rtol=1e-5,
+                                   atol=1e-12, err_msg=name)
+    assert {n for n, (u, p) in flat.items() if p.ndim <= 1} >= set(exempt)
+    assert all(not np.any(u) for u, p in flat.values() if p.ndim <= 1)
+
+
 EXPECTED_GROUPS = {
     "decode_head/batch_norm/scale": "head", "decode_head/linear_fuse": "head",
     "decode_head/classifier/kernel": "head", "decode_head/linear_c_2_bias": "head",

@@ -11,6 +11,15 @@ so ``load_split`` gives a random-access source; nothing is downloaded at run tim
 * ``"folder"``: ``manual_dir=ROOT`` with ``ROOT/images/<split>/``, ``ROOT/masks/<split>/`` and
   ``ROOT/classes.txt``.
 
+and for image classification (``classification.py``; records ``{"image", "label": int,
+"file_name"}``):
+
+* ``"synthetic_classification"``: the embedded shapes, one per image, 5 classes;
+* ``"imagenet2012"``: TFDS's own ImageNet-1k builder, from ``ILSVRC2012_img_train.tar`` and
+  ``ILSVRC2012_img_val.tar`` in ``manual_dir`` (both needed: TFDS reads the validation
+  labels whatever the split asked for), 1000 classes in WordNet-id order;
+* ``"image_folder"``: ``manual_dir=ROOT`` with ``ROOT/<split>/<class>/*.jpg``.
+
 The first ``load_split`` of a dataset builds it into ``data_dir`` (TFDS's default when None);
 later calls read what was built. Then::
 
@@ -39,13 +48,25 @@ from segformer_jax.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASS_NAMES
 from segformer_jax.data.transforms import EvalTransform, TrainTransform, train_transform
 from segformer_jax.errors import DatasetError  # imports nothing: TFDS stays unloaded
 
-DATASETS = ("synthetic", "ade20k", "cityscapes", "folder")
+SEGMENTATION_DATASETS = ("synthetic", "ade20k", "cityscapes", "folder")
+CLASSIFICATION_DATASETS = ("synthetic_classification", "imagenet2012", "image_folder")
+DATASETS = SEGMENTATION_DATASETS + CLASSIFICATION_DATASETS
+
+
+def task_of_dataset(name: str) -> str:
+    """The task whose records dataset ``name`` holds."""
+    if name in CLASSIFICATION_DATASETS:
+        return "image_classification"
+    if name in SEGMENTATION_DATASETS:
+        return "semantic_segmentation"
+    raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
 
 
 @dataclasses.dataclass(frozen=True)
 class SplitData:
     """One split: ``source[i]`` -> ``{"image": uint8 (H, W, 3), "segmentation_mask": uint8
-    (H, W, 1), "file_name": bytes}`` (random access, ``len(source)`` examples).
+    (H, W, 1), "file_name": bytes}`` (random access, ``len(source)`` examples); for a
+    classification dataset (``task``) ``"label"`` (an int) instead of the mask.
 
     ``class_names[k]`` names label ``k`` *after* ``reduce_zero_label`` when that is True
     (ADE20K); 255 is "ignore" everywhere.
@@ -57,6 +78,7 @@ class SplitData:
     name: str
     split: str
     ignore_index: int = IGNORE_INDEX
+    task: str = "semantic_segmentation"
 
     @property
     def num_labels(self) -> int:
@@ -94,6 +116,15 @@ def get_builder(name: str, data_dir: str | os.PathLike | None = None,
         default = Synthetic.BUILDER_CONFIGS[0]
         return Synthetic(data_dir=data_dir, config=default if config.name == default.name
                          else config)
+    if name == "synthetic_classification":
+        from segformer_jax.data.classification import (
+            SyntheticClassification,
+            synthetic_classification_config,
+        )
+        config = synthetic_classification_config(**options)
+        default = SyntheticClassification.BUILDER_CONFIGS[0]
+        return SyntheticClassification(data_dir=data_dir, config=default if config.name == default.name
+                                       else config)
     if options:
         raise TypeError(f"dataset {name!r} takes no options; got {sorted(options)}")
     if name == "ade20k":
@@ -105,6 +136,12 @@ def get_builder(name: str, data_dir: str | os.PathLike | None = None,
     if name == "folder":
         from segformer_jax.data.folder import Folder
         return Folder(root=_expand(manual_dir), data_dir=data_dir)
+    if name == "image_folder":
+        from segformer_jax.data.classification import ImageFolder
+        return ImageFolder(root=_expand(manual_dir), data_dir=data_dir)
+    if name == "imagenet2012":
+        import tensorflow_datasets as tfds
+        return tfds.builder("imagenet2012", data_dir=data_dir, file_format="array_record")
     raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
 
 
@@ -136,13 +173,19 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
         raise DatasetError(f"dataset {name!r} has no split {base!r}; it has "
                            f"{sorted(builder.info.splits)}")
     metadata = builder.info.metadata or {}
-    class_names = tuple(metadata.get("class_names") or builder.class_names)
-    reduce = bool(metadata.get("reduce_zero_label", builder.reduce_zero_label))
+    task = task_of_dataset(name)
+    if task == "image_classification":  # TFDS's ImageNet has no metadata: its label feature
+        class_names = tuple(builder.info.features["label"].names)
+        reduce = False
+    else:
+        class_names = tuple(metadata.get("class_names") or builder.class_names)
+        reduce = bool(metadata.get("reduce_zero_label", builder.reduce_zero_label))
     return SplitData(source=builder.as_data_source(split), class_names=class_names,
-                     reduce_zero_label=reduce, name=name, split=split)
+                     reduce_zero_label=reduce, name=name, split=split, task=task)
 
 
-__all__ = ["DATASETS", "SYNTHETIC_CLASS_NAMES", "DatasetError", "SplitData", "get_builder",
+__all__ = ["DATASETS", "SEGMENTATION_DATASETS", "CLASSIFICATION_DATASETS", "task_of_dataset",
+           "SYNTHETIC_CLASS_NAMES", "DatasetError", "SplitData", "get_builder",
            "prepare", "load_split", "TrainTransform", "EvalTransform", "train_transform",
            "TrainBatches", "train_batches", "eval_batches",
            "global_batch_indices"]

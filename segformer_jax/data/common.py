@@ -18,9 +18,11 @@ Bad input stops the build with one :class:`DatasetError` naming the file (the cl
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
+import re
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -171,6 +173,21 @@ def check_same_size(image_size: tuple[int, int], mask: np.ndarray, image_where: 
     if tuple(mask.shape[:2]) != tuple(image_size):
         raise DatasetError(f"{mask_where}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its "
                            f"image {image_where} is {image_size[1]}x{image_size[0]}")
+
+
+def folder_name(root: Path, paths: Sequence[Path]) -> str:
+    """A builder config name for the folder ``root``: ``<folder name>_<hash>``, the hash over
+    its absolute path and every file under ``paths`` (name, size, modification time), so
+    that editing the folder makes the next ``load_split`` build a fresh copy."""
+    digest = hashlib.sha256(str(root).encode())
+    for top in paths:
+        for path in sorted(top.rglob("*")) if top.is_dir() else [top]:
+            if path.is_file():
+                stat = path.stat()
+                digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+                              .encode())
+    slug = re.sub(r"[^a-z0-9_]+", "_", root.name.lower()).strip("_") or "folder"
+    return f"{slug}_{digest.hexdigest()[:10]}"
 
 
 def make_example(image_bytes: bytes, mask: np.ndarray, file_name: str) -> dict[str, Any]:

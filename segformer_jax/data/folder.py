@@ -21,7 +21,6 @@ editing the folder makes the next ``load_split`` build a fresh copy.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +35,7 @@ from segformer_jax.data.common import (
     SegmentationBuilder,
     check_labels,
     check_same_size,
+    folder_name,
     make_example,
     read_image,
     read_mask,
@@ -114,17 +114,8 @@ def folder_config(root: str | Path) -> FolderConfig:
     if not root.is_dir():
         raise DatasetError(f"folder dataset: {root} does not exist; layout: {LAYOUT}")
     read_class_names(root)
-    digest = hashlib.sha256(str(root).encode())
-    digest.update((root / "classes.txt").read_bytes())
-    for folder in ("images", "masks"):
-        for path in sorted((root / folder).rglob("*")):
-            if path.is_file():
-                stat = path.stat()
-                digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
-                              .encode())
-    slug = re.sub(r"[^a-z0-9_]+", "_", root.name.lower()).strip("_") or "folder"
-    return FolderConfig(name=f"{slug}_{digest.hexdigest()[:10]}", root=str(root),
-                        description=f"segmentation folder {root}")
+    return FolderConfig(name=folder_name(root, (root / "classes.txt", root / "images", root / "masks")),
+                        root=str(root), description=f"segmentation folder {root}")
 
 
 class Folder(SegmentationBuilder):

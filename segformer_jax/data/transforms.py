@@ -51,7 +51,7 @@ def as_example(record: Mapping[str, Any]) -> Example:
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"example image must be (H, W, 3); got shape {image.shape}")
     out["image"] = image
-    if "label" in out:
+    if "label" in out and np.ndim(out["label"]) > 0:  # a class id (classification) is a scalar
         label = np.asarray(out["label"])
         if label.shape != image.shape[:2]:
             raise ValueError(f"example label shape {label.shape} != image size {image.shape[:2]}")
