@@ -134,7 +134,8 @@ def _final_summary(point: Point, directory: pathlib.Path, summary: dict[str, Any
         return json.loads((directory / SUMMARY).read_text(encoding="utf-8"))
     from segformer_jax import data as data_lib
     from segformer_jax.checkpoint import load_for_inference
-    from segformer_jax.train import make_evaluator, model_for_run
+    from segformer_jax.tasks import make_evaluator
+    from segformer_jax.train import model_for_run
     d = point.config.data
     seg_config, variables = load_for_inference(directory)
     split = data_lib.load_split(d.name, d.eval_split, data_dir=d.data_dir or None,

@@ -367,6 +367,85 @@ class SegmentationEvaluator:
         return f"mIoU {100 * result['mIoU']:.2f} aAcc {100 * result['aAcc']:.2f}"
 
 
+# --------------------------------------------------------------------------------------
+# The classification evaluator
+
+
+class ClassificationEvaluator:
+    """Top-1 and top-5 accuracy, and each class's top-1 accuracy, of a classification model
+    on a split, with the recipe's test transform (``data.augment.ClassifyEvalTransform``).
+
+    Exact over the split: the counts (per class: examples, top-1 hits, top-5 hits) are
+    integers, summed over processes; each process scores its share of the split on all its
+    devices, in batches of ``batch_size`` (rounded up to a multiple of the devices; the
+    last batch is filled with copies of its first image, whose predictions are dropped).
+    Every test image has the one crop shape, so one program serves the whole split.
+    """
+
+    best_metric = "top1"
+
+    def __init__(self, model: Any, split: Any, crop_size: Sequence[int] = (224, 224),
+                 crop_pct: float = 0.875, *, batch_size: int = 64, max_examples: int | None = None,
+                 process_index: int = 0, process_count: int = 1,
+                 devices: Sequence[Any] | None = None):
+        from segformer_jax.data.augment import ClassifyEvalTransform
+        if model.config.num_labels != split.num_labels:
+            raise EvaluationError(f"the model predicts {model.config.num_labels} classes but the "
+                                  f"{split.name} dataset has {split.num_labels}")
+        self.class_names = tuple(split.class_names)
+        self.transform = ClassifyEvalTransform(crop_size, crop_pct)
+        self.mesh = Mesh(np.asarray(list(devices or jax.local_devices())), ("data",))
+        self.rows = -(-max(int(batch_size), 1) // self.mesh.size) * self.mesh.size
+        self.source = split.source if max_examples is None else _Head(split.source, max_examples)
+        self.process_index, self.process_count = process_index, process_count
+        self._apply = jax.jit(lambda v, x: jax.lax.top_k(model.apply(v, x), min(5, len(self.class_names)))[1])
+
+    def counts(self, variables: Any) -> np.ndarray:
+        """(3, K) int64 over the whole split: examples, top-1 hits, top-5 hits per class."""
+        from segformer_jax.data.pipeline import eval_batches
+        k = len(self.class_names)
+        counts = np.zeros((3, k), np.int64)
+        layout = NamedSharding(self.mesh, PartitionSpec("data"))
+        variables = jax.device_put(variables, NamedSharding(self.mesh, PartitionSpec()))
+        for batch in eval_batches(self.source, self.transform, self.rows,
+                                  process_index=self.process_index,
+                                  process_count=self.process_count):
+            images, labels = batch["image"], np.asarray(batch["label"], np.int64)
+            n = len(images)
+            filler = np.broadcast_to(images[:1], (self.rows - n, *images.shape[1:]))
+            top = np.asarray(self._apply(variables, jax.device_put(np.concatenate([images, filler]), layout)))[:n]
+            np.add.at(counts[0], labels, 1)
+            np.add.at(counts[1], labels, (top[:, 0] == labels).astype(np.int64))
+            np.add.at(counts[2], labels, (top == labels[:, None]).any(1).astype(np.int64))
+        return sum_over_processes(counts)
+
+    def __call__(self, variables: Any) -> dict[str, Any]:
+        """``top1``, ``top5`` (shares of the split), ``per_class`` top-1 (NaN for a class with
+        no example), ``counts``, ``class_names`` and ``num_examples``."""
+        counts = self.counts(variables)
+        total = max(int(counts[0].sum()), 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_class = counts[1] / counts[0]
+        return {"top1": counts[1].sum() / total, "top5": counts[2].sum() / total,
+                "per_class": per_class, "counts": counts, "class_names": self.class_names,
+                "num_examples": int(counts[0].sum())}
+
+    def scalars(self, result: Mapping[str, Any]) -> dict[str, float]:
+        return {"top1": float(result["top1"]), "top5": float(result["top5"])}
+
+    def table(self, result: Mapping[str, Any]) -> str:
+        width = max([len("class")] + [len(n) for n in result["class_names"]])
+        lines = [f"{'class':<{width}}  examples  top-1 acc"]
+        for name, n, acc in zip(result["class_names"], result["counts"][0], result["per_class"]):
+            lines.append(f"{name:<{width}}  {int(n):8d}  {100 * acc:9.2f}")
+        lines.append(f"top-1 {100 * result['top1']:.2f}  top-5 {100 * result['top5']:.2f}  "
+                     f"({result['num_examples']} images)")
+        return "\n".join(lines)
+
+    def headline(self, result: Mapping[str, Any]) -> str:
+        return f"top-1 {100 * result['top1']:.2f} top-5 {100 * result['top5']:.2f}"
+
+
 def evaluate(config: SegformerConfig, variables: Mapping[str, Any], split_data: Any,
              mode: str | None = None, *, crop: int | None = None, stride: int | None = None,
              img_scale: Any = PRESET, size_divisor: Any = PRESET,

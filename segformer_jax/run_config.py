@@ -60,6 +60,14 @@ def default_config() -> ml_collections.ConfigDict:
         "cat_max_ratio": 0.75, "train_split": "train", "eval_split": "validation",
         "eval_scale": ade.test_scale, "eval_size_divisor": ade.size_divisor,
         "photometric": True, "num_workers": 2, "options": {}})
+    # image_classification (segformer_jax/tasks.py): the ImageNet recipe's augmentations and
+    # targets; off here (configs/imagenet.py sets PVT v2's). The image size is data.crop_size.
+    c.task = "semantic_segmentation"
+    c.classification = ml_collections.ConfigDict({
+        "label_smoothing": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "mixup_prob": 1.0,
+        "mixup_switch_prob": 0.5, "randaugment": "", "random_erase": 0.0,
+        "crop_scale": (0.08, 1.0), "crop_ratio": (3 / 4, 4 / 3), "hflip": 0.5,
+        "test_crop_pct": 0.875, "eval_batch_size": 64})
     recipe = {k: v for k, v in dataclasses.asdict(Recipe()).items() if k not in _RECIPE_FROM_RUN}
     c.optimizer = ml_collections.ConfigDict(recipe)
     c.batch_size = 16
@@ -95,6 +103,32 @@ def use_dataset(config: ml_collections.ConfigDict, name: str, crop: int | None =
     config.data.img_scale = s.img_scale
     config.data.eval_scale = s.test_scale
     config.data.eval_size_divisor = s.size_divisor or 0   # 0: no alignment (keeps the int type)
+
+
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+def use_imagenet_recipe(config: ml_collections.ConfigDict, variant: str, batch: int = 1024,
+                        train_images: int = IMAGENET_TRAIN_IMAGES) -> None:
+    """MiT's ImageNet-1k pretraining recipe (PVT v2, whai362/PVT ``classification/main.py``
+    and ``configs/pvt_v2/*.py``, itself DeiT's) for ``variant`` at global ``batch``, with
+    epochs of ``train_images // batch`` steps; ``configs/imagenet.py`` lists it."""
+    use_variant(config, variant)
+    big = variant in ("b3", "b4", "b5")
+    config.task = "image_classification"
+    config.data.crop_size = (224, 224)
+    config.model.overrides.drop_path_rate = 0.3 if big else 0.1
+    config.classification.update(label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0,
+                                 mixup_prob=1.0, mixup_switch_prob=0.5,
+                                 randaugment="rand-m9-mstd0.5-inc1", random_erase=0.25)
+    epoch = max(train_images // batch, 1)
+    config.batch_size = batch
+    config.total_steps = 300 * epoch
+    config.optimizer.update(schedule="cosine", no_decay="1d", learning_rate=5e-4 * batch / 512,
+                            weight_decay=0.05, eps=1e-8, head_lr_mult=1.0, warmup_steps=5 * epoch,
+                            warmup_lr=1e-6, min_lr=1e-5, clip_grad_norm=1.0 if big else 0.0)
+    config.eval_every = 10 * epoch
+    config.checkpoint_every = epoch
 
 
 def recipe(config: ml_collections.ConfigDict) -> Recipe:
@@ -140,6 +174,7 @@ def validate(config: ml_collections.ConfigDict, process_count: int = 1) -> None:
             continue
         if not _positive_pair(value):
             raise ConfigError(f"data.{key} must be two positive numbers; got {value!r}")
+    _validate_task(config)
     overrides = model_overrides(config)
     try:
         SegformerConfig.from_variant(config.model.variant, **overrides)
@@ -147,6 +182,47 @@ def validate(config: ml_collections.ConfigDict, process_count: int = 1) -> None:
         given = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
         raise ConfigError(f"model.variant={config.model.variant!r}, model.overrides ({given}): "
                           f"{e}") from None
+
+
+def _validate_task(config: ml_collections.ConfigDict) -> None:
+    from segformer_jax.data import DATASETS, task_of_dataset
+    from segformer_jax.optim import SCHEDULES
+    from segformer_jax.tasks import TASK_NAMES
+    if config.task not in TASK_NAMES:
+        raise ConfigError(f"task must be one of {TASK_NAMES}; got {config.task!r}")
+    if config.data.name not in DATASETS:
+        raise ConfigError(f"data.name must be one of {DATASETS}; got {config.data.name!r}")
+    if task_of_dataset(config.data.name) != config.task:
+        raise ConfigError(f"data.name={config.data.name!r} is a {task_of_dataset(config.data.name)} "
+                          f"dataset, but task={config.task!r}")
+    if config.optimizer.schedule not in SCHEDULES:
+        raise ConfigError(f"optimizer.schedule must be one of {sorted(SCHEDULES)}; "
+                          f"got {config.optimizer.schedule!r}")
+    if config.optimizer.no_decay not in ("norm", "1d"):
+        raise ConfigError(f"optimizer.no_decay must be 'norm' or '1d'; got {config.optimizer.no_decay!r}")
+    c = config.classification
+    for key, low, high, closed in (("label_smoothing", 0.0, 1.0, False), ("mixup_prob", 0.0, 1.0, True),
+                                   ("mixup_switch_prob", 0.0, 1.0, True), ("random_erase", 0.0, 1.0, True),
+                                   ("hflip", 0.0, 1.0, True), ("test_crop_pct", 0.0, 1.0, True)):
+        value = c[key]
+        if not (low <= value <= high) or (not closed and value == high):
+            interval = f"[{low}, {high}]" if closed else f"[{low}, {high})"
+            raise ConfigError(f"classification.{key} must be in {interval}; got {value!r}")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if c[key] < 0:
+            raise ConfigError(f"classification.{key} must be >= 0 (0: off); got {c[key]!r}")
+    if c.test_crop_pct == 0:
+        raise ConfigError("classification.test_crop_pct must be in (0, 1]; got 0")
+    if c.randaugment:
+        from segformer_jax.data.randaugment import RandAugment
+        try:
+            RandAugment.from_string(c.randaugment)
+        except ValueError as e:
+            raise ConfigError(f"classification.randaugment: {e}") from None
+    for key in ("crop_scale", "crop_ratio"):
+        if not _positive_pair(c[key]) or c[key][0] > c[key][1]:
+            raise ConfigError(f"classification.{key} must be two positive numbers, low <= high; "
+                              f"got {c[key]!r}")
 
 
 def _positive_pair(value: Any) -> bool:

@@ -37,14 +37,14 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from segformer_jax import run_config, sharding
+from segformer_jax import run_config, sharding, tasks
 from segformer_jax.checkpoint import TrainCheckpoints
 from segformer_jax.config import SegformerConfig
 from segformer_jax.errors import SegformerError, TrainingError
-from segformer_jax.evaluation import EvalSettings, Evaluator, SegmentationEvaluator
-from segformer_jax.losses import segmentation_loss
-from segformer_jax.models.segformer import SegformerForSemanticSegmentation, init_variables
+from segformer_jax.evaluation import Evaluator
+from segformer_jax.models.segformer import TASKS, init_variables
 from segformer_jax.optim import learning_rate, make_optimizer
+from segformer_jax.tasks import SEMSEG
 
 State = dict[str, Any]
 METRICS = "metrics.jsonl"
@@ -55,28 +55,31 @@ METRICS = "metrics.jsonl"
 
 
 def initial_state(seg_config: SegformerConfig, tx, seed: int,
-                  pretrained: Mapping[str, Any] | None = None) -> State:
-    variables = pretrained if pretrained is not None else init_variables(seg_config, seed=seed)
+                  pretrained: Mapping[str, Any] | None = None, task: str = SEMSEG) -> State:
+    """``{'step', 'params', 'batch_stats', 'opt_state'}`` (``batch_stats`` is empty for the
+    classification model, which has no BatchNorm)."""
+    variables = (pretrained if pretrained is not None
+                 else init_variables(seg_config, task=task, seed=seed))
     params = jax.tree.map(jnp.asarray, variables["params"])
     return {"step": jnp.zeros((), jnp.int32), "params": params,
-            "batch_stats": jax.tree.map(jnp.asarray, variables["batch_stats"]),
+            "batch_stats": jax.tree.map(jnp.asarray, dict(variables.get("batch_stats", {}))),
             "opt_state": tx.init(params)}
 
 
-def model_for_run(config: ml_collections.ConfigDict,
-                  seg_config: SegformerConfig) -> SegformerForSemanticSegmentation:
-    """The model a run config trains: ``seg_config`` in ``model.dtype``, with ``model.remat``
-    and ``model.scan`` (each stage's blocks under ``nn.scan``; the same parameter tree)."""
+def model_for_run(config: ml_collections.ConfigDict, seg_config: SegformerConfig) -> Any:
+    """The model a run config trains (``TASKS[config.task]``): ``seg_config`` in
+    ``model.dtype``, with ``model.remat`` and ``model.scan`` (each stage's blocks under
+    ``nn.scan``; the same parameter tree)."""
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
-    return SegformerForSemanticSegmentation(seg_config, dtype=dtype, remat=config.model.remat,
-                                            scan=config.model.scan)
+    return TASKS[config.task](seg_config, dtype=dtype, remat=config.model.remat,
+                              scan=config.model.scan)
 
 
 def state_layout(seg_config: SegformerConfig, tx, seed: int, mesh: Mesh,
-                 fsdp_min_size: int | None = None) -> tuple[State, Any]:
+                 fsdp_min_size: int | None = None, task: str = SEMSEG) -> tuple[State, Any]:
     """The state's shapes (``ShapeDtypeStruct``s carrying their shardings) and the shardings
     of its leaves on ``mesh``, computed without materialising anything."""
-    shapes = jax.eval_shape(lambda: initial_state(seg_config, tx, seed))
+    shapes = jax.eval_shape(lambda: initial_state(seg_config, tx, seed, task=task))
     shardings = sharding.state_shardings(shapes, mesh, fsdp_min_size or sharding.MIN_FSDP_SIZE)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             shapes, shardings)
@@ -85,15 +88,16 @@ def state_layout(seg_config: SegformerConfig, tx, seed: int, mesh: Mesh,
 
 def create_state(seg_config: SegformerConfig, tx, seed: int, mesh: Mesh,
                  pretrained: Mapping[str, Any] | None = None,
-                 fsdp_min_size: int | None = None) -> tuple[State, Any]:
+                 fsdp_min_size: int | None = None, task: str = SEMSEG) -> tuple[State, Any]:
     """The initial state born sharded on ``mesh`` (shapes first, no full host copy of a
     fresh model), and the shardings of its leaves."""
-    _, shardings = state_layout(seg_config, tx, seed, mesh, fsdp_min_size)
+    _, shardings = state_layout(seg_config, tx, seed, mesh, fsdp_min_size, task)
     if pretrained is None:
-        return jax.jit(lambda: initial_state(seg_config, tx, seed), out_shardings=shardings)(), shardings
-    variables = {k: pretrained[k] for k in ("params", "batch_stats")}
+        return jax.jit(lambda: initial_state(seg_config, tx, seed, task=task),
+                       out_shardings=shardings)(), shardings
+    variables = {k: dict(pretrained.get(k, {})) for k in ("params", "batch_stats")}
     variables = jax.device_put(variables, {k: shardings[k] for k in variables})
-    build = jax.jit(lambda v: initial_state(seg_config, tx, seed, v), out_shardings=shardings)
+    build = jax.jit(lambda v: initial_state(seg_config, tx, seed, v, task), out_shardings=shardings)
     return build(variables), shardings
 
 
@@ -101,35 +105,38 @@ def create_state(seg_config: SegformerConfig, tx, seed: int, mesh: Mesh,
 # The steps
 
 
-def make_train_step(model: SegformerForSemanticSegmentation, tx, seed: int,
-                    ignore_index: int, loss_reduction: str) -> Callable[[State, dict], tuple[State, dict]]:
-    """The update: forward in train mode, loss on upsampled logits, AdamW, new BN stats."""
+def make_train_step(model: Any, tx, seed: int,
+                    objective: tasks.Objective) -> Callable[[State, dict], tuple[State, dict]]:
+    """The update: the task's inputs (``objective``: a mixed batch, soft targets), forward in
+    train mode, the task's loss, AdamW, new BN stats."""
 
     def train_step(state: State, batch: dict) -> tuple[State, dict]:
         dropout_key = jax.random.fold_in(jax.random.key(seed), state["step"])
+        images, targets = objective.inputs(batch, state["step"])
 
         def loss_fn(params):
             logits, updates = model.apply(
-                {"params": params, "batch_stats": state["batch_stats"]}, batch["image"],
+                {"params": params, "batch_stats": state["batch_stats"]}, images,
                 train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-            return segmentation_loss(logits, batch["label"], ignore_index, loss_reduction), updates
+            return objective.loss(logits, targets), updates
 
         (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         changes, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], changes)
         new_state = {"step": state["step"] + 1, "params": params,
-                     "batch_stats": updates["batch_stats"], "opt_state": opt_state}
+                     "batch_stats": updates.get("batch_stats", state["batch_stats"]),
+                     "opt_state": opt_state}
         return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
     return train_step
 
 
-def jit_train_step(model: SegformerForSemanticSegmentation, tx, config: ml_collections.ConfigDict,
+def jit_train_step(model: Any, tx, config: ml_collections.ConfigDict,
                    seg_config: SegformerConfig, mesh: Mesh, state_sharding: Any) -> Callable:
     """The step ``train`` runs: jitted with the state's and the batch's shardings, donating
     the state (the sweeps, the benchmarks and the memory report time this very program)."""
-    step = make_train_step(model, tx, config.seed, seg_config.semantic_loss_ignore_index,
-                           config.loss_reduction)
+    objective = tasks.objective(config, seg_config.num_labels, seg_config.semantic_loss_ignore_index)
+    step = make_train_step(model, tx, config.seed, objective)
     return jax.jit(step, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                    out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
 
@@ -236,7 +243,7 @@ class Run:
     train_split: Any
     train_transform: Any
     seg_config: SegformerConfig
-    model: SegformerForSemanticSegmentation
+    model: Any
     tx: optax.GradientTransformation
     evaluator: Evaluator | None
 
@@ -260,21 +267,9 @@ def check_workdir(workdir: pathlib.Path, needed_bytes: int) -> None:
                             f"this run need at least {needed_bytes / 2**20:.0f} MiB")
 
 
-def make_evaluator(config: ml_collections.ConfigDict, model: Any, eval_split: Any) -> Evaluator:
-    """The segmentation task's validation: whole images at ``data.eval_scale``, aligned to
-    ``data.eval_size_divisor``, each process scoring its share of the split on all its
-    devices (batches of one test shape, one image per device)."""
-    d = config.data
-    settings = EvalSettings(img_scale=tuple(d.eval_scale) if d.eval_scale else None,
-                            size_divisor=d.eval_size_divisor or None)
-    return SegmentationEvaluator(model, eval_split, settings, process_index=jax.process_index(),
-                                 process_count=jax.process_count())
-
-
 def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
     """The mesh, the data, the model, the optimiser and the evaluator of ``config``."""
     from segformer_jax import data
-    from segformer_jax.data.transforms import TrainTransform
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     micro_batch = config.batch_size // config.accumulate_steps
     sharding.check_batch(micro_batch, mesh, "batch_size / accumulate_steps")
@@ -282,27 +277,29 @@ def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
     kwargs = dict(data_dir=d.data_dir or None, manual_dir=d.manual_dir or None, **dict(d.options))
     train_split = data.load_split(d.name, d.train_split, **kwargs)
     eval_split = data.load_split(d.name, d.eval_split, **kwargs) if d.eval_split else None
-    train_tf = TrainTransform(img_scale=tuple(d.img_scale), ratio_range=tuple(d.ratio_range),
-                              crop_size=tuple(d.crop_size), cat_max_ratio=d.cat_max_ratio,
-                              reduce_zero_label=train_split.reduce_zero_label,
-                              photometric=d.photometric)
+    train_tf = tasks.train_transform(config, train_split)
     seg_config = run_config.model_config(config, train_split.num_labels, train_split.id2label)
     model = model_for_run(config, seg_config)
     tx = make_optimizer(run_config.recipe(config), config.accumulate_steps)
-    evaluator = make_evaluator(config, model, eval_split) if eval_split is not None else None
+    evaluator = tasks.make_evaluator(config, model, eval_split) if eval_split is not None else None
     return Run(config, workdir, mesh, micro_batch, train_split, train_tf, seg_config, model, tx,
                evaluator)
 
 
 def _meta(step: int, run: Run, metrics: Mapping[str, float] | None = None) -> dict[str, Any]:
     from segformer_jax.hub import config_summary
-    return {"step": int(step), "model": run.seg_config.to_dict(),
+    return {"step": int(step), "task": run.config.task, "model": run.seg_config.to_dict(),
             "model_summary": config_summary(run.seg_config), "seed": int(run.config.seed),
             "batch_size": int(run.config.batch_size),
             "metrics": {k: float(v) for k, v in (metrics or {}).items()}}
 
 
 def _check_compatible(meta: Mapping[str, Any], run: Run, where: str) -> None:
+    saved_task = meta.get("task", SEMSEG)  # checkpoints from before the classification task
+    if saved_task != run.config.task:
+        raise TrainingError(f"{where}: an {saved_task} checkpoint, and this config trains "
+                            f"{run.config.task} (task); use a fresh --workdir, or model.init to start "
+                            f"from its encoder")
     saved, seg_config = SegformerConfig.from_dict(meta["model"]), run.seg_config
     if saved != seg_config:
         diff = [f"{f}: checkpoint {getattr(saved, f)!r} vs config {getattr(seg_config, f)!r}"
@@ -323,10 +320,10 @@ def initial_run_state(run: Run) -> tuple[State, Any]:
     config = run.config
     pretrained = None
     if config.model.init != "scratch":
-        _, pretrained = from_pretrained(config.model.init, task="semantic_segmentation",
+        _, pretrained = from_pretrained(config.model.init, task=config.task,
                                         num_labels=run.seg_config.num_labels, seed=config.seed)
     return create_state(run.seg_config, run.tx, config.seed, run.mesh, pretrained,
-                        config.mesh.fsdp_min_size)
+                        config.mesh.fsdp_min_size, config.task)
 
 
 def resume(run: Run, checkpoints: TrainCheckpoints, state: State,

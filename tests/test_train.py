@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import segformer_jax as sj
+from segformer_jax import tasks
 from segformer_jax.optim import Recipe, make_optimizer
+from segformer_jax.run_config import default_config
 from segformer_jax.train import initial_state, make_train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +33,7 @@ def test_a_few_steps_lower_the_loss():
     rng = np.random.default_rng(0)
     images = rng.standard_normal((2, 32, 32, 3), dtype=np.float32)
     labels = (images[..., 0] > 0).astype(np.int32) + (images[..., 1] > 1)  # learnable from pixels
-    step = jax.jit(make_train_step(model, tx, seed=0, ignore_index=255, loss_reduction="valid"))
+    step = jax.jit(make_train_step(model, tx, seed=0, objective=tasks.objective(default_config(), 3, 255)))
     losses = []
     for _ in range(8):
         state, out = step(state, {"image": images, "label": labels})

@@ -213,6 +213,11 @@ def _eval_example(source: Any, transform: Transform, index: int) -> dict[str, An
 
 def _collate_eval(examples: list[dict[str, Any]], pad_to: Sequence[int] | None
                   ) -> dict[str, np.ndarray]:
+    extra = {"index": np.array([e["index"] for e in examples], np.int64),
+             "file_name": np.array([e["file_name"] for e in examples], dtype=object)}
+    if all(np.ndim(e["label"]) == 0 for e in examples):  # classification: one class id each
+        return {"image": np.stack([np.asarray(e["image"], np.float32) for e in examples]),
+                "label": np.array([e["label"] for e in examples], np.int32), **extra}
     image_sizes = np.array([e["image"].shape[:2] for e in examples], np.int32)
     label_sizes = np.array([e["label"].shape[:2] for e in examples], np.int32)
     if pad_to is None:
@@ -233,9 +238,7 @@ def _collate_eval(examples: list[dict[str, Any]], pad_to: Sequence[int] | None
         lh, lw = e["label"].shape[:2]
         labels[i, :lh, :lw] = e["label"]
     return {"image": images, "label": labels, "image_size": image_sizes,
-            "label_size": label_sizes,
-            "index": np.array([e["index"] for e in examples], np.int64),
-            "file_name": np.array([e["file_name"] for e in examples], dtype=object)}
+            "label_size": label_sizes, **extra}
 
 
 def eval_batches(source: Any, transform: Transform = EvalTransform(), batch_size: int = 1, *,
