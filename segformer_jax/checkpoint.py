@@ -29,6 +29,8 @@ from segformer_jax.config import SegformerConfig
 from segformer_jax.errors import CheckpointError, ConfigError
 from segformer_jax.hub import ARCHITECTURES, SEMSEG, WEIGHT_FILES, task_of
 
+log = logging.getLogger(__name__)
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
 CHECKPOINTS = "checkpoints"   # a training workdir's Orbax directory
 
@@ -245,10 +247,47 @@ def load_training_checkpoint(step_dir: str | os.PathLike) -> tuple[SegformerConf
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{step_dir / 'state'}: cannot be restored "
                               f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    if not isinstance(state, Mapping) or not {"params", "batch_stats"} <= set(state):
+    if not isinstance(state, Mapping) or "params" not in state:
         raise CheckpointError(f"{step_dir / 'state'}: not a training state (expected params "
                               "and batch_stats)")
-    return config, {"params": state["params"], "batch_stats": state["batch_stats"]}
+    # A classification state has no BatchNorm: its empty batch_stats may not be stored.
+    return config, {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+
+
+ENCODER_FIELDS = ("num_channels", "num_encoder_blocks", "depths", "sr_ratios", "hidden_sizes",
+                  "patch_sizes", "strides", "num_attention_heads", "mlp_ratios", "mix_ffn_conv")
+
+
+def encoder_init(path: str | os.PathLike, config: SegformerConfig, task: str,
+                 seed: int = 0) -> dict[str, Any] | None:
+    """``model.init`` from a training workdir or a model checkpoint of *either* task: its
+    encoder, and the head of ``task`` (for ``config``'s labels) freshly initialised (``seed``)
+    unless the checkpoint is of the same task and label count. None when ``path`` is neither
+    (a Hub or NVlabs checkpoint: ``hub.from_pretrained`` reads those). So a pretrained
+    classification run starts a segmentation run, as ImageNet MiT starts NVlabs' recipe."""
+    from segformer_jax.models.segformer import init_head_variables
+    path = pathlib.Path(path).expanduser()
+    if path.is_dir() and is_model_checkpoint(path):
+        saved, variables, _ = load_model(path)
+    else:
+        step_dir = training_step_dir(path) if path.is_dir() else None
+        if step_dir is None:
+            return None
+        saved, variables = load_training_checkpoint(step_dir)
+        path = step_dir
+    different = [f"{f}: checkpoint {getattr(saved, f)!r} vs config {getattr(config, f)!r}"
+                 for f in ENCODER_FIELDS if getattr(saved, f) != getattr(config, f)]
+    if different:
+        raise CheckpointError(f"{path}: its encoder differs from the configured one "
+                              f"({'; '.join(different)})")
+    head = "classifier" if task != SEMSEG else "decode_head"
+    if task_of(variables) == task and saved.num_labels == config.num_labels:
+        return variables
+    fresh = init_head_variables(config, task, seed)
+    params = {"encoder": variables["params"]["encoder"], head: fresh["params"][head]}
+    batch_stats = {head: fresh["batch_stats"][head]} if head in fresh.get("batch_stats", {}) else {}
+    log.warning("%s: encoder kept; the %s (%s) freshly initialised (seed %d)", path, head, task, seed)
+    return {"params": params, "batch_stats": batch_stats}
 
 
 def _load_hub(path: pathlib.Path) -> tuple[SegformerConfig, dict[str, Any]]:

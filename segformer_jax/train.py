@@ -320,8 +320,11 @@ def initial_run_state(run: Run) -> tuple[State, Any]:
     config = run.config
     pretrained = None
     if config.model.init != "scratch":
-        _, pretrained = from_pretrained(config.model.init, task=config.task,
-                                        num_labels=run.seg_config.num_labels, seed=config.seed)
+        from segformer_jax.checkpoint import encoder_init
+        pretrained = encoder_init(config.model.init, run.seg_config, config.task, config.seed)
+        if pretrained is None:  # a Hub or NVlabs checkpoint
+            _, pretrained = from_pretrained(config.model.init, task=config.task,
+                                            num_labels=run.seg_config.num_labels, seed=config.seed)
     return create_state(run.seg_config, run.tx, config.seed, run.mesh, pretrained,
                         config.mesh.fsdp_min_size, config.task)
 

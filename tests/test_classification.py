@@ -109,8 +109,8 @@ def test_tfds_imagenet2012_from_manual_tars(tmp_path):
 # ----------------------------------------------------------------------------- evaluator
 
 
-def test_evaluator_counts_are_exact_on_every_device(tmp_path):
-    """Top-1 / top-5 / per-class over 8 devices with a partial last batch equal the
+def test_evaluator_counts_are_exact_with_a_partial_batch(tmp_path):
+    """Top-1 / top-5 / per-class over this process's devices, with a partial last batch, equal the
     image-by-image computation."""
     from segformer_jax.data.augment import ClassifyEvalTransform
     from segformer_jax.evaluation import ClassificationEvaluator
@@ -230,3 +230,33 @@ def test_bad_classification_config_is_one_clear_error(override, message, tmp_pat
     assert done.returncode == 2, done.stderr[-2000:]
     assert message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_a_classification_workdir_initialises_a_segmentation_run(classification_run, tmp_path):
+    """The pretrained encoder is kept bit for bit, a decode head is initialised, and the
+    segmentation run trains from it."""
+    from segformer_jax.checkpoint import encoder_init
+    from segformer_jax.models.segformer import SegformerForSemanticSegmentation
+
+    root, state, _ = classification_run
+    seg_config = sj.SegformerConfig.from_variant("b0", num_labels=6, hidden_sizes=(8, 16, 24, 32),
+                                                 num_attention_heads=(1, 2, 3, 4), depths=(1, 1, 1, 1))
+    init = encoder_init(root / "a", seg_config, "semantic_segmentation", seed=0)
+    for a, b in zip(jax.tree.leaves(init["params"]["encoder"]), jax.tree.leaves(state["params"]["encoder"])):
+        np.testing.assert_array_equal(a, b)
+    expected = jax.eval_shape(SegformerForSemanticSegmentation(seg_config).init, jax.random.key(0),
+                              jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32))
+    assert jax.tree.structure(init) == jax.tree.structure(expected)
+    done = subprocess.run(
+        [sys.executable, "-m", "segformer_jax.train", "--config", os.path.join(ROOT, "configs/quickstart.py"),
+         "--workdir", str(tmp_path / "seg"), "--config.total_steps=2", "--config.batch_size=2",
+         "--config.data.crop_size=(32, 32)", "--config.data.img_scale=(64, 32)",
+         "--config.data.eval_scale=(64, 32)", f"--config.data.data_dir={root / 'tfds'}",
+         "--config.data.options.num_train=4", "--config.data.options.num_validation=1",
+         f"--config.model.init={root / 'a'}", "--config.model.overrides.decoder_hidden_size=16", *TINY],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "encoder kept; the decode_head (semantic_segmentation) freshly initialised" in done.stderr
+    bad = sj.SegformerConfig.from_variant("b0", num_labels=6)
+    with pytest.raises(Exception, match="its encoder differs from the configured one"):
+        encoder_init(root / "a", bad, "semantic_segmentation")
