@@ -236,6 +236,8 @@ def import_torch(skip: bool, threads: int | None) -> Any | None:
     """torch (with ``threads`` intra-op threads when given), or None when it is skipped."""
     if skip:
         return None
+    from experiments.torchvision_shim import allow_torchvision_without_extension
+    allow_torchvision_without_extension()  # transformers imports torchvision when installed
     import torch
     if threads is not None:
         torch.set_num_threads(threads)

@@ -114,13 +114,14 @@ def train_row(variant: str, size: tuple[int, int], batch: int, warmup: int, repe
         diff = abs(bt.jax_eval_loss(config, variables, images, labels)
                    - bt.torch_eval_loss(torch_model, pixel_values, torch_labels))
         agreement = f"eval loss diff {diff:.1e}"
-    ours = bt.jax_train_step(config, variables, images, labels, warmup, repeats)
+    ours = bt.jax_train_step(config, variables, images, labels)
     del variables  # donated with the state
-    torch_ms = None
+    calls = {"jax": ours.one_step}
     if torch_model is not None:
-        torch_ms = bt.torch_train_step(torch_model, pixel_values, torch_labels, warmup,
-                                       repeats).timing.median_ms
-    return Row("train", variant, size, batch, ours.timing.median_ms, torch_ms, agreement)
+        calls["torch"] = bt.torch_train_step(torch_model, pixel_values, torch_labels).one_step
+    timings = bi.time_interleaved(calls, warmup, repeats)  # in turn: the machine's drift hits both
+    torch_ms = timings["torch"].median_ms if "torch" in timings else None
+    return Row("train", variant, size, batch, timings["jax"].median_ms, torch_ms, agreement)
 
 
 def paper_table(variants: list[str]) -> str:

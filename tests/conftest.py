@@ -16,6 +16,10 @@ _run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"segformer-jax-xla-cache-{_run_id}"))
 
+from experiments.torchvision_shim import allow_torchvision_without_extension  # noqa: E402
+
+allow_torchvision_without_extension()  # before transformers is imported anywhere
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 

@@ -1,19 +1,10 @@
-"""timm, the reference implementation of the ImageNet recipe's augmentations and schedule.
+"""timm, the reference implementation of the ImageNet recipe's augmentations and schedule
+(tests only). It imports torchvision: see ``experiments/torchvision_shim.py``."""
 
-Tests only. timm imports torchvision; the torchvision wheel on the package registry is a
-CUDA build whose C extension cannot load next to this project's CPU-only torch, and then its
-import fails while registering kernels for that extension's operators (NMS, RoI pooling).
-timm's augmentations, schedulers and losses use none of those: empty stand-ins for the two
-registration modules let ``import torchvision`` (and so timm) succeed with every
-pure-Python transform intact.
-"""
-
-import sys
-import types
+from experiments.torchvision_shim import allow_torchvision_without_extension
 
 
 def import_timm():
-    for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
-        sys.modules.setdefault(name, types.ModuleType(name))
+    allow_torchvision_without_extension()
     import timm
     return timm
