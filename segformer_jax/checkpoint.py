@@ -7,7 +7,8 @@
 
 * Training checkpoints (``TrainCheckpoints``): an Orbax ``CheckpointManager`` in
   ``workdir/checkpoints/<step>/{state,meta}``.
-* ``load_for_inference``: the model of any of these, or of a Hub / NVlabs weight file.
+* ``load_checkpoint``: the model of any of these, or of a Hub / NVlabs weight file
+  (``load_for_inference``: the same, segmentation only).
 """
 
 from __future__ import annotations
@@ -290,23 +291,25 @@ def encoder_init(path: str | os.PathLike, config: SegformerConfig, task: str,
     return {"params": params, "batch_stats": batch_stats}
 
 
-def _load_hub(path: pathlib.Path) -> tuple[SegformerConfig, dict[str, Any]]:
+def _load_hub(path: pathlib.Path) -> tuple[SegformerConfig, dict[str, Any], str]:
     from segformer_jax.hub import from_pretrained
-    config, variables, report = from_pretrained(path, task=SEMSEG, report=True)
+    config, variables, report = from_pretrained(path, report=True)
+    task = task_of(variables)
     if report.initialised:
-        raise CheckpointError(f"{path}: has no (complete) semantic segmentation head, so its "
-                              "predictions would come from random weights; it is an encoder or "
-                              "classification checkpoint: fine-tune it first")
-    return config, variables
+        raise CheckpointError(f"{path}: has no (complete) {task} head, so its predictions "
+                              "would come from random weights; it is an encoder checkpoint: "
+                              "fine-tune it first")
+    return config, variables, task
 
 
-def load_for_inference(path: str | os.PathLike) -> tuple[SegformerConfig, dict[str, Any]]:
-    """``(config, variables)`` of a semantic segmentation model from any checkpoint we read.
+def load_checkpoint(path: str | os.PathLike) -> tuple[SegformerConfig, dict[str, Any], str]:
+    """``(config, variables, task)`` of the model in any checkpoint we read, of either task.
 
     ``path`` is one of:
 
     * a Hub-layout directory (``config.json`` + ``model.safetensors`` / ``pytorch_model.bin``,
-      or one NVlabs ``*.pth``) or a weight file: read by ``hub.from_pretrained``;
+      or one NVlabs ``*.pth``) or a weight file: read by ``hub.from_pretrained``, the task
+      being the head the checkpoint has;
     * a model checkpoint (``config.json`` + ``variables/``): ``load_model``;
     * a training workdir (its latest finished step), its ``checkpoints/`` directory, or one
       step directory ``checkpoints/<step>``: ``params`` + ``batch_stats`` of the state, the
@@ -318,10 +321,7 @@ def load_for_inference(path: str | os.PathLike) -> tuple[SegformerConfig, dict[s
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file or directory")
     if path.is_dir() and is_model_checkpoint(path):
-        config, variables, task = load_model(path)
-        if task != SEMSEG:
-            raise CheckpointError(f"{path}: an {task} model, not a semantic segmentation one")
-        return config, variables
+        return load_model(path)
     if path.is_file() and path.suffix.lower() not in WEIGHT_SUFFIXES:
         raise CheckpointError(f"{path}: not a weight file (expected "
                               f"{', '.join(WEIGHT_SUFFIXES)}) nor a checkpoint directory")
@@ -329,7 +329,8 @@ def load_for_inference(path: str | os.PathLike) -> tuple[SegformerConfig, dict[s
         return _load_hub(path)
     step_dir = training_step_dir(path)
     if step_dir is not None:
-        return load_training_checkpoint(step_dir)
+        config, variables = load_training_checkpoint(step_dir)
+        return config, variables, task_of(variables)
     if len(list(path.glob("*.pth")) + list(path.glob("*.pt"))) == 1:  # an NVlabs checkpoint
         return _load_hub(path)
     raise CheckpointError(
@@ -337,3 +338,14 @@ def load_for_inference(path: str | os.PathLike) -> tuple[SegformerConfig, dict[s
         f"{' or '.join(WEIGHT_FILES)}), a weight file, a segformer_jax model checkpoint "
         "(config.json + variables/) or a training workdir (checkpoints/<step>/); the directory "
         f"holds {sorted(p.name for p in path.iterdir())[:10]}")
+
+
+def load_for_inference(path: str | os.PathLike) -> tuple[SegformerConfig, dict[str, Any]]:
+    """``(config, variables)`` of a semantic segmentation model from any checkpoint
+    ``load_checkpoint`` reads; a classification model is refused (its decode head would be
+    random weights)."""
+    config, variables, task = load_checkpoint(path)
+    if task != SEMSEG:
+        raise CheckpointError(f"{pathlib.Path(path).expanduser()}: an {task} model, not a "
+                              "semantic segmentation one; fine-tune it first (model.init)")
+    return config, variables

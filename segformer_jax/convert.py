@@ -5,7 +5,9 @@
 
 ``to-orbax`` reads anything ``segformer_jax.from_pretrained`` reads (Hub directories with
 safetensors or pytorch_model.bin, transformers 5 names, NVlabs ``.pth``); ``to-hub`` writes
-config.json + model.safetensors that ``transformers`` loads.
+config.json + model.safetensors that ``transformers`` loads, as
+``SegformerForSemanticSegmentation`` or, for a classification model (a pretraining run),
+``SegformerForImageClassification`` (the layout of ``nvidia/mit-b0``).
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import argparse
 import logging
 import sys
 
-from segformer_jax.checkpoint import is_model_checkpoint, load_for_inference, load_model, save_model
+from segformer_jax.checkpoint import load_checkpoint, save_model
 from segformer_jax.errors import CheckpointError
-from segformer_jax.hub import SEMSEG, from_pretrained, save_pretrained
+from segformer_jax.hub import from_pretrained, save_pretrained
 from segformer_jax.models.segformer import TASKS
 
 
@@ -43,11 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "to-orbax":
             config, variables = from_pretrained(args.source, task=args.task, num_labels=args.num_labels)
             out = save_model(args.output, config, variables, args.task, overwrite=args.overwrite)
-        elif is_model_checkpoint(args.source):
-            config, variables, task = load_model(args.source)
-        else:  # a training workdir (its latest checkpoint) or a step directory
-            config, variables = load_for_inference(args.source)
-            task = SEMSEG
+        else:  # a model checkpoint, a training workdir (its latest step) or a step directory
+            config, variables, task = load_checkpoint(args.source)
         if args.command == "to-hub":
             _refuse_non_empty(args.output, args.overwrite)
             out = save_pretrained(args.output, config, variables, task)

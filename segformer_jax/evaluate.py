@@ -19,6 +19,12 @@ means over images. ``--scales`` / ``--flip`` run mmseg's multi-scale (+ flip) te
 softmax averaged over the augmentations, each scale ratio applied to the preset's image
 scale. ``--crop`` alone switches to sliding-window inference; ``--stride`` defaults to 3/4
 of the crop.
+
+A classification checkpoint (a pretraining run, or a Hub ``SegformerForImageClassification``)
+is scored on a classification dataset (``synthetic_classification``, ``imagenet2012``,
+``image_folder``) with the recipe's test transform (short side to ``crop-size / crop-pct``,
+bicubic, centre crop ``--crop-size``; default 224 and 0.875, DeiT's): top-1, top-5 and each
+class's top-1 accuracy, counted exactly over the split.
 """
 
 from __future__ import annotations
@@ -34,10 +40,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from segformer_jax.checkpoint import load_for_inference
+from segformer_jax.checkpoint import load_checkpoint
 from segformer_jax.cli import ArgumentParser, positive_int
 from segformer_jax.errors import EvaluationError, SegformerError
 from segformer_jax.evaluation import PRESET, eval_settings, evaluate, to_json
+from segformer_jax.hub import CLASSIFY
 
 # --------------------------------------------------------------------------------------
 # Command line
@@ -91,6 +98,19 @@ def _data_option(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
+def _crop_pct(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], e.g. 0.875; got {text!r}")
+    return value
+
+
+SEGMENTATION_FLAGS = ("mode", "crop", "stride", "scales", "flip")
+
+
 def parse_args(argv: Sequence[str]):
     from segformer_jax.data import DATASETS
     parser = ArgumentParser(prog="python -m segformer_jax.evaluate", description=__doc__,
@@ -120,6 +140,12 @@ def parse_args(argv: Sequence[str]):
     parser.add_argument("--batch-windows", type=positive_int, default=1,
                         help="sliding windows per forward pass, rounded up to a multiple of the "
                              "device count (default 1: one window per device)")
+    parser.add_argument("--crop-size", type=positive_int, default=224,
+                        help="classification: the centre crop's side (default 224)")
+    parser.add_argument("--crop-pct", type=_crop_pct, default=0.875,
+                        help="classification: crop / resized short side (default 0.875)")
+    parser.add_argument("--batch-size", type=positive_int, default=64,
+                        help="classification: images per forward pass (default 64)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     args = parser.parse_args(argv)
     if args.dataset == "folder" and not args.manual_dir:
@@ -158,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
     from segformer_jax import data, metrics
     try:
-        config, variables = load_for_inference(args.checkpoint)
+        config, variables, task = load_checkpoint(args.checkpoint)
+        _check_task(args, task)
         try:
             split = data.load_split(args.dataset, args.split, data_dir=args.data_dir,
                                     manual_dir=args.manual_dir, **dict(args.data_option))
@@ -169,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, AssertionError) as e:  # TFDS's own complaints about the split
             raise EvaluationError(f"--split {args.split!r}: {str(e).splitlines()[0]}") from None
         start = time.perf_counter()
+        if task == CLASSIFY:
+            return _classify(args, config, variables, split, start)
         summary = evaluate(config, variables, split, args.mode, crop=args.crop,
                            stride=args.stride, img_scale=args.img_scale,
                            size_divisor=args.size_divisor, scales=args.scales, flip=args.flip,
@@ -185,16 +214,62 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{time.perf_counter() - start:.0f} s")
     print(metrics.format_table(summary))
     if args.json:
-        record = to_json(summary, checkpoint=str(args.checkpoint), dataset=args.dataset,
-                         split=args.split)
-        path = pathlib.Path(args.json)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        except OSError as e:
-            print(f"error: {path}: cannot write the results ({e.strerror or e})", file=sys.stderr)
-            return 1
-        print(f"results written to {path}")
+        return _write_json(args.json, to_json(summary, checkpoint=str(args.checkpoint),
+                                              dataset=args.dataset, split=args.split))
+    return 0
+
+
+def _check_task(args: argparse.Namespace, task: str) -> None:
+    """A classification model takes a classification dataset and none of the segmentation
+    test options (and the reverse): refused before any data is read."""
+    from segformer_jax.data import task_of_dataset
+    if task_of_dataset(args.dataset) != task:
+        raise EvaluationError(f"{args.checkpoint}: an {task} model, and --dataset {args.dataset} "
+                              f"holds {task_of_dataset(args.dataset)} labels")
+    if task == CLASSIFY:
+        given = [f for f in SEGMENTATION_FLAGS if getattr(args, f)]
+        given += [f for f in ("img_scale", "size_divisor") if getattr(args, f) != PRESET]
+        if given:
+            raise EvaluationError(f"--{given[0].replace('_', '-')} is a segmentation test option; "
+                                  f"{args.checkpoint} is an image classification model")
+
+
+def _classify(args: argparse.Namespace, config: Any, variables: Any, split: Any,
+              start: float) -> int:
+    import jax
+    import numpy as np
+
+    from segformer_jax.evaluation import ClassificationEvaluator
+    from segformer_jax.models.segformer import SegformerForImageClassification
+    evaluator = ClassificationEvaluator(
+        SegformerForImageClassification(config), split, (args.crop_size, args.crop_size),
+        args.crop_pct, batch_size=args.batch_size, max_examples=args.max_examples,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    result = evaluator(variables)
+    print(f"{args.dataset} {args.split}: {result['num_examples']} images, short side "
+          f"{round(args.crop_size / args.crop_pct)}, centre crop {args.crop_size}; "
+          f"{time.perf_counter() - start:.0f} s")
+    print(evaluator.table(result))
+    if args.json:
+        per_class = {name: (None if np.isnan(acc) else float(acc))
+                     for name, acc in zip(result["class_names"], result["per_class"])}
+        return _write_json(args.json, {
+            "checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": args.split,
+            "task": CLASSIFY, "num_examples": result["num_examples"],
+            "top1": float(result["top1"]), "top5": float(result["top5"]), "per_class_top1": per_class,
+            "settings": {"crop_size": args.crop_size, "crop_pct": args.crop_pct}})
+    return 0
+
+
+def _write_json(where: str, record: dict[str, Any]) -> int:
+    path = pathlib.Path(where)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    except OSError as e:
+        print(f"error: {path}: cannot write the results ({e.strerror or e})", file=sys.stderr)
+        return 1
+    print(f"results written to {path}")
     return 0
 
 

@@ -301,6 +301,17 @@ def _check_compatible(meta: Mapping[str, Any], run: Run, where: str) -> None:
                             f"{run.config.task} (task); use a fresh --workdir, or model.init to start "
                             f"from its encoder")
     saved, seg_config = SegformerConfig.from_dict(meta["model"]), run.seg_config
+    if saved.id2label != seg_config.id2label:
+        before, now = list(saved.id2label.values()), list(seg_config.id2label.values())
+        gone, new = [c for c in before if c not in now], [c for c in now if c not in before]
+        raise TrainingError(
+            f"{where}: trained on other classes than the {run.config.data.name} dataset has "
+            f"({len(before)} in the checkpoint, {len(now)} in the dataset"
+            + (f"; only in the checkpoint: {', '.join(gone[:8])}" if gone else "")
+            + (f"; only in the dataset: {', '.join(new[:8])}" if new else "")
+            + ("; same names, another order" if not gone and not new else "")
+            + "); resuming would train the classifier on shifted labels. Restore the dataset, or "
+            "use a fresh --workdir with model.init to start from this checkpoint")
     if saved != seg_config:
         diff = [f"{f}: checkpoint {getattr(saved, f)!r} vs config {getattr(seg_config, f)!r}"
                 for f in ("hidden_sizes", "depths", "decoder_hidden_size", "num_labels", "sr_ratios",

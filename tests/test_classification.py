@@ -260,3 +260,108 @@ def test_a_classification_workdir_initialises_a_segmentation_run(classification_
     bad = sj.SegformerConfig.from_variant("b0", num_labels=6)
     with pytest.raises(Exception, match="its encoder differs from the configured one"):
         encoder_init(root / "a", bad, "semantic_segmentation")
+
+
+def _command(module, *args):
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True,
+                          text=True, timeout=900, env={**os.environ, "PYTHONPATH": ROOT})
+
+
+def test_evaluate_command_scores_a_classification_workdir(classification_run, tmp_path):
+    """``evaluate`` on the workdir gives the training run's own final validation figures."""
+    root, _, _ = classification_run
+    data_args = ["--dataset", "synthetic_classification", "--data-dir", root / "tfds",
+                 "--data-option", "num_train=24", "--data-option", "num_validation=6"]
+    done = _command("segformer_jax.evaluate", "--checkpoint", root / "a", *data_args,
+                    "--crop-size", 32, "--batch-size", 4, "--json", tmp_path / "r.json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "r.json").read_text())
+    last = json.loads((root / "a" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["top1"] == pytest.approx(last["val/top1"], abs=1e-12)
+    assert record["top5"] == pytest.approx(last["val/top5"], abs=1e-12)
+    assert record["num_examples"] == 6 and set(record["per_class_top1"]) >= {"stripes"}
+    assert "top-1" in done.stdout and "stripes" in done.stdout
+
+    for extra, message in [(["--flip"], "--flip is a segmentation test option"),
+                           (["--crop-pct", "1.5"], "expected a fraction in (0, 1]")]:
+        bad = _command("segformer_jax.evaluate", "--checkpoint", root / "a", *data_args, *extra)
+        assert bad.returncode in (1, 2) and message in bad.stderr and "Traceback" not in bad.stderr
+    bad = _command("segformer_jax.evaluate", "--checkpoint", root / "a", "--dataset", "synthetic",
+                   "--data-dir", tmp_path / "unused")
+    assert bad.returncode == 1 and "an image_classification model, and --dataset synthetic" in bad.stderr
+    assert not (tmp_path / "unused").exists()  # refused before any dataset is built
+
+
+def test_a_pretraining_workdir_exports_to_the_hub_for_transformers(classification_run, tmp_path):
+    """``convert to-hub`` of a classification workdir writes nvidia/mit-bX's layout
+    (SegformerForImageClassification) with the run's class names; transformers' own
+    loader reads it and computes the same logits (1e-4, as test_parity argues)."""
+    import transformers
+    from conftest import random_images, torch_forward
+
+    from segformer_jax.checkpoint import load_checkpoint
+    root, _, _ = classification_run
+    done = _command("segformer_jax.convert", "to-hub", root / "a", tmp_path / "hub")
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = json.loads((tmp_path / "hub" / "config.json").read_text())
+    assert written["architectures"] == ["SegformerForImageClassification"]
+    assert "stripes" in written["id2label"].values()
+    torch_model = transformers.SegformerForImageClassification.from_pretrained(
+        tmp_path / "hub", attn_implementation="eager").eval()
+    config, variables, task = load_checkpoint(root / "a")
+    assert task == "image_classification"
+    images = random_images(3, 45, 61, seed=5)
+    with jax.default_matmul_precision("highest"):
+        ours = np.asarray(jax.jit(sj.SegformerForImageClassification(config).apply)(variables, images))
+    assert np.abs(ours - torch_forward(torch_model, images)).max() <= 1e-4
+
+
+def test_a_hub_classifier_fine_tunes_with_another_label_count(tmp_path):
+    """A Hub mit-bX (SegformerForImageClassification, here 10 classes, saved by
+    transformers) as ``model.init`` of a 5-class run: the encoder kept tensor for tensor, a
+    new classifier initialised and named in the log."""
+    from conftest import build_hf
+
+    from segformer_jax.hub import from_pretrained
+    tiny = sj.SegformerConfig.from_variant("b0", num_labels=10, hidden_sizes=(8, 16, 24, 32),
+                                           num_attention_heads=(1, 2, 3, 4), depths=(1, 1, 1, 1))
+    build_hf(tiny, "image_classification").save_pretrained(tmp_path / "mit")
+    _, full = from_pretrained(tmp_path / "mit")
+    config, variables, report = from_pretrained(tmp_path / "mit", task="image_classification",
+                                                num_labels=5, report=True)
+    assert config.num_labels == 5 and variables["params"]["classifier"]["kernel"].shape == (32, 5)
+    assert report.initialised == ("classifier.weight", "classifier.bias")
+    jax.tree.map(np.testing.assert_array_equal, variables["params"]["encoder"], full["params"]["encoder"])
+
+    done = _run(tmp_path / "w", tmp_path / "tfds", f"--config.model.init={tmp_path / 'mit'}", total=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "freshly initialised 2 tensors" in done.stderr and "classifier.weight" in done.stderr
+    assert "dropped 2 tensors" in done.stderr  # the 10-class classifier
+
+
+def test_resume_refuses_a_folder_dataset_whose_classes_changed(tmp_path):
+    rng = np.random.default_rng(1)
+    root = tmp_path / "pets"
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            (root / split / c).mkdir(parents=True)
+            for k in range(2):
+                (root / split / c / f"{k}.jpg").write_bytes(jpeg(rng))
+    def run(total):
+        args = [a for a in train_args(tmp_path / "w", tmp_path / "tfds", total)
+                if not a.startswith("--config.data.options.")]
+        return _command("segformer_jax.train", *args, "--config.data.name=image_folder",
+                        f"--config.data.manual_dir={root}", "--config.data.train_split=train",
+                        "--config.data.eval_split=val", "--config.data.options={}",
+                        "--config.batch_size=4")
+
+    done = run(4)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (root / "train" / "emu").mkdir()
+    (root / "train" / "emu" / "0.jpg").write_bytes(jpeg(rng))
+    done = run(8)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "trained on other classes than the image_folder dataset has (2 in the checkpoint, 3 " \
+           "in the dataset; only in the dataset: emu)" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert (tmp_path / "w" / "checkpoints" / "4").is_dir()  # nothing saved is lost
