@@ -40,6 +40,7 @@ from experiments.sweep_file import REPO, Point, Sweep, SweepError, load_sweep
 PARENT_ENV = "SEGFORMER_SWEEP_PARENT_PID"  # set for the point processes of a local sweep
 RESULT, POINT_CONFIG, SUMMARY, LOG, SUBMITTED = (
     "result.json", "point_config.json", "train_summary.json", "log.txt", "submitted.json")
+PRETRAIN = "pretrain"  # a two-stage point's first stage: its workdir inside the point's
 
 __all__ = ["Point", "Sweep", "SweepError", "load_sweep", "main"]
 
@@ -70,12 +71,14 @@ def point_dir(workdir: pathlib.Path, point: Point) -> pathlib.Path:
 def check_workdir(workdir: pathlib.Path, sweep: Sweep) -> None:
     """A point directory written with another config is refused, before anything runs."""
     from segformer_jax.run_config import to_json_data
-    for point in sweep.points:
-        saved_file = point_dir(workdir, point) / POINT_CONFIG
+    stages = [(p, POINT_CONFIG, p.config) for p in sweep.points]
+    stages += [(p, f"{PRETRAIN}/{POINT_CONFIG}", p.pretrain) for p in sweep.points if p.pretrain]
+    for point, file, config in stages:
+        saved_file = point_dir(workdir, point) / file
         if not saved_file.is_file():
             continue
         saved = _flatten(json.loads(saved_file.read_text(encoding="utf-8")))
-        now = _flatten(to_json_data(point.config))
+        now = _flatten(to_json_data(config))
         diff = [f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(saved) | set(now))
                 if saved.get(k) != now.get(k)]
         if diff:
@@ -145,8 +148,40 @@ def _final_summary(point: Point, directory: pathlib.Path, summary: dict[str, Any
     return _final_summary(point, directory, make_evaluator(point.config, model, split)(variables))
 
 
+def pretrain_point(point: Point, directory: pathlib.Path) -> dict[str, Any]:
+    """The first stage of a two-stage point: trains (or resumes) its encoder on the PRETRAIN
+    task in ``directory/pretrain``; returns (and records there) its final top-1/top-5."""
+    from segformer_jax.run_config import to_json_data
+    from segformer_jax.train import train
+    stage = directory / PRETRAIN
+    if (stage / RESULT).is_file():
+        return json.loads((stage / RESULT).read_text(encoding="utf-8"))
+    stage.mkdir(parents=True, exist_ok=True)
+    if not (stage / POINT_CONFIG).is_file():
+        write_json(stage / POINT_CONFIG, to_json_data(point.pretrain))
+    print(f"[{point.name}] stage 1: pretraining the encoder ({point.pretrain.data.name})", flush=True)
+    start = time.perf_counter()
+    summary = train(point.pretrain, stage)
+    result = {"top1": float(summary["top1"]) if summary else None,
+              "top5": float(summary["top5"]) if summary else None,
+              "total_steps": int(point.pretrain.total_steps), "train_call_s": round(time.perf_counter() - start, 1)}
+    write_json(stage / RESULT, _json_safe(result))
+    return result
+
+
+def fine_tune_config(point: Point, directory: pathlib.Path) -> Any:
+    """The point's config; a two-stage point's starts from its own pretraining stage."""
+    if point.pretrain is None:
+        return point.config
+    import copy
+    config = copy.deepcopy(point.config)
+    config.model.init = str(directory / PRETRAIN)
+    return config
+
+
 def run_point(sweep: Sweep, point: Point, workdir: pathlib.Path) -> dict[str, Any]:
-    """Trains (or resumes) one point, measures it and writes its result.json."""
+    """Trains (or resumes) one point (its pretraining stage first, if it has one), measures
+    it and writes its result.json."""
     from experiments import sweep_measure
     from segformer_jax.run_config import to_json_data
     from segformer_jax.train import train
@@ -159,12 +194,17 @@ def run_point(sweep: Sweep, point: Point, workdir: pathlib.Path) -> dict[str, An
             return json.loads((directory / RESULT).read_text(encoding="utf-8"))
         if not (directory / POINT_CONFIG).is_file():
             write_json(directory / POINT_CONFIG, to_json_data(point.config))
+        pretrained = pretrain_point(point, directory) if point.pretrain is not None else None
+        if pretrained is not None:
+            print(f"[{point.name}] stage 2: fine-tuning from {directory / PRETRAIN}", flush=True)
         start = time.perf_counter()
-        summary = _final_summary(point, directory, train(point.config, directory))
+        summary = _final_summary(point, directory, train(fine_tune_config(point, directory), directory))
         train_s = time.perf_counter() - start
         print(f"[{point.name}] measuring", flush=True)
         measured = sweep_measure.measure_point(point.config, sweep.measure, list(summary["class_names"]))
-        result = {"name": point.name, "variant": point.config.model.variant,
+        result = {"name": point.name, "group": point.group or point.name,
+                  "seed": int(point.config.seed), "pretrain": pretrained,
+                  "variant": point.config.model.variant,
                   "config": point.config_spec, "changes": point.changes,
                   **measured, "mIoU": summary["mIoU"], "aAcc": summary["aAcc"],
                   "mAcc": summary["mAcc"],

@@ -11,6 +11,8 @@ points to run::
         {"name": "b0-dec128", "model.overrides.decoder_hidden_size": 128},
     ]
     MEASURE = {"size": (512, 512)}            # optional: see MEASURE_DEFAULTS
+    SEEDS = [0, 1, 2]                         # optional: every point once per seed
+    PRETRAIN = {"config": "configs/classification_quickstart.py", "total_steps": 300}
 
 Keys are the run config's keys with dots (``total_steps``, ``data.crop_size``,
 ``model.variant``, ``model.overrides.sr_ratios``), set by ``segformer_jax.run_config.set_key``:
@@ -18,6 +20,16 @@ typed by ml_collections, an unknown key or a value of the wrong type is an error
 may name its own ``config`` instead of BASE, and a ``name`` (else one is made from its
 values). Every point is built and checked before anything runs, so that a malformed sweep
 fails at once, naming the file, the point and the key, having created nothing.
+
+``SEEDS`` makes every point ``len(SEEDS)`` points, ``NAME-seedS`` with ``seed = S`` (data
+order, initialisation, dropout and augmentation all follow it); the report gives each
+point's mean and standard deviation over its seeds.
+
+A point with ``"pretrain": True`` has two stages: first the PRETRAIN config (an image
+classification config, its keys set as BASE_OVERRIDES are) trains the point's own encoder
+(its ``model.variant``, the encoder's ``model.overrides`` and its seed, copied from the
+point's config), then the point's config fine-tunes from it (``model.init`` is the first
+stage's workdir). Both stages resume after an interruption.
 """
 
 from __future__ import annotations
@@ -35,7 +47,7 @@ from typing import Any
 import ml_collections
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SWEEP_NAMES = ("BASE", "BASE_OVERRIDES", "GRID", "POINTS", "MEASURE")
+SWEEP_NAMES = ("BASE", "BASE_OVERRIDES", "GRID", "POINTS", "MEASURE", "SEEDS", "PRETRAIN")
 MEASURE_DEFAULTS: dict[str, Any] = {
     "size": None,        # (H, W) of the inference measurements; None: the training crop size
     "batch": 1,          # inference batch
@@ -44,7 +56,10 @@ MEASURE_DEFAULTS: dict[str, Any] = {
     "train_warmup": 1,   # untimed training steps (after the first)
     "train_repeats": 5,  # timed training steps (median)
 }
-SPECIAL_KEYS = ("name", "config")
+SPECIAL_KEYS = ("name", "config", "pretrain")
+# What a pretraining stage copies from its point: the encoder the fine-tune stage loads.
+ENCODER_KEYS = ("num_channels", "num_encoder_blocks", "depths", "sr_ratios", "hidden_sizes",
+                "patch_sizes", "strides", "num_attention_heads", "mlp_ratios", "mix_ffn_conv")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -58,6 +73,8 @@ class Point:
     config_spec: str                     # FILE.py[:ARG] of its base config
     changes: dict[str, Any]              # the keys this point sets (BASE_OVERRIDES excluded)
     config: ml_collections.ConfigDict    # the full config it trains with
+    pretrain: ml_collections.ConfigDict | None = None  # its first stage's config, if any
+    group: str = ""                      # the name without its seed suffix (SEEDS)
 
 
 @dataclasses.dataclass
@@ -145,7 +162,7 @@ def _raw_points(file: pathlib.Path, grid: Mapping[str, Any], points_in: Sequence
     for key, values in grid.items():
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
             raise SweepError(f"{file}: GRID[{key!r}] must be a non-empty list of values; got {values!r}")
-        if key in SPECIAL_KEYS and key != "config":
+        if key in SPECIAL_KEYS and key not in ("config", "pretrain"):
             raise SweepError(f"{file}: GRID cannot vary {key!r} (names are made from the values)")
     raw: list[tuple[str | None, dict[str, Any], str]] = []
     for combo in itertools.product(*grid.values()) if grid else ():
@@ -181,6 +198,51 @@ def _check(config: ml_collections.ConfigDict, where: str) -> None:
                          "its validation split")
 
 
+def _seeds(value: Any, file: pathlib.Path) -> list[int] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, (list, tuple)) or not value
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+            or len(set(value)) != len(value)):
+        raise SweepError(f"{file}: SEEDS must be a non-empty list of distinct whole numbers "
+                         f"(>= 0); got {value!r}")
+    return list(value)
+
+
+def _pretrain_base(value: Any, file: pathlib.Path) -> ml_collections.ConfigDict | None:
+    """The PRETRAIN config (a classification config, its keys set), or None."""
+    from segformer_jax.errors import ConfigError
+    from segformer_jax.run_config import load
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not isinstance(value.get("config"), str):
+        raise SweepError(f"{file}: PRETRAIN must be a dict with a 'config' (an image "
+                         f"classification config file) and config keys; got {value!r}")
+    value = dict(value)
+    spec = value.pop("config")
+    try:
+        config = load(resolve_spec(spec))
+    except ConfigError as e:
+        raise SweepError(f"{file}: PRETRAIN: {e}") from None
+    if config.task != "image_classification":
+        raise SweepError(f"{file}: PRETRAIN: {spec} trains {config.task}; the pretraining stage "
+                         "is an image_classification config (e.g. configs/classification_quickstart.py)")
+    for key, v in value.items():
+        set_key(config, key, v, f"{file}: PRETRAIN")
+    return config
+
+
+def pretrain_config(pretrain: ml_collections.ConfigDict, config: ml_collections.ConfigDict
+                    ) -> ml_collections.ConfigDict:
+    """The first stage of ``config``'s point: ``pretrain`` with ``config``'s encoder and seed."""
+    stage = copy.deepcopy(pretrain)
+    stage.model.variant = config.model.variant
+    for key in ENCODER_KEYS:
+        stage.model.overrides[key] = config.model.overrides[key]
+    stage.seed = config.seed
+    return stage
+
+
 def load_sweep(path: str | os.PathLike) -> Sweep:
     """Reads and checks a sweep file; every error names the file, the point and the key."""
     from segformer_jax.errors import ConfigError
@@ -206,6 +268,8 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
                              f"got {type(value).__name__}")
     raw = _raw_points(file, grid, points_in)
     measure = _measure_settings(measure_in, file)
+    seeds = _seeds(names.get("SEEDS"), file)
+    pretrain = _pretrain_base(names.get("PRETRAIN"), file)
 
     bases: dict[str, ml_collections.ConfigDict] = {}
     points: list[Point] = []
@@ -213,9 +277,13 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
     for name, changes, where in raw:
         name = name if name is not None else _auto_name(changes)
         spec = changes.pop("config", base)
+        pretrained = changes.pop("pretrain", False)
         if not isinstance(spec, str) or not spec:
             raise SweepError(f"{file}: {where}: config must name a config file; got {spec!r}")
         where = f"{file}: point {name!r} ({where})"
+        if not isinstance(pretrained, bool) or (pretrained and pretrain is None):
+            raise SweepError(f"{where}: pretrain must be True or False, and True needs a PRETRAIN "
+                             f"config in the sweep file; got {pretrained!r}")
         if not _NAME.match(name):
             raise SweepError(f"{where}: a point name is a directory name: letters, digits, '.', "
                              "'_' and '-' (not first)")
@@ -230,9 +298,24 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
                 raise SweepError(f"{where}: {e}") from None
             for key, value in base_overrides.items():
                 set_key(bases[resolved], key, value, f"{file}: BASE_OVERRIDES")
-        config = copy.deepcopy(bases[resolved])  # locked and typed, as the base
-        for key, value in changes.items():
-            set_key(config, key, value, where)
-        _check(config, where)
-        points.append(Point(name, spec, changes, config))
+        for seed in seeds or [None]:
+            config = copy.deepcopy(bases[resolved])  # locked and typed, as the base
+            for key, value in changes.items():
+                set_key(config, key, value, where)
+            if seed is not None:
+                if "seed" in changes:
+                    raise SweepError(f"{where}: sets seed, and SEEDS runs every point once per seed")
+                config.seed = seed
+            _check(config, where)
+            stage = None
+            if pretrained:
+                if config.model.init != "scratch":
+                    raise SweepError(f"{where}: pretrain is True and model.init is "
+                                     f"{config.model.init!r}; the fine-tune stage starts from the "
+                                     "pretraining stage, so give one or the other")
+                stage = pretrain_config(pretrain, config)
+                _check(stage, f"{where} (its PRETRAIN stage)")
+            point_changes = {**changes, **({"pretrain": True} if pretrained else {})}
+            points.append(Point(name if seed is None else f"{name}-seed{seed}", spec,
+                                point_changes, config, stage, name))
     return Sweep(file, points, measure)

@@ -58,6 +58,41 @@ def machine_line(machine: Mapping[str, Any]) -> str:
             f"{machine.get('device_count', 1)} x {machine.get('device', '?')})")
 
 
+def _mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (n - 1; None for one value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def over_seeds(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per point of the sweep file (its seeds together, in sweep order): the first
+    seed's row with ``mIoU``/``aAcc`` replaced by their means over the finished seeds, and
+    ``mIoU_sd``/``aAcc_sd``, ``seeds`` and ``name`` (the point's name without its seed)."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in results:
+        groups.setdefault(r.get("group") or r["name"], []).append(r)
+    rows = []
+    for name, members in groups.items():
+        row = dict(members[0], name=name, seeds=[m.get("seed") for m in members])
+        for key in ("mIoU", "aAcc"):
+            values = [m[key] for m in members if m.get(key) is not None and math.isfinite(m[key])]
+            row[key], row[f"{key}_sd"] = _mean_sd(values) if values else (None, None)
+        tops = [m["pretrain"]["top1"] for m in members if (m.get("pretrain") or {}).get("top1") is not None]
+        row["pretrain_top1"] = _mean_sd(tops)[0] if tops else None
+        rows.append(row)
+    return rows
+
+
+def _seeded(results: Sequence[Mapping[str, Any]]) -> bool:
+    return any((r.get("group") or r["name"]) != r["name"] for r in results)
+
+
+def _pm(mean: Any, sd: Any) -> str:
+    return _num(mean, 100) + ("" if sd is None else f" ± {_num(sd, 100)}")
+
+
 def markdown(results: Sequence[Mapping[str, Any]], sweep_file: str) -> str:
     first = results[0]
     lines = [f"Sweep `{sweep_file}`: {len(results)} points. Machine: {machine_line(first['machine'])}.",
@@ -83,6 +118,15 @@ def markdown(results: Sequence[Mapping[str, Any]], sweep_file: str) -> str:
               f"{first['infer_batch']}, median. train img/s and memory: the compiled training step "
               f"({', '.join(crops)}), median; memory = XLA arguments + temporaries + outputs. "
               f"mIoU / aAcc: validation split after {', '.join(steps)}."]
+    if _seeded(results) or any(r.get("pretrain") for r in results):
+        lines += ["", "Over seeds (mean ± sample standard deviation; a difference smaller than "
+                      "the spread says nothing):", "",
+                  "| point | pretrained (top-1 %) | seeds | mIoU (%) | aAcc (%) |",
+                  "|---|---|---|---:|---:|"]
+        for r in over_seeds(results):
+            pre = "no" if r.get("pretrain") is None else f"yes ({_num(r['pretrain_top1'], 100)})"
+            lines.append(f"| {r['name']} | {pre} | {', '.join(map(str, r['seeds']))} "
+                         f"| {_pm(r['mIoU'], r['mIoU_sd'])} | {_pm(r['aAcc'], r['aAcc_sd'])} |")
     names = list(first.get("IoU", {}))
     if 0 < len(names) <= MAX_CLASS_COLUMNS and all(list(r.get("IoU", {})) == names for r in results):
         lines += ["", "Per-class IoU (%):", "",
@@ -97,10 +141,11 @@ def csv_text(results: Sequence[Mapping[str, Any]]) -> str:
     classes: list[str] = []
     for r in results:
         classes += [c for c in r.get("IoU", {}) if c not in classes]
-    columns = ["name", "variant", "config", "changes", "params", "gflops", "infer_size",
+    columns = ["name", "group", "seed", "variant", "config", "changes", "params", "gflops", "infer_size",
                "infer_batch", "infer_ms", "infer_images_per_s", "train_micro_batch", "train_ms",
                "train_images_per_s", "train_memory_bytes", "peak_rss_bytes", "mIoU", "aAcc", "mAcc",
-               "total_steps", "batch_size", "crop_size", "train_call_s", "finished_at", "machine"]
+               "total_steps", "batch_size", "crop_size", "train_call_s", "finished_at", "machine",
+               "pretrain_top1"]
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(columns + [f"IoU/{c}" for c in classes])
@@ -114,6 +159,8 @@ def csv_text(results: Sequence[Mapping[str, Any]]) -> str:
                 value = "x".join(map(str, value))
             elif c == "machine":
                 value = machine_line(value)
+            elif c == "pretrain_top1":
+                value = (r.get("pretrain") or {}).get("top1")
             row.append("" if value is None else value)
         row += ["" if r.get("IoU", {}).get(c) is None else r["IoU"][c] for c in classes]
         writer.writerow(row)
@@ -187,7 +234,13 @@ def _panel(ax: Any, results: Sequence[Mapping[str, Any]], x_key: str, x_scale: f
                 zorder=1)
     for r, x, y in points:
         marker, colour = _style(r["variant"], variants.index(r["variant"]))
-        ax.scatter([x], [y], marker=marker, s=90, color=colour, edgecolors="#333333", zorder=2)
+        if r.get("mIoU_sd") is not None:  # over seeds: ± one standard deviation
+            ax.errorbar([x], [y], yerr=[100 * r["mIoU_sd"]], color=colour, capsize=4,
+                        linewidth=1.2, zorder=1.5)
+        face = "white" if r.get("pretrain") is None and any(q.get("pretrain") for q, _, _ in points) \
+            else colour  # hollow: from scratch, where the sweep also pretrains
+        ax.scatter([x], [y], marker=marker, s=90, color=face, edgecolors=colour if face == "white"
+                   else "#333333", linewidths=1.5, zorder=2)
     ax.margins(0.15, 0.2)
     ax.autoscale_view()
     ax.set_xlim(left=max(0.0, ax.get_xlim()[0]))  # the limits are final before labels are placed
@@ -209,6 +262,8 @@ def plot(results: Sequence[Mapping[str, Any]], path: pathlib.Path, title: str) -
     left, right = figure.subplots(1, 2)
     figure.subplots_adjust(left=0.06, right=0.98, top=0.86, bottom=0.2, wspace=0.16)
     figure.suptitle(title, fontsize=12)
+    if _seeded(results):
+        results = over_seeds(results)
     sizes = sorted({"x".join(map(str, r["infer_size"])) for r in results})
     variants = sorted({r["variant"] for r in results})
     _panel(left, results, "gflops", 1.0, f"GFLOPs per image (XLA cost analysis, {', '.join(sizes)})",
@@ -217,6 +272,12 @@ def plot(results: Sequence[Mapping[str, Any]], path: pathlib.Path, title: str) -
     handles = [Line2D([], [], linestyle="none", marker=m, markersize=9, color=c,
                       markeredgecolor="#333333", label=f"SegFormer-{v.upper()}")
                for i, v in enumerate(variants) for m, c in [_style(v, i)]]
+    if any(r.get("pretrain") for r in results):
+        handles.append(Line2D([], [], linestyle="none", marker="o", markersize=9, color="white",
+                              markeredgecolor="#5a5a5a", label="hollow: from scratch; filled: "
+                              "encoder pretrained"))
+    if _seeded(results):
+        handles.append(Line2D([], [], color="#5a5a5a", label="bars: ± 1 sd over seeds"))
     if sum(set(r.get("changes", {})) <= set(VARIANT_KEYS) for r in results) > 1:
         handles.append(Line2D([], [], color="#969696", linewidth=2,
                               label="points that differ in their variant only; "

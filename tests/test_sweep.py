@@ -142,6 +142,13 @@ def test_sweep_runs_two_points_and_a_restart_after_sigkill_runs_only_the_missing
      "hidden size 30 is not a multiple of its 4 attention heads"),
     ("POINTS = [{'name': 'x'}, {'name': 'x', 'seed': 1}]", "the name 'x' is already used"),
     ("AXES = {'model.variant': ['b0']}", "unknown name(s) ['AXES']"),
+    ("SEEDS = [0, 0]\nPOINTS = [{'name': 'x'}]", "SEEDS must be a non-empty list of distinct"),
+    ("SEEDS = [0, 1]\nPOINTS = [{'name': 'x', 'seed': 3}]", "sets seed, and SEEDS runs every point"),
+    ("POINTS = [{'name': 'x', 'pretrain': True}]", "True needs a PRETRAIN config"),
+    ("PRETRAIN = {'config': 'configs/quickstart.py'}\nPOINTS = [{'name': 'x', 'pretrain': True}]",
+     "PRETRAIN: configs/quickstart.py trains semantic_segmentation; the pretraining stage is"),
+    ("PRETRAIN = {'config': 'configs/classification_quickstart.py', 'classification.mixup_alpha': -1.0}"
+     "\nPOINTS = [{'name': 'x', 'pretrain': True}]", "classification.mixup_alpha must be >= 0"),
     ("", "defines no points"),
 ])
 def test_malformed_sweeps_are_refused_naming_the_key(tmp_path, body, message):
@@ -194,6 +201,11 @@ def test_the_shipped_sweeps_are_valid():
     assert [p.name for p in full.points] == ["b0", "b1", "b2", "b3", "b4", "b5"]
     assert all(p.config.total_steps == 160_000 and p.config.data.name == "ade20k" for p in full.points)
     assert full.points[5].config.data.crop_size == (640, 640)
+    encoder = sweep_file.load_sweep(os.path.join(ROOT, "experiments", "encoder_quickstart.py"))
+    pretrained = [p for p in encoder.points if p.pretrain is not None]
+    assert len(pretrained) == 3 and len(encoder.points) == 6
+    assert [p.pretrain.model.overrides.sr_ratios for p in pretrained] == [None, (1, 1, 1, 1), None]
+    assert pretrained[2].pretrain.model.overrides.mix_ffn_conv is False
 
 
 def test_a_launcher_submits_one_job_per_unfinished_point_once(tmp_path):
@@ -213,3 +225,71 @@ def test_a_launcher_submits_one_job_per_unfinished_point_once(tmp_path):
     again = _run(command, timeout=300)
     assert again.returncode == 0 and "[a] submitted before, skipped" in again.stdout
     assert jobs.read_text().splitlines() == lines  # nothing submitted twice
+
+
+def _kill_when(command, path, timeout=600):
+    """Starts the sweep and SIGKILLs it (and its point process) once ``path`` exists."""
+    proc = subprocess.Popen(command, env=_env(), cwd=os.path.dirname(ROOT), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True, text=True)
+    deadline = time.monotonic() + timeout
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"the sweep ended before it was killed:\n{stderr[-3000:]}"
+
+
+@pytest.mark.slow
+def test_a_two_stage_sweep_over_seeds_resumes_in_either_stage(tmp_path):
+    """A point pretrained on the classification set, then fine-tuned from its own encoder,
+    beside the same from scratch, over two seeds: killed in the pretraining stage, then in
+    the fine-tuning stage, each resumes from its own checkpoint; the report gives mean ± sd."""
+    pretrain = {"config": os.path.join(ROOT, "configs", "classification_quickstart.py"),
+                "total_steps": 6, "batch_size": 8, "checkpoint_every": 2, "eval_every": 1000,
+                "log_every": 1, "data.crop_size": (32, 32), "data.data_dir": str(tmp_path / "tfds"),
+                "data.num_workers": 1, "data.options": {"num_train": 24, "num_validation": 6},
+                "classification.eval_batch_size": 8, "optimizer.warmup_steps": 1}
+    body = (f"PRETRAIN = {pretrain!r}\nSEEDS = [0, 1]\n"
+            "POINTS = [{'name': 'scratch'}, {'name': 'pt', 'pretrain': True, 'total_steps': 6}]\n")
+    path = _write_sweep(tmp_path / "two_stage.py", tmp_path / "tfds", body)
+    sweep = sweep_file.load_sweep(path)
+    assert [p.name for p in sweep.points] == ["scratch-seed0", "scratch-seed1", "pt-seed0", "pt-seed1"]
+    pt = sweep.points[2]
+    assert pt.pretrain.task == "image_classification" and pt.pretrain.seed == 0
+    assert pt.pretrain.model.overrides.hidden_sizes == TINY["hidden_sizes"]
+    assert sweep.points[3].config.seed == 1 and sweep.points[0].pretrain is None
+
+    workdir = tmp_path / "sweep"
+    command = [*SWEEP, str(path), "--workdir", str(workdir), "--only", "pt-seed0"]
+    point = workdir / "points" / "pt-seed0"
+    _kill_when(command, point / "pretrain" / "checkpoints" / "2")
+    assert not (point / "pretrain" / "result.json").exists()
+    _kill_when(command, point / "checkpoints" / "2")
+    log = (point / "log.txt").read_text()
+    assert f"resuming from {point / 'pretrain' / 'checkpoints'}" in log
+    assert "encoder kept; the decode_head (semantic_segmentation) freshly initialised" in log
+    pretrain_result = (point / "pretrain" / "result.json").read_bytes()
+
+    done = _run([*SWEEP, str(path), "--workdir", str(workdir)], timeout=1500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    log = (point / "log.txt").read_text()
+    assert f"resuming from {point / 'checkpoints' / '2'}" in log
+    # Stage 1 started, then resumed (and finished); the third process went straight to stage 2.
+    assert log.count("stage 1: pretraining") == 2 and log.count("stage 2: fine-tuning") == 2
+    assert (point / "pretrain" / "result.json").read_bytes() == pretrain_result
+    steps = [json.loads(line)["step"] for line in (point / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 7))  # the fine-tune stage, no step twice
+
+    table = json.loads((workdir / "results.json").read_text())["points"]
+    assert [p["group"] for p in table] == ["scratch", "scratch", "pt", "pt"]
+    assert [p["seed"] for p in table] == [0, 1, 0, 1]
+    assert table[0]["pretrain"] is None and 0 <= table[2]["pretrain"]["top1"] <= 1
+    from experiments import sweep_report
+    rows = sweep_report.over_seeds(table)
+    miou = [p["mIoU"] for p in table[2:]]
+    assert rows[1]["mIoU"] == pytest.approx(sum(miou) / 2)
+    assert rows[1]["mIoU_sd"] == pytest.approx(abs(miou[0] - miou[1]) / math.sqrt(2))
+    markdown = (workdir / "results.md").read_text()
+    assert "| point | pretrained (top-1 %) | seeds | mIoU (%) | aAcc (%) |" in markdown
+    assert "| scratch | no | 0, 1 |" in markdown and "| pt | yes (" in markdown
+    assert (workdir / "plot.png").stat().st_size > 10_000
