@@ -150,8 +150,10 @@ def time_interleaved(calls: Mapping[str, Callable[[], Any]], warmup: int,
 
 # -- models -----------------------------------------------------------------------------
 
-def build_torch_model(config: SegformerConfig) -> Any:
-    """transformers' SegFormer with our config and torch's seeded random init, eval mode."""
+def build_torch_model(config: SegformerConfig, task: str = "semantic_segmentation") -> Any:
+    """transformers' SegFormer for ``task`` (``SegformerForSemanticSegmentation`` or
+    ``SegformerForImageClassification``) with our config and torch's seeded random init,
+    eval mode."""
     import torch
     import transformers
 
@@ -159,7 +161,9 @@ def build_torch_model(config: SegformerConfig) -> Any:
     cfg_dict.pop("model_type")
     torch_config = transformers.SegformerConfig(**cfg_dict, attn_implementation="eager")
     torch.manual_seed(0)
-    return transformers.SegformerForSemanticSegmentation(torch_config).eval()
+    cls = {"semantic_segmentation": transformers.SegformerForSemanticSegmentation,
+           "image_classification": transformers.SegformerForImageClassification}[task]
+    return cls(torch_config).eval()
 
 
 def convert(torch_model: Any) -> tuple[SegformerConfig, dict[str, Any]]:

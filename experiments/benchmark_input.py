@@ -1,4 +1,5 @@
-"""Input-pipeline benchmark: images/s of our ADE20K training input at 512² crops.
+"""Input-pipeline benchmark: images/s of our ADE20K training input at 512² crops (or, with
+``--task image_classification``, of the ImageNet recipe's input at 224²).
 
 What it measures: ``segformer_jax.data.pipeline.TrainBatches`` with
 ``train_transform('ade20k', crop)`` (reduce_zero_label -> random rescale into (2048, 512) x
@@ -21,6 +22,12 @@ like those of our TFDS builders' data sources: ``{"image": uint8 (H, W, 3),
   encoding), both decoded with PIL in ``__getitem__``, as TFDS's ``decode_example_np`` does
   when OpenCV is not installed: transform + collation + decoding. The reading of the
   ArrayRecord files themselves is not included.
+
+``--task image_classification``: ``data.augment.ClassifyTrainTransform`` as
+``configs/imagenet.py`` sets it (RandomResizedCrop 0.08-1 to ``--crop`` 224, bicubic, flip,
+RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25) over ImageNet-sized photo-like
+images (500x375, 375x500, 500x333, ...) with one label each; no breakdown.
+``--measure-model`` then times the b0 classification step of ``benchmark_classify``.
 
 It also prints a single-thread breakdown per example (decoding, each transform stage) and,
 next to the pipeline's rate, the model's training step rate: ``--train-step-ms MS`` (per
@@ -59,6 +66,8 @@ from segformer_jax.data import transforms as T
 from segformer_jax.data.pipeline import TrainBatches
 
 # (height, width) of typical ADE20K training images (most have a side of 512 or more).
+IMAGENET_SIZES = ((375, 500), (500, 375), (333, 500), (500, 333), (500, 500), (400, 500),
+                  (281, 500), (500, 400))  # (height, width) typical of ImageNet-1k's photos
 ADE_SIZES = ((512, 683), (683, 512), (375, 500), (500, 375), (768, 1024), (1024, 768),
              (512, 512), (480, 640), (427, 640), (512, 768), (341, 512), (600, 800))
 NUM_RAW_CLASSES = 151  # 0 = other, 1..150
@@ -70,7 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m experiments.benchmark_input",
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--crop", type=int, default=512, help="crop side (default 512)")
+    p.add_argument("--task", default="semantic_segmentation",
+                   choices=("semantic_segmentation", "image_classification"))
+    p.add_argument("--crop", type=int, default=None,
+                   help="crop side (default 512; 224 for image_classification)")
     p.add_argument("--num-images", type=int, default=64, help="synthetic images (default 64)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                    help="TrainBatches num_threads values (default 1 2)")
@@ -94,6 +106,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="time our jitted b0 train step (batch --train-batch, crop x crop)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    args.crop = args.crop or (224 if args.task == "image_classification" else 512)
+    if args.task == "image_classification":
+        args.breakdown_images = 0
     if min(args.threads) < 1 or min(args.global_batch) < 1 or args.num_images < 1:
         p.error("--threads, --global-batch and --num-images must be >= 1")
     if args.images < 1 or args.repeats < 1 or args.warmup < 0 or args.train_batch < 1:
@@ -136,9 +151,17 @@ def label_mask(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return classes[np.argmax(fields, axis=-1)].astype(np.uint8)
 
 
-def make_records(num_images: int, seed: int) -> list[dict[str, Any]]:
+def make_records(num_images: int, seed: int, task: str = "semantic_segmentation"
+                 ) -> list[dict[str, Any]]:
     rng = np.random.default_rng(seed)
     records = []
+    if task == "image_classification":
+        for i in range(num_images):
+            height, width = IMAGENET_SIZES[i % len(IMAGENET_SIZES)]
+            records.append({"image": photo_like_image(rng, height, width),
+                            "label": int(rng.integers(0, 1000)),
+                            "file_name": f"n0000000_{i}.JPEG".encode()})
+        return records
     for i in range(num_images):
         height, width = ADE_SIZES[i % len(ADE_SIZES)]
         records.append({"image": photo_like_image(rng, height, width),
@@ -176,22 +199,24 @@ class EncodedSource:
     """Records with a JPEG image and a PNG mask, decoded with PIL in ``__getitem__``."""
 
     def __init__(self, records: Sequence[dict[str, Any]], jpeg_quality: int = 90):
-        self.records = [{"image": _encode(r["image"], "JPEG", quality=jpeg_quality),
-                         "segmentation_mask": _encode(r["segmentation_mask"][..., 0], "PNG"),
-                         "file_name": r["file_name"]} for r in records]
+        self.records = [{**r, "image": _encode(r["image"], "JPEG", quality=jpeg_quality)}
+                        for r in records]
+        for r in self.records:
+            if "segmentation_mask" in r:
+                r["segmentation_mask"] = _encode(r["segmentation_mask"][..., 0], "PNG")
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        r = self.records[index]
-        return {"image": _decode(r["image"]),
-                "segmentation_mask": _decode(r["segmentation_mask"])[..., None],
-                "file_name": r["file_name"]}
+        r = dict(self.records[index], image=_decode(self.records[index]["image"]))
+        if "segmentation_mask" in r:
+            r["segmentation_mask"] = _decode(r["segmentation_mask"])[..., None]
+        return r
 
     def encoded_bytes(self) -> tuple[int, int]:
         return (sum(len(r["image"]) for r in self.records),
-                sum(len(r["segmentation_mask"]) for r in self.records))
+                sum(len(r.get("segmentation_mask", b"")) for r in self.records))
 
 
 # -- timing -----------------------------------------------------------------------------
@@ -286,12 +311,25 @@ def stage_breakdown(source: Any, transform: T.TrainTransform, count: int,
 
 # -- model rate -------------------------------------------------------------------------
 
-def measure_model_step_ms(crop: int, batch: int) -> float:
+def measure_model_step_ms(crop: int, batch: int, task: str = "semantic_segmentation") -> float:
     """Median ms of our jitted b0 train step (random init) at batch ``batch``, crop x crop."""
     import jax
 
     import segformer_jax
     from experiments import benchmark_train as bt
+    if task == "image_classification":
+        from experiments import benchmark_classify as bc
+        from experiments.benchmark_inference import time_calls
+        run = bc.recipe_config("b0", batch)
+        from segformer_jax.run_config import model_config
+        config = model_config(run, bc.NUM_CLASSES)
+        images, labels = bc.random_batch(batch, crop, crop)
+        variables = segformer_jax.init_variables(config, task=task)
+        result = bc.jax_classify_step(run, config, variables, images, labels)
+        timing = time_calls(result.one_step, warmup=2, repeats=5)
+        print(f"model          b0 classification step (ImageNet recipe), batch {batch}, "
+              f"{crop}x{crop}: {timing}")
+        return timing.median_ms
     config = segformer_jax.SegformerConfig.from_variant("b0", num_labels=bt.NUM_LABELS)
     variables = segformer_jax.init_variables(config)
     images, labels = bt.random_batch(batch, crop, crop, config.num_channels)
@@ -323,13 +361,20 @@ def print_machine(num_threads: Sequence[int]) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     print_machine(args.threads)
-    transform = T.train_transform("ade20k", args.crop, reduce_zero_label=True)
-    print(f"transform      train_transform('ade20k', {args.crop}): img_scale {transform.img_scale}, "
-          f"ratio {transform.ratio_range}, crop {transform.crop_size}, cat_max_ratio "
-          f"{transform.cat_max_ratio}, photometric {transform.photometric}")
+    if args.task == "image_classification":
+        from segformer_jax.data.augment import ClassifyTrainTransform
+        transform = ClassifyTrainTransform(crop_size=(args.crop, args.crop))
+        print(f"transform      ClassifyTrainTransform: RandomResizedCrop {transform.scale} to "
+              f"{args.crop}², flip, RandAugment rand-m9-mstd0.5-inc1, random erasing "
+              f"{transform.random_erase}")
+    else:
+        transform = T.train_transform("ade20k", args.crop, reduce_zero_label=True)
+        print(f"transform      train_transform('ade20k', {args.crop}): img_scale {transform.img_scale}, "
+              f"ratio {transform.ratio_range}, crop {transform.crop_size}, cat_max_ratio "
+              f"{transform.cat_max_ratio}, photometric {transform.photometric}")
 
     start = time.perf_counter()
-    records = make_records(args.num_images, args.seed)
+    records = make_records(args.num_images, args.seed, args.task)
     sources: dict[str, Any] = {}
     if args.source in ("arrays", "both"):
         sources["arrays"] = ArraySource(records)
@@ -341,8 +386,9 @@ def main(argv: list[str] | None = None) -> None:
     if "encoded" in sources:
         jpeg, png = sources["encoded"].encoded_bytes()
         print(f"               encoded: JPEG q{args.jpeg_quality} images, mean "
-              f"{jpeg / len(records) / 1024:.0f} KiB; PNG masks, mean "
-              f"{png / len(records) / 1024:.1f} KiB (decoded with PIL per read)")
+              f"{jpeg / len(records) / 1024:.0f} KiB"
+              + (f"; PNG masks, mean {png / len(records) / 1024:.1f} KiB" if png else "")
+              + " (decoded with PIL per read)")
     print(f"timing         {args.images} images per run (whole batches), {args.repeats} runs, "
           f"{args.warmup} warmup batch(es), prefetch {args.prefetch}")
 
@@ -357,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
 
     step_ms = args.train_step_ms
     if args.measure_model:
-        step_ms = measure_model_step_ms(args.crop, args.train_batch)
+        step_ms = measure_model_step_ms(args.crop, args.train_batch, args.task)
     model_rate = args.train_batch / (step_ms / 1e3) if step_ms else None
 
     print("pipeline       source    global batch  threads      batches/s    images/s   "

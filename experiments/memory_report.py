@@ -2,10 +2,13 @@
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 \\
         python -m experiments.memory_report --variants b0 b2 b5 --sizes 512 1024 [--compile]
+    XLA_FLAGS=... python -m experiments.memory_report --task image_classification \\
+        --sizes 224 --batch 128     # ImageNet pretraining: PVT v2's 128 images per GPU
 
 Per configuration (variant, crop, images per device, remat per MiT block, FSDP over all
 devices or replicated parameters), for the step ``segformer_jax.train`` runs
-(``train.jit_train_step``, built by ``experiments.train_steps`` from the default run config):
+(``train.jit_train_step``, built by ``experiments.train_steps`` from the default run config,
+or for ``--task image_classification`` from ``configs/imagenet.py``'s, 1000 classes):
 
 * ``state``: this device's share of parameters + two Adam moments + BN statistics, from
   the shardings ``segformer_jax.sharding`` gives the leaves (exact).
@@ -50,15 +53,23 @@ def _bytes(leaf: Any) -> int:
 def saved_activation_bytes(model: Any, variables: dict[str, Any], images: Any, labels: Any,
                            loss_reduction: str) -> int:
     """Bytes of the residuals the backward pass of the training loss keeps, the step's
-    inputs excluded (see the module docstring); shapes only, nothing is computed."""
+    inputs excluded (see the module docstring); shapes only, nothing is computed. One
+    label per image (classification): the cross-entropy of the logits."""
+    import optax
+
     from segformer_jax.losses import segmentation_loss
     inputs_seen: dict[str, list[bool]] = {}
+
+    def task_loss(logits: Any, y: Any) -> jax.Array:
+        if y.ndim == 1:
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return segmentation_loss(logits, y, IGNORE_INDEX, loss_reduction)
 
     def residuals(params: Any, batch_stats: Any, x: Any, y: Any) -> list[Any]:
         def loss(p: Any) -> jax.Array:
             logits, _ = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
                                     mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
-            return segmentation_loss(logits, y, IGNORE_INDEX, loss_reduction)
+            return task_loss(logits, y)
 
         leaves = jax.tree.leaves(jax.vjp(loss, params)[1])
         inputs = jax.tree.leaves((params, batch_stats, x, y))
@@ -71,14 +82,18 @@ def saved_activation_bytes(model: Any, variables: dict[str, Any], images: Any, l
 
 
 def step_memory(variant: str, size: int, per_device_batch: int, remat: bool, fsdp: bool,
-                dtype: str, compile_step: bool, num_labels: int = 150) -> dict[str, Any]:
+                dtype: str, compile_step: bool, num_labels: int = 150,
+                task: str = "semantic_segmentation") -> dict[str, Any]:
     """Memory figures of one configuration, per device (see the module docstring)."""
-    from segformer_jax.config import SegformerConfig
-    from segformer_jax.run_config import default_config
+    from segformer_jax.run_config import default_config, model_config, use_imagenet_recipe
 
-    seg_config = SegformerConfig.from_variant(variant, num_labels=num_labels)
     devices = jax.device_count()
     config = default_config()
+    if task == "image_classification":
+        use_imagenet_recipe(config, variant, batch=per_device_batch * devices)
+    else:
+        config.model.variant = variant
+    seg_config = model_config(config, num_labels)
     config.mesh.data, config.mesh.fsdp = (1, devices) if fsdp else (devices, 1)
     config.model.dtype, config.model.remat = dtype, remat
     step = train_steps.build(config, seg_config, abstract=True)
@@ -90,7 +105,9 @@ def step_memory(variant: str, size: int, per_device_batch: int, remat: bool, fsd
     state_bytes = sum(per_device(x) for x in jax.tree.leaves(step.state))
     params_bytes = sum(per_device(x) for x in jax.tree.leaves(step.state["params"]))
     image = jax.ShapeDtypeStruct((per_device_batch, size, size, 3), jnp.float32)
-    label = jax.ShapeDtypeStruct((per_device_batch, size, size), jnp.int32)
+    per_pixel = task == "semantic_segmentation"
+    label = jax.ShapeDtypeStruct((per_device_batch, size, size) if per_pixel else (per_device_batch,),
+                                 jnp.int32)
     activations = saved_activation_bytes(step.model, step.state, image, label,
                                          config.loss_reduction)
     out = {"variant": variant, "size": size, "batch": per_device_batch, "remat": remat,
@@ -98,7 +115,7 @@ def step_memory(variant: str, size: int, per_device_batch: int, remat: bool, fsd
            "grads_gib": params_bytes / 2**30, "activations_gib": activations / 2**30,
            "xla_peak_gib": None, "compile_s": None}
     if compile_step and not remat:
-        batch = train_steps.abstract_batch(per_device_batch * devices, size, size, 3, mesh)
+        batch = train_steps.abstract_batch(per_device_batch * devices, size, size, 3, mesh, per_pixel)
         start = time.perf_counter()
         compiled = step.step.lower(step.state, batch).compile()
         out["compile_s"] = time.perf_counter() - start
@@ -117,14 +134,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--remat", nargs="+", default=["off", "on"], choices=["off", "on"])
     p.add_argument("--fsdp", nargs="+", default=["off", "on"], choices=["off", "on"])
     p.add_argument("--compile", action="store_true", help="also compile remat-off steps for XLA's peak")
+    p.add_argument("--task", default="semantic_segmentation",
+                   choices=["semantic_segmentation", "image_classification"])
     args = p.parse_args(argv)
-    print(f"{jax.device_count()} x {jax.devices()[0].platform} devices, compute {args.dtype}, "
-          f"float32 parameters and Adam moments, 150 classes, {args.batch} images per device\n")
+    classes = 1000 if args.task == "image_classification" else 150
+    print(f"{jax.device_count()} x {jax.devices()[0].platform} devices, {args.task}, compute "
+          f"{args.dtype}, float32 parameters and Adam moments, {classes} classes, {args.batch} "
+          "images per device\n")
     print("| variant | crop | remat | FSDP | state GiB | gradients GiB | saved activations GiB | "
           "XLA peak GiB |")
     print("|---|---|---|---|---:|---:|---:|---:|")
     for variant, size, remat, fsdp in itertools.product(args.variants, args.sizes, args.remat, args.fsdp):
-        r = step_memory(variant, size, args.batch, remat == "on", fsdp == "on", args.dtype, args.compile)
+        r = step_memory(variant, size, args.batch, remat == "on", fsdp == "on", args.dtype, args.compile,
+                        classes, args.task)
         peak = "–" if r["xla_peak_gib"] is None else f"{r['xla_peak_gib']:.2f}"
         print(f"| {variant} | {size}² | {remat} | {fsdp} | {r['state_gib']:.3f} | {r['grads_gib']:.3f} | "
               f"{r['activations_gib']:.2f} | {peak} |", flush=True)

@@ -35,7 +35,7 @@ class TrainStep:
 def build(config: ml_collections.ConfigDict, seg_config: Any,
           pretrained: Mapping[str, Any] | None = None, abstract: bool = False) -> TrainStep:
     """``train``'s step for ``config`` (a ``run_config`` config: seed, mesh, model.dtype and
-    remat, optimizer, accumulate_steps, loss_reduction) and the model ``seg_config``.
+    remat, optimizer, accumulate_steps, loss_reduction, task) and the model ``seg_config``.
 
     ``abstract``: the state as shapes only (what compiling needs, without the memory of a
     large model replicated over many devices), with the shardings ``create_state`` gives.
@@ -49,10 +49,10 @@ def build(config: ml_collections.ConfigDict, seg_config: Any,
     tx = make_optimizer(run_config.recipe(config), config.accumulate_steps)
     if abstract:
         state, state_sharding = state_layout(seg_config, tx, config.seed, mesh,
-                                             config.mesh.fsdp_min_size)
+                                             config.mesh.fsdp_min_size, config.task)
     else:
         state, state_sharding = create_state(seg_config, tx, config.seed, mesh, pretrained,
-                                             config.mesh.fsdp_min_size)
+                                             config.mesh.fsdp_min_size, config.task)
     step = jit_train_step(model, tx, config, seg_config, mesh, state_sharding)
     return TrainStep(model, tx, mesh, state, state_sharding, step)
 
@@ -66,13 +66,16 @@ def device_batch(images: np.ndarray, labels: np.ndarray, mesh: Any) -> dict[str,
                                   "label": labels[rows.start:rows.stop]}, layout)
 
 
-def abstract_batch(rows: int, height: int, width: int, channels: int, mesh: Any) -> dict[str, Any]:
-    """The shapes of a global batch of ``rows`` images on ``mesh`` (for compiling only)."""
+def abstract_batch(rows: int, height: int, width: int, channels: int, mesh: Any,
+                   per_pixel: bool = True) -> dict[str, Any]:
+    """The shapes of a global batch of ``rows`` images on ``mesh`` (for compiling only):
+    label maps, or (``per_pixel=False``, classification) one label per image."""
     from segformer_jax import sharding
     layout = sharding.batch_sharding(mesh)
+    label_shape = (rows, height, width) if per_pixel else (rows,)
     return {"image": jax.ShapeDtypeStruct((rows, height, width, channels), jnp.float32,
                                           sharding=layout),
-            "label": jax.ShapeDtypeStruct((rows, height, width), jnp.int32, sharding=layout)}
+            "label": jax.ShapeDtypeStruct(label_shape, jnp.int32, sharding=layout)}
 
 
 @dataclasses.dataclass

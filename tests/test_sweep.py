@@ -203,9 +203,9 @@ def test_the_shipped_sweeps_are_valid():
     assert full.points[5].config.data.crop_size == (640, 640)
     encoder = sweep_file.load_sweep(os.path.join(ROOT, "experiments", "encoder_quickstart.py"))
     pretrained = [p for p in encoder.points if p.pretrain is not None]
-    assert len(pretrained) == 3 and len(encoder.points) == 6
-    assert [p.pretrain.model.overrides.sr_ratios for p in pretrained] == [None, (1, 1, 1, 1), None]
-    assert pretrained[2].pretrain.model.overrides.mix_ffn_conv is False
+    assert len(pretrained) == 9 and len(encoder.points) == 18  # 3 seeds
+    assert [p.pretrain.model.overrides.sr_ratios for p in pretrained[::3]] == [None, (1, 1, 1, 1), None]
+    assert pretrained[6].pretrain.model.overrides.mix_ffn_conv is False and pretrained[7].pretrain.seed == 1
 
 
 def test_a_launcher_submits_one_job_per_unfinished_point_once(tmp_path):
