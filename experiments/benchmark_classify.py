@@ -31,7 +31,6 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: never touch the network
 
-import statistics
 import time
 from typing import Any
 
@@ -146,10 +145,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{ours_timing.median_ms:.1f} ms/step ({bt.images_per_s(args.batch, ours_timing):.2f} img/s)")
     if torch_model is not None:
         torch_timing = timings["torch"]
-        print(f"torch          {torch_timing}   {bt.images_per_s(args.batch, torch_timing):7.2f} img/s")
-        per_round = [t / j for t, j in zip(torch_timing.seconds, ours_timing.seconds)]
-        print(f"rounds         torch/jax per round: median {statistics.median(per_round):.2f}x, "
-              f"min {min(per_round):.2f}x, max {max(per_round):.2f}x")
+        bt.print_torch_rounds(args.batch, ours_timing, torch_timing)
         print(f"loss           eval mode, same batch: jax {jax_eval:.5f}   torch {torch_eval:.5f}   "
               f"|diff| {abs(jax_eval - torch_eval):.2e}")
         head += (f", torch {torch_timing.median_ms:.1f} ms/step "

@@ -163,6 +163,14 @@ def images_per_s(batch: int, timing: Timing) -> float:
     return batch / (timing.median_ms / 1e3)
 
 
+def print_torch_rounds(batch: int, ours: Timing, theirs: Timing) -> None:
+    """torch's timing line, then the per-round ratios of two step timings taken in turn."""
+    print(f"torch          {theirs}   {images_per_s(batch, theirs):7.2f} img/s")
+    per_round = [t / j for t, j in zip(theirs.seconds, ours.seconds)]
+    print(f"rounds         torch/jax per round: median {statistics.median(per_round):.2f}x, "
+          f"min {min(per_round):.2f}x, max {max(per_round):.2f}x")
+
+
 def print_memory(compiled: Any, rss_after_jax: int) -> None:
     fields = xla_stats.memory_fields(compiled)
     print("memory")
@@ -229,10 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"jax            {ours_timing}   {images_per_s(args.batch, ours_timing):7.2f} img/s")
     if theirs is not None:
         torch_timing = timings["torch"]
-        print(f"torch          {torch_timing}   {images_per_s(args.batch, torch_timing):7.2f} img/s")
-        per_round = [t / j for t, j in zip(torch_timing.seconds, ours_timing.seconds)]
-        print(f"rounds         torch/jax per round: median {statistics.median(per_round):.2f}x, "
-              f"min {min(per_round):.2f}x, max {max(per_round):.2f}x")
+        print_torch_rounds(args.batch, ours_timing, torch_timing)
 
     print("loss")
     if theirs is None:

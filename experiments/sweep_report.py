@@ -262,7 +262,8 @@ def plot(results: Sequence[Mapping[str, Any]], path: pathlib.Path, title: str) -
     left, right = figure.subplots(1, 2)
     figure.subplots_adjust(left=0.06, right=0.98, top=0.86, bottom=0.2, wspace=0.16)
     figure.suptitle(title, fontsize=12)
-    if _seeded(results):
+    seeded = _seeded(results)
+    if seeded:
         results = over_seeds(results)
     sizes = sorted({"x".join(map(str, r["infer_size"])) for r in results})
     variants = sorted({r["variant"] for r in results})
@@ -276,7 +277,7 @@ def plot(results: Sequence[Mapping[str, Any]], path: pathlib.Path, title: str) -
         handles.append(Line2D([], [], linestyle="none", marker="o", markersize=9, color="white",
                               markeredgecolor="#5a5a5a", label="hollow: from scratch; filled: "
                               "encoder pretrained"))
-    if _seeded(results):
+    if seeded:
         handles.append(Line2D([], [], color="#5a5a5a", label="bars: ± 1 sd over seeds"))
     if sum(set(r.get("changes", {})) <= set(VARIANT_KEYS) for r in results) > 1:
         handles.append(Line2D([], [], color="#969696", linewidth=2,

@@ -224,7 +224,7 @@ def _check_task(args: argparse.Namespace, task: str) -> None:
     test options (and the reverse): refused before any data is read."""
     from segformer_jax.data import task_of_dataset
     if task_of_dataset(args.dataset) != task:
-        raise EvaluationError(f"{args.checkpoint}: an {task} model, and --dataset {args.dataset} "
+        raise EvaluationError(f"{args.checkpoint}: a model of the {task} task, and --dataset {args.dataset} "
                               f"holds {task_of_dataset(args.dataset)} labels")
     if task == CLASSIFY:
         given = [f for f in SEGMENTATION_FLAGS if getattr(args, f)]

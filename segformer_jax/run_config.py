@@ -203,7 +203,7 @@ def _validate_task(config: ml_collections.ConfigDict) -> None:
     c = config.classification
     for key, low, high, closed in (("label_smoothing", 0.0, 1.0, False), ("mixup_prob", 0.0, 1.0, True),
                                    ("mixup_switch_prob", 0.0, 1.0, True), ("random_erase", 0.0, 1.0, True),
-                                   ("hflip", 0.0, 1.0, True), ("test_crop_pct", 0.0, 1.0, True)):
+                                   ("hflip", 0.0, 1.0, True)):
         value = c[key]
         if not (low <= value <= high) or (not closed and value == high):
             interval = f"[{low}, {high}]" if closed else f"[{low}, {high})"
@@ -211,8 +211,8 @@ def _validate_task(config: ml_collections.ConfigDict) -> None:
     for key in ("mixup_alpha", "cutmix_alpha"):
         if c[key] < 0:
             raise ConfigError(f"classification.{key} must be >= 0 (0: off); got {c[key]!r}")
-    if c.test_crop_pct == 0:
-        raise ConfigError("classification.test_crop_pct must be in (0, 1]; got 0")
+    if not 0 < c.test_crop_pct <= 1:
+        raise ConfigError(f"classification.test_crop_pct must be in (0, 1]; got {c.test_crop_pct!r}")
     if c.randaugment:
         from segformer_jax.data.randaugment import RandAugment
         try:

@@ -297,7 +297,7 @@ def _meta(step: int, run: Run, metrics: Mapping[str, float] | None = None) -> di
 def _check_compatible(meta: Mapping[str, Any], run: Run, where: str) -> None:
     saved_task = meta.get("task", SEMSEG)  # checkpoints from before the classification task
     if saved_task != run.config.task:
-        raise TrainingError(f"{where}: an {saved_task} checkpoint, and this config trains "
+        raise TrainingError(f"{where}: a checkpoint of the {saved_task} task, and this config trains "
                             f"{run.config.task} (task); use a fresh --workdir, or model.init to start "
                             f"from its encoder")
     saved, seg_config = SegformerConfig.from_dict(meta["model"]), run.seg_config

@@ -213,7 +213,7 @@ def test_segmentation_workdir_refused_by_a_classification_resume(classification_
          "--config.data.options.num_train=4", "--config.data.options.num_validation=1", *TINY],
         capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": ROOT})
     assert seg.returncode == 1
-    assert "an image_classification checkpoint, and this config trains semantic_segmentation" in seg.stderr
+    assert "a checkpoint of the image_classification task, and this config trains semantic_segmentation" in seg.stderr
     assert "Traceback" not in seg.stderr
     assert (root / "a" / "checkpoints" / "10").is_dir()  # nothing saved is lost
 
@@ -261,6 +261,14 @@ def test_a_classification_workdir_initialises_a_segmentation_run(classification_
     with pytest.raises(Exception, match="its encoder differs from the configured one"):
         encoder_init(root / "a", bad, "semantic_segmentation")
 
+    # The reverse refusal: a classification config resuming that segmentation workdir.
+    before = sorted(p.name for p in (tmp_path / "seg" / "checkpoints").iterdir())
+    done = _run(tmp_path / "seg", root / "tfds", total=12)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "a checkpoint of the semantic_segmentation task, and this config trains image_classification" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in (tmp_path / "seg" / "checkpoints").iterdir()) == before
+
 
 def _command(module, *args):
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True,
@@ -288,7 +296,7 @@ def test_evaluate_command_scores_a_classification_workdir(classification_run, tm
         assert bad.returncode in (1, 2) and message in bad.stderr and "Traceback" not in bad.stderr
     bad = _command("segformer_jax.evaluate", "--checkpoint", root / "a", "--dataset", "synthetic",
                    "--data-dir", tmp_path / "unused")
-    assert bad.returncode == 1 and "an image_classification model, and --dataset synthetic" in bad.stderr
+    assert bad.returncode == 1 and "a model of the image_classification task, and --dataset synthetic" in bad.stderr
     assert not (tmp_path / "unused").exists()  # refused before any dataset is built
 
 
