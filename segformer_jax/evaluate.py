@@ -109,6 +109,7 @@ def _crop_pct(text: str) -> float:
 
 
 SEGMENTATION_FLAGS = ("mode", "crop", "stride", "scales", "flip")
+CLASSIFICATION_DEFAULTS = {"crop_size": 224, "crop_pct": 0.875, "batch_size": 64}
 
 
 def parse_args(argv: Sequence[str]):
@@ -140,11 +141,11 @@ def parse_args(argv: Sequence[str]):
     parser.add_argument("--batch-windows", type=positive_int, default=1,
                         help="sliding windows per forward pass, rounded up to a multiple of the "
                              "device count (default 1: one window per device)")
-    parser.add_argument("--crop-size", type=positive_int, default=224,
+    parser.add_argument("--crop-size", type=positive_int, default=CLASSIFICATION_DEFAULTS["crop_size"],
                         help="classification: the centre crop's side (default 224)")
-    parser.add_argument("--crop-pct", type=_crop_pct, default=0.875,
+    parser.add_argument("--crop-pct", type=_crop_pct, default=CLASSIFICATION_DEFAULTS["crop_pct"],
                         help="classification: crop / resized short side (default 0.875)")
-    parser.add_argument("--batch-size", type=positive_int, default=64,
+    parser.add_argument("--batch-size", type=positive_int, default=CLASSIFICATION_DEFAULTS["batch_size"],
                         help="classification: images per forward pass (default 64)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     args = parser.parse_args(argv)
@@ -232,6 +233,11 @@ def _check_task(args: argparse.Namespace, task: str) -> None:
         if given:
             raise EvaluationError(f"--{given[0].replace('_', '-')} is a segmentation test option; "
                                   f"{args.checkpoint} is an image classification model")
+    else:
+        given = [f for f, default in CLASSIFICATION_DEFAULTS.items() if getattr(args, f) != default]
+        if given:
+            raise EvaluationError(f"--{given[0].replace('_', '-')} is a classification test option; "
+                                  f"{args.checkpoint} is a semantic segmentation model")
 
 
 def _classify(args: argparse.Namespace, config: Any, variables: Any, split: Any,

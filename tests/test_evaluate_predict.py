@@ -444,3 +444,15 @@ def test_evaluate_errors(tiny, tmp_path, capsys):
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: "), (argv, err)
+
+
+def test_evaluate_refuses_classification_options_for_a_segmentation_model(tiny, tmp_path, capsys):
+    _, _, hub_dir, _ = tiny
+    argv = ["--checkpoint", str(hub_dir), "--dataset", "synthetic", "--data-dir", str(tmp_path / "d")]
+    assert ev.main([*argv, "--crop-pct", "0.9"]) == 1
+    err = capsys.readouterr().err
+    assert "--crop-pct is a classification test option" in err and "semantic segmentation model" in err
+    assert ev.main([*argv[:3], "synthetic_classification"]) == 1
+    assert "a model of the semantic_segmentation task, and --dataset synthetic_classification" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()  # refused before any dataset is built
