@@ -165,9 +165,17 @@ def test_nvlabs_mit_backbone_for_segmentation(tmp_path, caplog):
     assert report.dropped == ("classifier.bias", "classifier.weight")
     assert "decode_head.linear_fuse.weight" in report.initialised
     assert all(k.startswith("decode_head.") for k in report.initialised)
-    from segformer_jax.checkpoint import load_for_inference
-    with pytest.raises(sj.CheckpointError, match="no .complete. semantic segmentation head"):
+    from segformer_jax.checkpoint import load_checkpoint, load_for_inference
+    with pytest.raises(sj.CheckpointError, match="an image_classification model, not a semantic "
+                                                 "segmentation one; fine-tune it first"):
         load_for_inference(tmp_path / "mit_b0.pth")
+    assert load_checkpoint(tmp_path / "mit_b0.pth")[2] == "image_classification"  # evaluate, convert
+
+    # An encoder alone (the classifier stripped) is refused by both: any head would be random.
+    del state["head.weight"], state["head.bias"]
+    torch.save(state, tmp_path / "encoder.pth")
+    with pytest.raises(sj.CheckpointError, match="has no .complete. semantic_segmentation head"):
+        load_checkpoint(tmp_path / "encoder.pth")
 
 
 def test_new_label_count_keeps_encoder_and_head_mlp(b0_hub_dir, caplog):

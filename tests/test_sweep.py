@@ -98,7 +98,7 @@ def test_sweep_runs_two_points_and_a_restart_after_sigkill_runs_only_the_missing
     assert table["points"][1]["changes"] == {"data.photometric": False}
 
     csv_lines = (workdir / "results.csv").read_text().splitlines()
-    assert len(csv_lines) == 3 and csv_lines[0].startswith("name,variant,")
+    assert len(csv_lines) == 3 and csv_lines[0].startswith("name,group,seed,variant,")
     markdown = (workdir / "results.md").read_text()
     assert "| a | b0 |" in markdown and "| b | b0 | data.photometric=False |" in markdown
     from PIL import Image
