@@ -57,9 +57,6 @@ MEASURE_DEFAULTS: dict[str, Any] = {
     "train_repeats": 5,  # timed training steps (median)
 }
 SPECIAL_KEYS = ("name", "config", "pretrain")
-# What a pretraining stage copies from its point: the encoder the fine-tune stage loads.
-ENCODER_KEYS = ("num_channels", "num_encoder_blocks", "depths", "sr_ratios", "hidden_sizes",
-                "patch_sizes", "strides", "num_attention_heads", "mlp_ratios", "mix_ffn_conv")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -234,10 +231,12 @@ def _pretrain_base(value: Any, file: pathlib.Path) -> ml_collections.ConfigDict 
 
 def pretrain_config(pretrain: ml_collections.ConfigDict, config: ml_collections.ConfigDict
                     ) -> ml_collections.ConfigDict:
-    """The first stage of ``config``'s point: ``pretrain`` with ``config``'s encoder and seed."""
+    """The first stage of ``config``'s point: ``pretrain`` with ``config``'s encoder (the
+    fields the fine-tune stage's ``model.init`` checks) and seed."""
+    from segformer_jax.checkpoint import ENCODER_FIELDS
     stage = copy.deepcopy(pretrain)
     stage.model.variant = config.model.variant
-    for key in ENCODER_KEYS:
+    for key in ENCODER_FIELDS:
         stage.model.overrides[key] = config.model.overrides[key]
     stage.seed = config.seed
     return stage
