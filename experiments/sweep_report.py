@@ -15,6 +15,7 @@ import json
 import math
 import os
 import pathlib
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -60,10 +61,7 @@ def machine_line(machine: Mapping[str, Any]) -> str:
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (n - 1; None for one value)."""
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
 def over_seeds(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -232,13 +230,13 @@ def _panel(ax: Any, results: Sequence[Mapping[str, Any]], x_key: str, x_scale: f
     if len(line) > 1:
         ax.plot([x for _, x, _ in line], [y for _, _, y in line], color="#969696", linewidth=2,
                 zorder=1)
+    mixed = any(r.get("pretrain") for r, _, _ in points)  # from scratch beside pretrained
     for r, x, y in points:
         marker, colour = _style(r["variant"], variants.index(r["variant"]))
         if r.get("mIoU_sd") is not None:  # over seeds: ± one standard deviation
             ax.errorbar([x], [y], yerr=[100 * r["mIoU_sd"]], color=colour, capsize=4,
                         linewidth=1.2, zorder=1.5)
-        face = "white" if r.get("pretrain") is None and any(q.get("pretrain") for q, _, _ in points) \
-            else colour  # hollow: from scratch, where the sweep also pretrains
+        face = "white" if mixed and r.get("pretrain") is None else colour  # hollow: from scratch
         ax.scatter([x], [y], marker=marker, s=90, color=face, edgecolors=colour if face == "white"
                    else "#333333", linewidths=1.5, zorder=2)
     ax.margins(0.15, 0.2)
