@@ -148,6 +148,35 @@ def _final_summary(point: Point, directory: pathlib.Path, summary: dict[str, Any
     return _final_summary(point, directory, make_evaluator(point.config, model, split)(variables))
 
 
+def measure_robustness(point: Point, directory: pathlib.Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """The robustness report of the point's final checkpoint on its validation split, with
+    the evaluator train() validates with (``segformer_jax.robustness``; resumable, its files
+    in ``directory/robustness``)."""
+    import jax
+
+    from segformer_jax import data as data_lib
+    from segformer_jax import robustness
+    from segformer_jax.checkpoint import load_for_inference
+    from segformer_jax.tasks import make_evaluator
+    from segformer_jax.train import model_for_run
+    d = point.config.data
+    seg_config, variables = load_for_inference(directory)
+    split = data_lib.load_split(d.name, d.eval_split, data_dir=d.data_dir or None,
+                                manual_dir=d.manual_dir or None, **dict(d.options))
+    robustness.check_labelled(split)
+    evaluator = make_evaluator(point.config, model_for_run(point.config, seg_config), split,
+                               max_examples=spec["max_examples"])
+    pairs = robustness.plan(robustness.select_corruptions(spec["corruptions"]),
+                            robustness.select_severities(spec["severities"]))
+    identity = {"point": point.name, "checkpoint": str(directory), "split": d.eval_split,
+                "max_examples": spec["max_examples"], "settings": evaluator.settings.as_dict()}
+    result = robustness.run(evaluator, jax.device_put(dict(variables)), pairs, directory / "robustness",
+                            seed=spec["seed"], identity=identity, label=point.name,
+                            log=lambda line: print(f"[{point.name}] {line}", flush=True))
+    result.pop("computed")
+    return result
+
+
 def pretrain_point(point: Point, directory: pathlib.Path) -> dict[str, Any]:
     """The first stage of a two-stage point: trains (or resumes) its encoder on the PRETRAIN
     task in ``directory/pretrain``; returns (and records there) its final top-1/top-5."""
@@ -202,6 +231,9 @@ def run_point(sweep: Sweep, point: Point, workdir: pathlib.Path) -> dict[str, An
         train_s = time.perf_counter() - start
         print(f"[{point.name}] measuring", flush=True)
         measured = sweep_measure.measure_point(point.config, sweep.measure, list(summary["class_names"]))
+        if sweep.measure.get("robustness"):
+            print(f"[{point.name}] robustness", flush=True)
+            measured["robustness"] = measure_robustness(point, directory, sweep.measure["robustness"])
         result = {"name": point.name, "group": point.group or point.name,
                   "seed": int(point.config.seed), "pretrain": pretrained,
                   "variant": point.config.model.variant,

@@ -55,7 +55,14 @@ MEASURE_DEFAULTS: dict[str, Any] = {
     "repeats": 5,        # timed forward passes (median)
     "train_warmup": 1,   # untimed training steps (after the first)
     "train_repeats": 5,  # timed training steps (median)
+    # None, or robustness columns: {"corruptions": "paper" | "all" | "noise,fog" | [...],
+    # "severities": "1,2,3,4,5" | "paper" | [...], "max_examples": None | N, "seed": 0}
+    # (segformer_jax.robustness on the point's validation split; its results in the point's
+    # robustness/ folder, one row per point in the sweep's robustness tables)
+    "robustness": None,
 }
+ROBUSTNESS_DEFAULTS: dict[str, Any] = {"corruptions": "paper", "severities": "paper",
+                                       "max_examples": None, "seed": 0}
 SPECIAL_KEYS = ("name", "config", "pretrain")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -138,6 +145,9 @@ def _measure_settings(measure_in: Mapping[str, Any], file: pathlib.Path) -> dict
     for key, value in measure_in.items():
         if key not in MEASURE_DEFAULTS:
             raise SweepError(f"{file}: unknown MEASURE key {key!r}; valid: {', '.join(MEASURE_DEFAULTS)}")
+        if key == "robustness":
+            measure[key] = None if value is None else _robustness_settings(value, file)
+            continue
         if key == "size":
             if value is not None and (not isinstance(value, (tuple, list)) or len(value) != 2
                                       or not all(isinstance(v, int) and v >= 32 for v in value)):
@@ -151,6 +161,39 @@ def _measure_settings(measure_in: Mapping[str, Any], file: pathlib.Path) -> dict
                              f"got {value!r}")
         measure[key] = value
     return measure
+
+
+def _robustness_settings(value: Any, file: pathlib.Path) -> dict[str, Any]:
+    """MEASURE['robustness'] with ROBUSTNESS_DEFAULTS, names and severities checked (and
+    kept as given, so that results.json records what was asked)."""
+    from segformer_jax import robustness
+    from segformer_jax.errors import EvaluationError
+    if not isinstance(value, Mapping):
+        raise SweepError(f"{file}: MEASURE['robustness'] must be None or a dict with keys "
+                         f"{', '.join(ROBUSTNESS_DEFAULTS)}; got {value!r}")
+    unknown = [k for k in value if k not in ROBUSTNESS_DEFAULTS]
+    if unknown:
+        raise SweepError(f"{file}: unknown MEASURE['robustness'] key {unknown[0]!r}; valid: "
+                         f"{', '.join(ROBUSTNESS_DEFAULTS)}")
+    settings = {**ROBUSTNESS_DEFAULTS, **value}
+    for key in ("corruptions", "severities"):
+        given = settings[key]
+        text = given if isinstance(given, str) else ",".join(map(str, given)) \
+            if isinstance(given, (list, tuple)) else None
+        try:
+            if text is None:
+                raise EvaluationError(f"expected a string or a list; got {given!r}")
+            (robustness.select_corruptions if key == "corruptions" else robustness.select_severities)(text)
+        except EvaluationError as e:
+            raise SweepError(f"{file}: MEASURE['robustness'][{key!r}]: {e}") from None
+        settings[key] = text
+    n = settings["max_examples"]
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise SweepError(f"{file}: MEASURE['robustness']['max_examples'] must be None or a whole "
+                         f"number >= 1; got {n!r}")
+    if isinstance(settings["seed"], bool) or not isinstance(settings["seed"], int):
+        raise SweepError(f"{file}: MEASURE['robustness']['seed'] must be an integer; got {settings['seed']!r}")
+    return settings
 
 
 def _raw_points(file: pathlib.Path, grid: Mapping[str, Any], points_in: Sequence[Any]

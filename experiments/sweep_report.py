@@ -125,6 +125,15 @@ def markdown(results: Sequence[Mapping[str, Any]], sweep_file: str) -> str:
             pre = "no" if r.get("pretrain") is None else f"yes ({_num(r['pretrain_top1'], 100)})"
             lines.append(f"| {r['name']} | {pre} | {', '.join(map(str, r['seeds']))} "
                          f"| {_pm(r['mIoU'], r['mIoU_sd'])} | {_pm(r['aAcc'], r['aAcc_sd'])} |")
+    reports = [r["robustness"] for r in results if r.get("robustness")]
+    if reports:
+        from segformer_jax.robustness import table_rows
+        header, rows = table_rows(reports)
+        lines += ["", "Robustness: mIoU (%) clean and under each corruption (mean over its severities; "
+                      "files in robustness/):", "",
+                  "| " + " | ".join(h.replace("_", " ") for h in header) + " |",
+                  "|---|" + "---:|" * (len(header) - 1)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
     names = list(first.get("IoU", {}))
     if 0 < len(names) <= MAX_CLASS_COLUMNS and all(list(r.get("IoU", {})) == names for r in results):
         lines += ["", "Per-class IoU (%):", "",
@@ -137,8 +146,11 @@ def markdown(results: Sequence[Mapping[str, Any]], sweep_file: str) -> str:
 
 def csv_text(results: Sequence[Mapping[str, Any]]) -> str:
     classes: list[str] = []
+    corruptions: list[str] = []
     for r in results:
         classes += [c for c in r.get("IoU", {}) if c not in classes]
+        corruptions += [c for c in (r.get("robustness") or {}).get("corruptions", {}) if c not in corruptions]
+    robust = (["robust/clean", "robust/mean"] + [f"robust/{c}" for c in corruptions]) if corruptions else []
     columns = ["name", "group", "seed", "variant", "config", "changes", "params", "gflops", "infer_size",
                "infer_batch", "infer_ms", "infer_images_per_s", "train_micro_batch", "train_ms",
                "train_images_per_s", "train_memory_bytes", "peak_rss_bytes", "mIoU", "aAcc", "mAcc",
@@ -146,7 +158,7 @@ def csv_text(results: Sequence[Mapping[str, Any]]) -> str:
                "pretrain_top1"]
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(columns + [f"IoU/{c}" for c in classes])
+    writer.writerow(columns + [f"IoU/{c}" for c in classes] + robust)
     for r in results:
         row = []
         for c in columns:
@@ -161,6 +173,11 @@ def csv_text(results: Sequence[Mapping[str, Any]]) -> str:
                 value = (r.get("pretrain") or {}).get("top1")
             row.append("" if value is None else value)
         row += ["" if r.get("IoU", {}).get(c) is None else r["IoU"][c] for c in classes]
+        if robust:
+            report = r.get("robustness") or {}
+            values = [(report.get("clean") or {}).get("mIoU"), report.get("mean")]
+            values += [report.get("corruptions", {}).get(c, {}).get("mean") for c in corruptions]
+            row += ["" if v is None else v for v in values]
         writer.writerow(row)
     return out.getvalue()
 
@@ -290,11 +307,16 @@ def plot(results: Sequence[Mapping[str, Any]], path: pathlib.Path, title: str) -
 
 def write_all(results: Sequence[Mapping[str, Any]], workdir: pathlib.Path, sweep_file: Any,
               measure: Mapping[str, Any]) -> None:
-    """results.json, results.csv, results.md and plot.png in ``workdir``."""
+    """results.json, results.csv, results.md and plot.png in ``workdir`` (and, when points
+    measured robustness, its tables and plot in ``workdir/robustness``)."""
     name = pathlib.Path(sweep_file).name
     data = {"sweep": str(sweep_file), "measure": dict(measure), "points": list(results)}
     atomic_write(workdir / "results.json", (json.dumps(data, indent=2) + "\n").encode())
     atomic_write(workdir / "results.csv", csv_text(results).encode())
     atomic_write(workdir / "results.md", markdown(results, name).encode())
+    reports = [r["robustness"] for r in results if r.get("robustness")]
+    if reports:  # the paper's layout, one row per point, and the severity plot per point
+        from segformer_jax.robustness import write
+        write(workdir / "robustness", reports)
     plot(results, workdir / "plot.png",
          f"{name}: mIoU against compute and size  ·  {machine_line(results[0]['machine'])}")

@@ -5,6 +5,7 @@
         [--scales 0.5,0.75,1.0,1.25,1.5,1.75] [--flip] [--img-scale LONG,SHORT|none]
         [--size-divisor N|none] [--max-examples N] [--batch-windows N] [--json OUT]
         [--data-option KEY=VALUE ...]
+        [--corruptions all|paper|common|NAME,... [--severities 1,2,3,4,5|paper] [--out DIR]]
 
 ``PATH``: a Hub directory or weight file, a model checkpoint or a training workdir (see
 ``checkpoint.load_for_inference``). ``NAME``: ``synthetic``, ``ade20k``, ``cityscapes`` or
@@ -25,6 +26,12 @@ is scored on a classification dataset (``synthetic_classification``, ``imagenet2
 ``image_folder``) with the recipe's test transform (short side to ``crop-size / crop-pct``,
 bicubic, centre crop ``--crop-size``; default 224 and 0.875, DeiT's): top-1, top-5 and each
 class's top-1 accuracy, counted exactly over the split.
+
+``--corruptions`` measures robustness instead (``segformer_jax.robustness``): the clean mIoU
+and the mIoU of every (corruption, severity) of ImageNet-C's corruptions, written to
+``--out`` (default ``robustness/<checkpoint name>``) as JSON, CSV, Markdown and a plot; an
+interrupted evaluation resumes there. ``all`` is the 19 of ``imagecorruptions``, ``paper``
+the SegFormer paper's 16 (with ``--severities paper``: its noises at 1-3 only).
 """
 
 from __future__ import annotations
@@ -108,7 +115,23 @@ def _crop_pct(text: str) -> float:
     return value
 
 
-SEGMENTATION_FLAGS = ("mode", "crop", "stride", "scales", "flip")
+def _corruptions(text: str) -> tuple[str, ...]:
+    from segformer_jax.robustness import select_corruptions
+    try:
+        return select_corruptions(text)
+    except EvaluationError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _severities(text: str) -> Any:
+    from segformer_jax.robustness import select_severities
+    try:
+        return select_severities(text)
+    except EvaluationError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+SEGMENTATION_FLAGS = ("mode", "crop", "stride", "scales", "flip", "corruptions")
 CLASSIFICATION_DEFAULTS = {"crop_size": 224, "crop_pct": 0.875, "batch_size": 64}
 
 
@@ -148,7 +171,24 @@ def parse_args(argv: Sequence[str]):
     parser.add_argument("--batch-size", type=positive_int, default=CLASSIFICATION_DEFAULTS["batch_size"],
                         help="classification: images per forward pass (default 64)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
+    parser.add_argument("--corruptions", type=_corruptions, metavar="NAMES",
+                        help="robustness: all, paper, common, a family (noise, blur, weather, "
+                             "digital) or names, comma-separated")
+    parser.add_argument("--severities", type=_severities, default=(1, 2, 3, 4, 5),
+                        help="robustness: severities 1-5, comma-separated, or paper "
+                             "(default 1,2,3,4,5)")
+    parser.add_argument("--corruption-seed", type=int, default=0,
+                        help="robustness: the seed every corrupted image is drawn from (default 0)")
+    parser.add_argument("--out", metavar="DIR", help="robustness: where the results go (default "
+                                                     "robustness/<checkpoint name>)")
     args = parser.parse_args(argv)
+    if not args.corruptions:
+        given = [f for f in ("out",) if getattr(args, f)]
+        if given or args.severities != (1, 2, 3, 4, 5) or args.corruption_seed:
+            parser.error("--severities/--corruption-seed/--out go with --corruptions")
+    elif args.json:
+        parser.error("--json is the plain evaluation's; a robustness evaluation writes "
+                     "robustness.json into --out")
     if args.dataset == "folder" and not args.manual_dir:
         parser.error("--dataset folder needs --manual-dir ROOT (the folder with classes.txt, "
                      "images/ and masks/)")
@@ -199,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = time.perf_counter()
         if task == CLASSIFY:
             return _classify(args, config, variables, split, start)
+        if args.corruptions:
+            return _robustness(args, config, variables, split, start)
         summary = evaluate(config, variables, split, args.mode, crop=args.crop,
                            stride=args.stride, img_scale=args.img_scale,
                            size_divisor=args.size_divisor, scales=args.scales, flip=args.flip,
@@ -238,6 +280,41 @@ def _check_task(args: argparse.Namespace, task: str) -> None:
         if given:
             raise EvaluationError(f"--{given[0].replace('_', '-')} is a classification test option; "
                                   f"{args.checkpoint} is a semantic segmentation model")
+
+
+def _robustness(args: argparse.Namespace, config: Any, variables: Any, split: Any,
+                start: float) -> int:
+    import jax
+
+    from segformer_jax import robustness
+    from segformer_jax.evaluation import SegmentationEvaluator, eval_settings
+    from segformer_jax.models.segformer import SegformerForSemanticSegmentation
+    robustness.check_labelled(split)
+    settings = eval_settings(split.name, args.mode, args.crop, args.stride, args.img_scale,
+                             args.size_divisor, args.scales, args.flip)
+    label = pathlib.Path(args.checkpoint).expanduser().resolve().name
+    out = pathlib.Path(args.out or pathlib.Path("robustness") / label)
+    pairs = robustness.plan(args.corruptions, args.severities)
+    identity = {"checkpoint": str(pathlib.Path(args.checkpoint).expanduser().resolve()),
+                "dataset": args.dataset, "split": args.split,
+                "data_options": sorted(map(list, args.data_option)),
+                "max_examples": args.max_examples, "settings": settings.as_dict()}
+    evaluator = SegmentationEvaluator(
+        SegformerForSemanticSegmentation(config), split, settings, max_examples=args.max_examples,
+        batch_windows=args.batch_windows, process_index=jax.process_index(),
+        process_count=jax.process_count())
+    print(f"{args.dataset} {args.split}: {len(evaluator.source)} images, clean and "
+          f"{len(pairs)} (corruption, severity) pairs, results in {out}")
+    result = robustness.run(evaluator, jax.device_put(dict(variables)), pairs, out,
+                            seed=args.corruption_seed, identity=identity, label=label,
+                            is_writer=jax.process_index() == 0)
+    images = result["num_examples"] * len(result["computed"])
+    seconds = time.perf_counter() - start
+    print(f"{len(result['computed'])} evaluations of {result['num_examples']} images in {seconds:.0f} s"
+          + (f" ({1000 * seconds / images:.0f} s per 1000 images)" if images else ""))
+    print(robustness.markdown([result]), end="")
+    print(f"results written to {out}")
+    return 0
 
 
 def _classify(args: argparse.Namespace, config: Any, variables: Any, split: Any,

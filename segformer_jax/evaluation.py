@@ -312,26 +312,26 @@ class SegmentationEvaluator:
                                         batch_windows=self.batch_windows)
         return self.inference.whole(variables, images)
 
-    def _examples(self) -> Iterator[dict[str, Any]]:
+    def _examples(self, source: Any) -> Iterator[dict[str, Any]]:
         from segformer_jax.data.pipeline import eval_batches
-        total = len(self.source)
-        for done, batch in enumerate(eval_batches(self.source, self.transform, 1,
+        total = len(source)
+        for done, batch in enumerate(eval_batches(source, self.transform, 1,
                                                   process_index=self.process_index,
                                                   process_count=self.process_count), 1):
             yield batch
             if self.progress is not None:
                 self.progress(done, total)
 
-    def _predictions(self, variables: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(prediction, label) of each example, at the label's size."""
+    def _predictions(self, variables: Any, source: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(prediction, label) of each example of ``source``, at the label's size."""
         s = self.settings
         if s.multiscale or s.mode == "slide":
-            for example in self._examples():
+            for example in self._examples(source):
                 label = np.asarray(example["label"])
                 yield logits_to_mask(self.logits(variables, example["image"]), label.shape[1:3]), label
             return
         layout = NamedSharding(self.mesh, PartitionSpec("data"))
-        for group in same_shape_groups(self._examples(), self.rows):
+        for group in same_shape_groups(self._examples(source), self.rows):
             images = np.concatenate([example["image"] for example in group])
             filler = np.broadcast_to(images[:1], (self.rows - len(group), *images.shape[1:]))
             logits = self.inference.whole(variables, jax.device_put(np.concatenate([images, filler]), layout))
@@ -339,19 +339,23 @@ class SegmentationEvaluator:
                 label = np.asarray(example["label"])
                 yield logits_to_mask(_row(logits, i), label.shape[1:3]), label
 
-    def confusion_matrix(self, variables: Any) -> np.ndarray:
-        """The split's confusion matrix (rows = ground truth), exact int64, all processes."""
+    def confusion_matrix(self, variables: Any, source: Any = None) -> np.ndarray:
+        """The split's confusion matrix (rows = ground truth), exact int64, all processes.
+
+        ``source`` replaces the split's examples (the same indices, e.g. corrupted images:
+        ``robustness.CorruptedSource``), reusing the compiled programs.
+        """
         k = len(self.class_names)
         total = metrics.zeros(k)
         variables = jax.device_put(variables, NamedSharding(self.mesh, PartitionSpec()))
-        for pred, label in self._predictions(variables):
+        for pred, label in self._predictions(variables, self.source if source is None else source):
             total = metrics.update(total, metrics.confusion_matrix(pred, label, k, self.ignore_index))
         return sum_over_processes(total)
 
-    def __call__(self, variables: Any) -> dict[str, Any]:
+    def __call__(self, variables: Any, source: Any = None) -> dict[str, Any]:
         """``metrics.summarize``'s dict plus ``confusion_matrix``, ``num_examples`` and
-        ``settings`` (the test pipeline used)."""
-        cm = self.confusion_matrix(variables)
+        ``settings`` (the test pipeline used); ``source`` as in ``confusion_matrix``."""
+        cm = self.confusion_matrix(variables, source)
         summary = metrics.summarize(cm, self.class_names)
         summary.update(confusion_matrix=cm, num_examples=len(self.source),
                        settings=self.settings.as_dict())

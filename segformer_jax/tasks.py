@@ -81,17 +81,19 @@ def train_transform(config: ml_collections.ConfigDict, split: Any) -> Any:
                           reduce_zero_label=split.reduce_zero_label, photometric=d.photometric)
 
 
-def make_evaluator(config: ml_collections.ConfigDict, model: Any, eval_split: Any) -> Any:
+def make_evaluator(config: ml_collections.ConfigDict, model: Any, eval_split: Any,
+                   max_examples: int | None = None) -> Any:
     """The task's validation, each process scoring its share of the split on all its devices.
 
     Segmentation: whole images at ``data.eval_scale``, aligned to ``data.eval_size_divisor``
     (batches of one test shape, one image per device). Classification: the recipe's test
     transform (short side to ``crop / classification.test_crop_pct``, centre crop), batches
-    of ``classification.eval_batch_size``.
+    of ``classification.eval_batch_size``. ``max_examples``: the first examples only.
     """
     from segformer_jax.evaluation import ClassificationEvaluator, EvalSettings, SegmentationEvaluator
     d = config.data
-    where = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    where = dict(process_index=jax.process_index(), process_count=jax.process_count(),
+                 max_examples=max_examples)
     if config.task == CLASSIFY:
         c = config.classification
         return ClassificationEvaluator(model, eval_split, tuple(d.crop_size), c.test_crop_pct,

@@ -1,70 +1,27 @@
 """The corruptions against the ``imagecorruptions`` package (1.1.2, the release the ImageNet-C
 style benchmarks use), on scikit-image's photographs, for every corruption and severity.
 
-The package is deterministic given numpy's global random state: numpy's global state is set
-to where ``image_rng(...)`` starts, so the package draws exactly what ours draws (the same
-legacy MT19937 algorithms in the same order). Its impulse noise draws from scikit-image's
-``random_noise``, which takes an unseeded ``default_rng()``; here it is handed a Generator
-over the same MT19937 state (``Generator.random`` and ``RandomState.random_sample`` compute a
-double from the stream the same way). Its tolerance is then zero: the outputs are uint8 and
-must be equal byte for byte.
-
-The package as released no longer runs on today's libraries; three shims, scoped to this
-module, let the oracle run unchanged: ``pkg_resources.resource_filename`` (setuptools 81
-removed it), ``np.float_`` (numpy 2 removed it) and ``multichannel=True`` for
-scikit-image's ``gaussian`` (now ``channel_axis=-1``).
+The package is deterministic given numpy's global random state: that state is set to where
+``image_rng(...)`` starts, so the package draws exactly what ours draws (the same legacy
+MT19937 algorithms in the same order; for its impulse noise, which scikit-image draws, see
+``experiments.imagecorruptions_shim``, which also lets the released package run on today's
+numpy, scikit-image and setuptools). The tolerance is then the package's own, zero: the
+outputs are uint8 and must be equal byte for byte.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-import types
-
 import numpy as np
 import pytest
 
+from experiments.imagecorruptions_shim import imagecorruptions
 from segformer_jax.data import corruptions as C
 
 
 @pytest.fixture(scope="module")
 def package():
-    import skimage.util
-    added_pkg_resources = "pkg_resources" not in sys.modules
-    if added_pkg_resources:
-        try:
-            import pkg_resources  # noqa: F401
-            added_pkg_resources = False
-        except ImportError:
-            shim = types.ModuleType("pkg_resources")
-            shim.resource_filename = lambda package, path: os.path.join(
-                os.path.dirname(sys.modules[package].__file__), path)
-            sys.modules["pkg_resources"] = shim
-    added_float = not hasattr(np, "float_")
-    if added_float:
-        np.float_ = np.float64
-    import imagecorruptions
-    import imagecorruptions.corruptions as module
-
-    original_gaussian, original_noise = module.gaussian, skimage.util.random_noise
-
-    def gaussian(image, *args, multichannel=False, **kwargs):
-        return original_gaussian(image, *args, channel_axis=-1 if multichannel else None, **kwargs)
-
-    def random_noise(image, mode="gaussian", **kwargs):
-        generator = np.random.Generator(np.random.MT19937(0))
-        generator.bit_generator.state = np.random.get_state(legacy=False)
-        return original_noise(image, mode=mode, rng=generator, **kwargs)
-
-    module.gaussian, skimage.util.random_noise = gaussian, random_noise
-    try:
-        yield imagecorruptions
-    finally:
-        module.gaussian, skimage.util.random_noise = original_gaussian, original_noise
-        if added_float:
-            del np.float_
-        if added_pkg_resources:
-            del sys.modules["pkg_resources"]
+    with imagecorruptions() as module:
+        yield module
 
 
 @pytest.fixture(scope="module")

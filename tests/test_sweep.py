@@ -19,7 +19,7 @@ TINY = {"hidden_sizes": (8, 16, 24, 32), "num_attention_heads": (1, 2, 3, 4),
         "depths": (1, 1, 1, 1), "decoder_hidden_size": 16}
 
 
-def _write_sweep(path, data_dir, body):
+def _write_sweep(path, data_dir, body, measure=""):
     """A sweep file over a tiny model, 32² crops, 3 steps, a 16 + 2 image synthetic dataset."""
     base = {"total_steps": 3, "batch_size": 4, "checkpoint_every": 2, "eval_every": 1000,
             "log_every": 1, "data.crop_size": (32, 32), "data.img_scale": (64, 32),
@@ -30,7 +30,7 @@ def _write_sweep(path, data_dir, body):
     path.write_text(f"BASE = {os.path.join(ROOT, 'configs', 'quickstart.py')!r}\n"
                     f"BASE_OVERRIDES = {base!r}\n"
                     "MEASURE = {'size': (32, 32), 'warmup': 0, 'repeats': 2, "
-                    "'train_warmup': 0, 'train_repeats': 1}\n" + body)
+                    f"'train_warmup': 0, 'train_repeats': 1{measure}}}\n" + body)
     return path
 
 
@@ -48,10 +48,12 @@ def _run(command, **kwargs):
 # Both points train the same programs (photometric distortion is host-side augmentation), so the
 # second one is served by the sweep's compilation cache: XLA:CPU compiles cost most of the time.
 TWO_POINTS = "POINTS = [{'name': 'a'}, {'name': 'b', 'data.photometric': False}]\n"
+# Robustness columns: two corruptions at severity 5 on the 2 validation images.
+ROBUST = ", 'robustness': {'corruptions': 'fog,contrast', 'severities': [5]}"
 
 
 def test_sweep_runs_two_points_and_a_restart_after_sigkill_runs_only_the_missing_one(tmp_path):
-    sweep_file_path = _write_sweep(tmp_path / "tiny.py", tmp_path / "tfds", TWO_POINTS)
+    sweep_file_path = _write_sweep(tmp_path / "tiny.py", tmp_path / "tfds", TWO_POINTS, ROBUST)
     workdir = tmp_path / "sweep"
     cache = tmp_path / "xla-cache"  # its own, not the session's: its entries are counted below
     command = [*SWEEP, str(sweep_file_path), "--workdir", str(workdir), "--compilation-cache", str(cache)]
@@ -99,8 +101,21 @@ def test_sweep_runs_two_points_and_a_restart_after_sigkill_runs_only_the_missing
 
     csv_lines = (workdir / "results.csv").read_text().splitlines()
     assert len(csv_lines) == 3 and csv_lines[0].startswith("name,group,seed,variant,")
+    assert csv_lines[0].endswith(",robust/clean,robust/mean,robust/fog,robust/contrast")
+    for point in table["points"]:
+        report = point["robustness"]
+        assert report["model"] == point["name"] and list(report["corruptions"]) == ["fog", "contrast"]
+        assert report["clean"]["mIoU"] == pytest.approx(point["mIoU"], abs=1e-9)  # train()'s evaluator
+        assert all(math.isfinite(report["corruptions"][c]["severities"]["5"]["mIoU"]) for c in ("fog", "contrast"))
+    robust_rows = (workdir / "robustness" / "robustness.csv").read_text().splitlines()
+    assert robust_rows[0] == "model,clean,fog,contrast,mean"
+    assert [r.split(",")[0] for r in robust_rows[1:]] == ["a", "b"]
+    assert (workdir / "robustness" / "robustness.png").is_file()
+    saved = sorted(p.name for p in (a / "robustness" / "runs").iterdir())
+    assert saved == ["clean.json", "contrast-5.json", "fog-5.json"]
     markdown = (workdir / "results.md").read_text()
     assert "| a | b0 |" in markdown and "| b | b0 | data.photometric=False |" in markdown
+    assert "Robustness: mIoU (%)" in markdown and "| model | clean | fog | contrast | mean |" in markdown
     from PIL import Image
     with Image.open(workdir / "plot.png") as image:
         assert image.format == "PNG" and image.size == (1500, 680)
@@ -150,6 +165,12 @@ def test_sweep_runs_two_points_and_a_restart_after_sigkill_runs_only_the_missing
     ("PRETRAIN = {'config': 'configs/classification_quickstart.py', 'classification.mixup_alpha': -1.0}"
      "\nPOINTS = [{'name': 'x', 'pretrain': True}]", "classification.mixup_alpha must be >= 0"),
     ("", "defines no points"),
+    ("MEASURE = {'robustness': {'corruptions': 'fog,rain'}}\nPOINTS = [{'name': 'x'}]",
+     "MEASURE['robustness']['corruptions']: unknown corruption 'rain'; choose from gaussian_noise"),
+    ("MEASURE = {'robustness': {'severities': [3, 7]}}\nPOINTS = [{'name': 'x'}]",
+     "MEASURE['robustness']['severities']: severity 7 is outside 1-5"),
+    ("MEASURE = {'robustness': {'images': 3}}\nPOINTS = [{'name': 'x'}]",
+     "unknown MEASURE['robustness'] key 'images'; valid: corruptions, severities, max_examples, seed"),
 ])
 def test_malformed_sweeps_are_refused_naming_the_key(tmp_path, body, message):
     path = _write_sweep(tmp_path / "bad.py", tmp_path / "tfds", body + "\n")
