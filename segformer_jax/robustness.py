@@ -197,7 +197,7 @@ def run(evaluator: Any, variables: Any, pairs: Sequence[tuple[str, int]], out: s
     equal that of every saved result. Every process runs; ``is_writer`` writes."""
     out = pathlib.Path(out)
     every = [(CLEAN, 0), *pairs]
-    identity = {**identity, "seed": int(seed)}
+    identity = json.loads(json.dumps({**identity, "seed": int(seed)}))  # as saved: lists, not tuples
     results = _saved(out, every, identity)
     if results:
         log(f"resuming: {len(results)} of {len(every)} results saved in {out / 'runs'}")

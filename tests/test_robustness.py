@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -19,11 +20,15 @@ from segformer_jax import evaluate, robustness
 from segformer_jax.data import corruptions as C
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The quickstart at a third of its pixels (64² crops, short side 64) on 400 training images,
-# long enough to segment well: its clean mIoU on the 8 validation images is what every
-# corruption at severity 5 must lower.
+# The quickstart at under half its pixels (64² crops, short side 64, 400 training images) for
+# 200 steps, tested at short side 96 on 16 validation images: clean mIoU 72.0, and every
+# corruption at severity 5 lower (measured: pixelate by 0.7 points, speckle noise by 1.0, the
+# others by 3.8 to 62). Trained without the photometric distortion: ImageNet-C's protocol
+# keeps the corruptions out of training, and that augmentation jitters brightness, contrast
+# and saturation, three of them; with it, the brightness corruption *raises* this model's
+# mIoU (74.4 -> 78.4 at severity 5; the full quickstart's too, see the README).
 STEPS = 200
-DATA = ["--data-option", "num_train=400", "--data-option", "num_validation=8"]
+DATA = ["--data-option", "num_train=400", "--data-option", "num_validation=16"]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +40,7 @@ def trained(tmp_path_factory):
             f"--config.checkpoint_every={STEPS}", "--config.log_every=50",
             "--config.data.crop_size=(64, 64)", "--config.data.img_scale=(192, 64)",
             f"--config.data.data_dir={root / 'tfds'}", "--config.data.options.num_train=400",
-            "--config.data.options.num_validation=8"]
+            "--config.data.options.num_validation=16", "--config.data.photometric=False"]
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -44,7 +49,7 @@ def trained(tmp_path_factory):
 
 def _evaluate(trained, out, *flags):
     return evaluate.main(["--checkpoint", str(trained / "run"), "--dataset", "synthetic",
-                          "--data-dir", str(trained / "tfds"), *DATA, "--img-scale", "192,64",
+                          "--data-dir", str(trained / "tfds"), *DATA, "--img-scale", "256,96",
                           "--out", str(out), *flags])
 
 
@@ -55,10 +60,11 @@ def every_corruption(trained):
     return out
 
 
+@pytest.mark.slow
 def test_every_corruption_at_severity_5_lowers_the_clean_miou(every_corruption):
     (report,) = json.loads((every_corruption / "robustness.json").read_text())
     clean = report["clean"]["mIoU"]
-    assert clean > 0.5, f"the briefly trained model segments poorly (clean mIoU {clean})"
+    assert clean > 0.65, f"the briefly trained model segments poorly (clean mIoU {clean})"
     assert list(report["corruptions"]) == list(C.ALL)
     for name, result in report["corruptions"].items():
         worst = result["severities"]["5"]["mIoU"]
@@ -113,7 +119,7 @@ def test_an_interrupted_run_resumes_with_only_the_rest(trained, every_corruption
     assert _evaluate(trained, out, *flags) == 0
     printed = capsys.readouterr().out
     assert "resuming: 5 of 7 results saved" in printed
-    done = [line.split(":")[0] for line in printed.splitlines() if ": mIoU " in line]
+    done = [m[1] for m in map(re.compile(r"^(\w+ severity \d): mIoU").match, printed.splitlines()) if m]
     assert done == ["contrast severity 4", "contrast severity 5"]
     # the resumed table has the uninterrupted run's numbers (each image a function of its key)
     with open(out / "robustness_by_severity.csv") as f:
@@ -162,8 +168,8 @@ def test_a_split_without_labels_is_refused_before_any_work(tmp_path, trained, ca
                 root / "images" / split / f"{i}.png")
             PIL.Image.fromarray(np.full((64, 80), 255, np.uint8)).save(root / "masks" / split / f"{i}.png")
     out = tmp_path / "out"
-    code = evaluate.main(["--checkpoint", str(trained / "run"), "--dataset", "folder", "--manual-dir",
-                          str(root), "--data-dir", str(tmp_path / "tfds"), "--corruptions", "all",
+    code = evaluate.main(["--checkpoint", str(trained / "run"), "--dataset", "folder", "--split", "val",
+                          "--manual-dir", str(root), "--data-dir", str(tmp_path / "tfds"), "--corruptions", "all",
                           "--out", str(out)])
     assert code == 1
     assert "has no labels: every pixel of its first 2 masks is the ignore index 255" in capsys.readouterr().err
