@@ -183,8 +183,7 @@ def parse_args(argv: Sequence[str]):
                                                      "robustness/<checkpoint name>)")
     args = parser.parse_args(argv)
     if not args.corruptions:
-        given = [f for f in ("out",) if getattr(args, f)]
-        if given or args.severities != (1, 2, 3, 4, 5) or args.corruption_seed:
+        if args.out or args.severities != (1, 2, 3, 4, 5) or args.corruption_seed:
             parser.error("--severities/--corruption-seed/--out go with --corruptions")
     elif args.json:
         parser.error("--json is the plain evaluation's; a robustness evaluation writes "

@@ -89,11 +89,27 @@ def _clipped_zoom(x: np.ndarray, factor: float) -> np.ndarray:
     return ndimage.zoom(x[top:top + ch, left:left + cw], (factor, factor, 1), order=1)
 
 
+def _shift_axis(x: np.ndarray, d: int, axis: int) -> np.ndarray:
+    """``x`` moved by ``d`` along ``axis``, the uncovered border filled with the edge values
+    (slices, not a gather: a copy at memory speed)."""
+    if d == 0:
+        return x
+    n = x.shape[axis]
+    out = np.empty_like(x)
+
+    def at(a: int, b: int) -> tuple[slice, ...]:
+        return (slice(None),) * axis + (slice(a, b),)
+
+    if d > 0:
+        out[at(d, n)], out[at(0, d)] = x[at(0, n - d)], x[at(0, 1)]
+    else:
+        out[at(0, n + d)], out[at(n + d, n)] = x[at(-d, n)], x[at(n - 1, n)]
+    return out
+
+
 def _edge_shift(x: np.ndarray, dx: int, dy: int) -> np.ndarray:
     """``x`` moved by (dx, dy) pixels, the uncovered border filled with the edge pixels."""
-    rows = np.clip(np.arange(x.shape[0]) - dy, 0, x.shape[0] - 1)
-    cols = np.clip(np.arange(x.shape[1]) - dx, 0, x.shape[1] - 1)
-    return x[rows][:, cols]
+    return _shift_axis(_shift_axis(x, dx, 1), dy, 0)
 
 
 def _motion_blur(x: np.ndarray, radius: int, sigma: float, angle: float) -> np.ndarray:
