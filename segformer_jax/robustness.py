@@ -219,7 +219,7 @@ def run(evaluator: Any, variables: Any, pairs: Sequence[tuple[str, int]], out: s
         results[(name, severity)] = record
         computed.append((name, severity))
         what = CLEAN if name == CLEAN else f"{name} severity {severity}"
-        log(f"{what}: mIoU {100 * (record['mIoU'] or math.nan):.2f} "
+        log(f"{what}: mIoU {_pct(record['mIoU']) or 'n/a'} "
             f"({record['num_examples']} images, {seconds:.1f} s)")
     result = report(label, results, pairs)
     if is_writer:
@@ -260,6 +260,10 @@ def report(label: str, results: Mapping[tuple[str, int], Mapping[str, Any]],
             "clean": {k: clean[k] for k in ("mIoU", "aAcc", "mAcc")},
             "corruptions": per, "mean": _mean([v["mean"] for v in per.values()]),
             "families": families}
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
 
 
 def _pct(value: float | None) -> str:
@@ -324,10 +328,10 @@ def plot(reports: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(reports), figsize=(5.5 * len(reports), 4), squeeze=False)
     for ax, r in zip(axes[0], reports):
-        clean = 100 * (r["clean"]["mIoU"] or math.nan)
+        clean = 100 * _or_nan(r["clean"]["mIoU"])
         for family, levels in r["families"].items():
             xs = [0, *map(int, levels)]
-            ys = [clean, *(100 * (v if v is not None else math.nan) for v in levels.values())]
+            ys = [clean, *(100 * _or_nan(v) for v in levels.values())]
             ax.plot(xs, ys, marker="o", label=family)
         ax.axhline(clean, color="grey", linestyle="--", linewidth=1, label="clean")
         ax.set(xlabel="severity (0: clean)", ylabel="mIoU (%)", xticks=range(6),

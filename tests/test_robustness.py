@@ -198,3 +198,23 @@ def test_the_plan():
         ("fog", 1), ("fog", 2), ("fog", 3), ("fog", 4), ("fog", 5)]
     assert robustness.select_severities("5,1,5") == (1, 5)
     assert len(robustness.plan(C.PAPER, "paper")) == 4 * 3 + 12 * 5
+
+
+def test_a_zero_or_undefined_miou_reads_as_such(tmp_path):
+    """0 is a score, NaN (no class present) is none: the log, tables and plot say so."""
+    class Evaluator:
+        source = list(range(3))
+
+        def __call__(self, variables, source=None):
+            miou = 0.5 if source is None else {"fog": 0.0, "contrast": math.nan}[source.name]
+            return {"num_examples": 3, "mIoU": miou, "aAcc": 0.5, "mAcc": 0.5,
+                    "class_names": ("a",), "IoU": np.array([miou])}
+
+    lines = []
+    result = robustness.run(Evaluator(), None, [("fog", 5), ("contrast", 5)], tmp_path, seed=0,
+                            identity={}, label="m", log=lines.append)
+    assert [line.split(" (")[0] for line in lines] == [
+        "clean: mIoU 50.00", "fog severity 5: mIoU 0.00", "contrast severity 5: mIoU n/a"]
+    assert result["mean"] == 0.0 and result["corruptions"]["contrast"]["mean"] is None
+    assert (tmp_path / "robustness.csv").read_text().splitlines()[1] == "m,50.00,0.00,,0.00"
+    assert (tmp_path / "robustness.png").is_file()
