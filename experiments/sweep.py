@@ -135,6 +135,14 @@ def _final_summary(point: Point, directory: pathlib.Path, summary: dict[str, Any
         return data
     if (directory / SUMMARY).is_file():
         return json.loads((directory / SUMMARY).read_text(encoding="utf-8"))
+    evaluator, variables, _ = _final_evaluator(point, directory)
+    return _final_summary(point, directory, evaluator(variables))
+
+
+def _final_evaluator(point: Point, directory: pathlib.Path, max_examples: int | None = None
+                     ) -> tuple[Any, Any, Any]:
+    """The evaluator train() validates with, the variables of the point's final checkpoint
+    and its validation split."""
     from segformer_jax import data as data_lib
     from segformer_jax.checkpoint import load_for_inference
     from segformer_jax.tasks import make_evaluator
@@ -143,9 +151,8 @@ def _final_summary(point: Point, directory: pathlib.Path, summary: dict[str, Any
     seg_config, variables = load_for_inference(directory)
     split = data_lib.load_split(d.name, d.eval_split, data_dir=d.data_dir or None,
                                 manual_dir=d.manual_dir or None, **dict(d.options))
-    # The evaluator and the model train() validates with.
     model = model_for_run(point.config, seg_config)
-    return _final_summary(point, directory, make_evaluator(point.config, model, split)(variables))
+    return make_evaluator(point.config, model, split, max_examples=max_examples), variables, split
 
 
 def measure_robustness(point: Point, directory: pathlib.Path, spec: dict[str, Any]) -> dict[str, Any]:
@@ -154,21 +161,12 @@ def measure_robustness(point: Point, directory: pathlib.Path, spec: dict[str, An
     in ``directory/robustness``)."""
     import jax
 
-    from segformer_jax import data as data_lib
     from segformer_jax import robustness
-    from segformer_jax.checkpoint import load_for_inference
-    from segformer_jax.tasks import make_evaluator
-    from segformer_jax.train import model_for_run
-    d = point.config.data
-    seg_config, variables = load_for_inference(directory)
-    split = data_lib.load_split(d.name, d.eval_split, data_dir=d.data_dir or None,
-                                manual_dir=d.manual_dir or None, **dict(d.options))
+    evaluator, variables, split = _final_evaluator(point, directory, spec["max_examples"])
     robustness.check_labelled(split)
-    evaluator = make_evaluator(point.config, model_for_run(point.config, seg_config), split,
-                               max_examples=spec["max_examples"])
     pairs = robustness.plan(robustness.select_corruptions(spec["corruptions"]),
                             robustness.select_severities(spec["severities"]))
-    identity = {"point": point.name, "checkpoint": str(directory), "split": d.eval_split,
+    identity = {"point": point.name, "checkpoint": str(directory), "split": point.config.data.eval_split,
                 "max_examples": spec["max_examples"], "settings": evaluator.settings.as_dict()}
     result = robustness.run(evaluator, jax.device_put(dict(variables)), pairs, directory / "robustness",
                             seed=spec["seed"], identity=identity, label=point.name,

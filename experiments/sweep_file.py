@@ -178,12 +178,13 @@ def _robustness_settings(value: Any, file: pathlib.Path) -> dict[str, Any]:
     settings = {**ROBUSTNESS_DEFAULTS, **value}
     for key in ("corruptions", "severities"):
         given = settings[key]
-        text = given if isinstance(given, str) else ",".join(map(str, given)) \
-            if isinstance(given, (list, tuple)) else None
+        if not isinstance(given, (str, list, tuple)):
+            raise SweepError(f"{file}: MEASURE['robustness'][{key!r}]: expected a string or a list; "
+                             f"got {given!r}")
+        text = given if isinstance(given, str) else ",".join(map(str, given))
+        select = robustness.select_corruptions if key == "corruptions" else robustness.select_severities
         try:
-            if text is None:
-                raise EvaluationError(f"expected a string or a list; got {given!r}")
-            (robustness.select_corruptions if key == "corruptions" else robustness.select_severities)(text)
+            select(text)
         except EvaluationError as e:
             raise SweepError(f"{file}: MEASURE['robustness'][{key!r}]: {e}") from None
         settings[key] = text

@@ -127,13 +127,11 @@ def markdown(results: Sequence[Mapping[str, Any]], sweep_file: str) -> str:
                          f"| {_pm(r['mIoU'], r['mIoU_sd'])} | {_pm(r['aAcc'], r['aAcc_sd'])} |")
     reports = [r["robustness"] for r in results if r.get("robustness")]
     if reports:
-        from segformer_jax.robustness import table_rows
+        from segformer_jax.robustness import markdown_table, table_rows
         header, rows = table_rows(reports)
         lines += ["", "Robustness: mIoU (%) clean and under each corruption (mean over its severities; "
                       "files in robustness/):", "",
-                  "| " + " | ".join(h.replace("_", " ") for h in header) + " |",
-                  "|---|" + "---:|" * (len(header) - 1)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
+                  markdown_table([h.replace("_", " ") for h in header], rows).rstrip("\n")]
     names = list(first.get("IoU", {}))
     if 0 < len(names) <= MAX_CLASS_COLUMNS and all(list(r.get("IoU", {})) == names for r in results):
         lines += ["", "Per-class IoU (%):", "",

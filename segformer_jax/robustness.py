@@ -299,7 +299,7 @@ def _csv(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return buffer.getvalue()
 
 
-def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
@@ -309,14 +309,14 @@ def markdown(reports: Sequence[Mapping[str, Any]]) -> str:
     """Both tables: the paper's layout, then each corruption's mIoU per severity."""
     header, rows = table_rows(reports)
     parts = ["mIoU (%) on clean images and under each corruption, averaged over its severities; "
-             "mean: over the corruptions.\n\n", _markdown([h.replace("_", " ") for h in header], rows)]
+             "mean: over the corruptions.\n\n", markdown_table([h.replace("_", " ") for h in header], rows)]
     for r in reports:
         levels = sorted({int(s) for v in r["corruptions"].values() for s in v["severities"]})
         body = [[name.replace("_", " "), v["family"],
                  *(_pct(v["severities"].get(str(s), {}).get("mIoU")) for s in levels), _pct(v["mean"])]
                 for name, v in r["corruptions"].items()]
         parts += [f"\n{r['model']}: mIoU (%) per severity (clean {_pct(r['clean']['mIoU'])}).\n\n",
-                  _markdown(["corruption", "family", *map(str, levels), "mean"], body)]
+                  markdown_table(["corruption", "family", *map(str, levels), "mean"], body)]
     return "".join(parts)
 
 
