@@ -88,9 +88,11 @@ class EfficientSelfAttention(nn.Module):
             kv = nn.Conv(c, (sr, sr), strides=(sr, sr), padding="VALID", dtype=self.dtype,
                          kernel_init=dense_init(cfg), name="sr")(kv)
             kv = layer_norm("layer_norm")(kv)
-        kv = kv.reshape(n, -1, c)
-        k = dense("key")(kv).reshape(n, -1, heads, c // heads)
-        v = dense("value")(kv).reshape(n, -1, heads, c // heads)
+        # Sizes spelled out, not -1: jax.export cannot infer a -1 from symbolic dimensions.
+        m = kv.shape[1] * kv.shape[2]
+        kv = kv.reshape(n, m, c)
+        k = dense("key")(kv).reshape(n, m, heads, c // heads)
+        v = dense("value")(kv).reshape(n, m, heads, c // heads)
 
         rate = cfg.attention_probs_dropout_prob
         if train and rate > 0.0:

@@ -215,6 +215,28 @@ def _resize_axis_matmul(x: jax.Array, axis: int, out_size: int) -> jax.Array:
     return jnp.moveaxis(out, -1, axis)
 
 
+def is_static(*sizes: object) -> bool:
+    """Whether every size is a plain integer, not a symbolic dimension of ``jax.export``."""
+    return all(isinstance(s, (int, np.integer)) for s in sizes)
+
+
+def resize_axis_symbolic(x: jax.Array, axis: int, out_size: object) -> jax.Array:
+    """``resize_axis`` when a size is a symbolic dimension (a shape-polymorphic export): the
+    taps of ``lerp_taps`` computed in the program, with the same float32 arithmetic, so the
+    exported model resizes as the jitted one does for every size it is called with."""
+    in_size = x.shape[axis]
+    scale = jnp.asarray(in_size, jnp.float32) / jnp.asarray(out_size, jnp.float32)
+    src = (jnp.arange(out_size, dtype=jnp.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    src = jnp.maximum(src, np.float32(0.0))
+    last = jnp.asarray(in_size, jnp.int32) - 1
+    lo = jnp.minimum(jnp.floor(src).astype(jnp.int32), last)
+    hi = jnp.minimum(lo + 1, last)
+    shape = [1] * x.ndim
+    shape[axis] = out_size
+    frac = (src - lo.astype(jnp.float32)).reshape(shape).astype(x.dtype)
+    return jnp.take(x, lo, axis=axis) * (1 - frac) + jnp.take(x, hi, axis=axis) * frac
+
+
 def resize_bilinear(x: jax.Array, size: tuple[int, int], form: str | None = None) -> jax.Array:
     """Resizes the spatial axes of an NHWC array to ``size`` = (height, width).
 
@@ -227,6 +249,8 @@ def resize_bilinear(x: jax.Array, size: tuple[int, int], form: str | None = None
     form = form or default_form("resize")
     if form not in RESIZE_FORMS:
         raise ValueError(f"resize form must be one of {RESIZE_FORMS}; got {form!r}")
+    if not is_static(*x.shape[1:3], *size):
+        return resize_axis_symbolic(resize_axis_symbolic(x, 1, size[0]), 2, size[1])
     if isinstance(x, np.ndarray):
         axis_fn = resize_axis
     else:

@@ -1,0 +1,548 @@
+"""Exports a segmentation model to the formats deployment uses, each checked against the model.
+
+    python -m segformer_jax.export --checkpoint PATH --format stablehlo|savedmodel|tflite|onnx
+        --out DIR [--batch N|dynamic] [--size H,W|dynamic] [--with-preprocessing]
+        [--no-check] [--opset 21]
+
+``PATH`` is anything ``predict`` loads (a Hub directory or weight file, a model checkpoint,
+a training workdir). What each format holds and supports:
+
+============  =======================  ================  =================  ==================
+format        file(s) in DIR           batch             height, width      runs in
+============  =======================  ================  =================  ==================
+stablehlo     model.stablehlo          dynamic or fixed  dynamic or fixed   ``jax.export``
+savedmodel    saved_model.pb,          dynamic or fixed  dynamic or fixed   TensorFlow,
+              variables/                                                    TF Serving
+tflite        model.tflite             fixed             fixed              TFLite / LiteRT
+onnx          model.onnx               dynamic or fixed  fixed              onnxruntime
+============  =======================  ================  =================  ==================
+
+* **stablehlo**: ``jax.export`` of the jitted forward, weights inside, serialized with
+  ``Exported.serialize``; ``jax.export.deserialize(open(f, "rb").read()).call(x)`` runs it
+  with nothing from this package. Dynamic sizes are symbolic dimensions with the
+  constraint height, width >= 32 (the smallest input whose first stage still has a key and
+  value after its 8 × 8 sequence reduction).
+* **savedmodel**: ``jax2tf`` (native serialization: the same StableHLO inside an
+  ``XlaCallModule`` op), weights as ``tf.Variable``s; signature ``serving_default``.
+* **tflite**: the TFLite converter on a fixed-shape SavedModel (it lowers the StableHLO to
+  TFLite builtins; it has no symbolic dimensions, so batch and size are fixed).
+* **onnx**: ``jax2onnx``, opset ``--opset`` (default 21); batch may be dynamic, height and
+  width are fixed (jax2onnx cannot carry symbolic spatial sizes through the resize).
+
+Without ``--with-preprocessing`` the function is the model: float32 NHWC ``pixel_values``
+(normalised) in, float32 ``logits`` at 1/4 of the input resolution out. With it, a serving
+endpoint: uint8 RGB ``images`` (N, h, w, 3) in, int32 class-id ``masks`` (N, h, w) out.
+Inside, the image is scaled to [0, 1], resized to ``--size`` when the size is fixed and the
+format lets the image size vary (stablehlo, savedmodel; bilinear as torch's
+``align_corners=False``, without antialiasing), normalised with the ImageNet mean and std,
+segmented, and the logits are resized to (h, w) before the argmax (threshold 0 for a
+one-channel binary model). With ``--size dynamic`` the model runs at the image's own
+resolution. Formats with a fixed size take images of exactly that size.
+
+The parity gate (``--check``, on by default) runs the written file in its own runtime on
+random inputs, odd sizes among them where the size is dynamic (97 × 45 and 64 × 80), and
+compares with the jitted Flax function on the same inputs: logits within ``LOGIT_TOLERANCE``
+(1e-4), masks identical. The figures go to the terminal and to ``DIR/export.json``; when
+the gate fails, nothing is left in ``DIR`` and the exit status is 1. An existing non-empty
+``DIR`` is refused, so an earlier export is never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from segformer_jax.config import SegformerConfig
+from segformer_jax.constants import IMAGENET_MEAN, IMAGENET_STD
+from segformer_jax.errors import InputError, SegformerError
+
+# Max |exported - Flax| on logits the gate accepts. The runtimes compute the same float32
+# graph with their own kernels and fusions; measured differences are 1e-7 to 1e-6 on logits
+# of size 1-10, so 1e-4 is two orders above rounding and far below any real mistake (a
+# wrong resize tap or normalisation moves logits by 1e-2 and more).
+LOGIT_TOLERANCE = 1e-4
+# The smallest dynamic height and width: the first stage's 8 × 8 sequence reduction needs a
+# feature map of at least 8 (input 29 and up); 32 is the network's stride.
+MIN_DYNAMIC_SIZE = 32
+# Sizes the gate tries where height and width are dynamic: odd, non-square, and not
+# multiples of 32, so the resize taps are computed for sizes the export never saw.
+CHECK_SIZES = ((97, 45), (64, 80))
+DEFAULT_OPSET = 21
+DEFAULT_FIXED_SIZE = (512, 512)
+
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+    name: str
+    file: str                 # the artefact inside DIR ("" for a SavedModel: DIR itself)
+    dynamic_batch: bool
+    dynamic_size: bool
+    needs: tuple[str, ...]    # importable modules it needs beyond the core requirements
+    extra: str                # the pip extra that installs them
+
+
+FORMATS: dict[str, Format] = {f.name: f for f in (
+    Format("stablehlo", "model.stablehlo", True, True, (), ""),
+    Format("savedmodel", "", True, True, ("tensorflow",), ""),
+    Format("tflite", "model.tflite", False, False, ("tensorflow",), ""),
+    Format("onnx", "model.onnx", True, False, ("jax2onnx", "onnxruntime"), "export"),
+)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """What the exported function takes: ``batch``/``size`` None means dynamic."""
+    batch: int | None
+    size: tuple[int, int] | None
+    with_preprocessing: bool
+    channels: int = 3
+
+    def image_dims_dynamic(self, fmt: Format) -> bool:
+        """Whether the input's height and width are symbolic: a dynamic size, or a fixed
+        model size behind a resize in a format that lets the image size vary."""
+        return self.size is None or (self.with_preprocessing and fmt.dynamic_size)
+
+    def input_spec(self, fmt: Format) -> tuple[str, ...]:
+        """The input shape as jax.export's symbolic spec parts ("b", "h", "w" or numbers)."""
+        batch = "b" if self.batch is None else str(self.batch)
+        if self.image_dims_dynamic(fmt):
+            return batch, "h", "w", str(self.channels)
+        return batch, str(self.size[0]), str(self.size[1]), str(self.channels)
+
+    def constraints(self, fmt: Format) -> tuple[str, ...]:
+        """Symbolic-dimension constraints: the model needs h, w >= MIN_DYNAMIC_SIZE when it
+        sees the image's own size (not when the image is resized to a fixed size first)."""
+        if self.image_dims_dynamic(fmt) and self.size is None:
+            return (f"h >= {MIN_DYNAMIC_SIZE}", f"w >= {MIN_DYNAMIC_SIZE}")
+        return ()
+
+    @property
+    def input_name(self) -> str:
+        return "images" if self.with_preprocessing else "pixel_values"
+
+    @property
+    def output_name(self) -> str:
+        return "masks" if self.with_preprocessing else "logits"
+
+    @property
+    def input_dtype(self) -> Any:
+        return np.uint8 if self.with_preprocessing else np.float32
+
+
+# --------------------------------------------------------------------------------------
+# The function exported
+
+
+def serving_function(config: SegformerConfig, variables: Mapping[str, Any],
+                     signature: Signature) -> Callable[[Any], Any]:
+    """The model as one function of its input (weights closed over), with or without the
+    preprocessing of a serving endpoint (see the module doc)."""
+    from segformer_jax.models.segformer import SegformerForSemanticSegmentation
+    apply = SegformerForSemanticSegmentation(config).apply
+    logits_fn = forward_function(apply)
+    if not signature.with_preprocessing:
+        return lambda pixels: logits_fn(variables, pixels)
+    mask_fn = segment_function(apply, signature.size)
+    return lambda images: mask_fn(variables, images)
+
+
+def forward_function(apply: Callable) -> Callable[[Any, Any], Any]:
+    """(variables, float NHWC pixels) -> float32 logits: the export without preprocessing."""
+    import jax.numpy as jnp
+    return lambda variables, pixels: apply(variables, pixels).astype(jnp.float32)
+
+
+def segment_function(apply: Callable, size: tuple[int, int] | None) -> Callable[[Any, Any], Any]:
+    """(variables, uint8 (N, h, w, 3) images) -> int32 (N, h, w) class ids."""
+    import jax.numpy as jnp
+
+    from segformer_jax.models.ops import resize_bilinear
+    mean = np.asarray(IMAGENET_MEAN, np.float32)
+    std = np.asarray(IMAGENET_STD, np.float32)
+
+    def segment(variables: Any, images: Any) -> Any:
+        x = images.astype(jnp.float32) / np.float32(255)
+        if size is not None:
+            x = resize_bilinear(x, size)
+        logits = apply(variables, (x - mean) / std).astype(jnp.float32)
+        logits = resize_bilinear(logits, images.shape[1:3])
+        if logits.shape[-1] == 1:   # a binary model's sigmoid logit: class 1 above 0
+            return (logits[..., 0] > 0).astype(jnp.int32)
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    return segment
+
+
+def abstract_input(signature: Signature, fmt: Format) -> Any:
+    """The input as a ``jax.ShapeDtypeStruct``, symbolic where the signature is dynamic."""
+    import jax
+    from jax import export
+    shape = export.symbolic_shape(", ".join(signature.input_spec(fmt)),
+                                  constraints=signature.constraints(fmt))
+    return jax.ShapeDtypeStruct(shape, signature.input_dtype)
+
+
+# --------------------------------------------------------------------------------------
+# Writers: one per format, each into a directory of its own
+
+
+def _quiet_tensorflow() -> Any:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    tf.get_logger().setLevel(logging.ERROR)
+    return tf
+
+
+def write_stablehlo(fn: Callable, spec: Any, out: pathlib.Path) -> pathlib.Path:
+    import jax
+    from jax import export
+    exported = export.export(jax.jit(fn))(spec)
+    path = out / FORMATS["stablehlo"].file
+    path.write_bytes(exported.serialize())
+    return path
+
+
+def _tf_module(config: SegformerConfig, variables: Mapping[str, Any], signature: Signature,
+               fmt: Format) -> Any:
+    """A ``tf.Module`` whose ``serve`` is the jax2tf conversion, weights as variables (a
+    SavedModel keeps them apart from the graph, so its size has no 2 GB protobuf limit)."""
+    import jax
+    from jax.experimental import jax2tf
+    tf = _quiet_tensorflow()
+    from segformer_jax.models.segformer import SegformerForSemanticSegmentation
+    apply = SegformerForSemanticSegmentation(config).apply
+    fn = (segment_function(apply, signature.size) if signature.with_preprocessing
+          else forward_function(apply))
+    spec = signature.input_spec(fmt)
+    dynamic = "b" in spec or "h" in spec
+    shape = "(" + ", ".join(spec) + ")"
+    converted = jax2tf.convert(fn, polymorphic_shapes=[None, shape] if dynamic else None,
+                               polymorphic_constraints=signature.constraints(fmt),
+                               with_gradient=False)
+    module = tf.Module()
+    module.variables_tree = tf.nest.map_structure(tf.Variable, jax.device_get(dict(variables)))
+    tensor_spec = tf.TensorSpec([None if s in ("b", "h", "w") else int(s) for s in spec],
+                                tf.as_dtype(signature.input_dtype), name=signature.input_name)
+
+    @tf.function(autograph=False, input_signature=[tensor_spec])
+    def serve(x: Any) -> Any:
+        return {signature.output_name: converted(module.variables_tree, x)}
+
+    module.serve = serve
+    return module
+
+
+def write_savedmodel(config: SegformerConfig, variables: Mapping[str, Any], signature: Signature,
+                     out: pathlib.Path) -> pathlib.Path:
+    tf = _quiet_tensorflow()
+    module = _tf_module(config, variables, signature, FORMATS["savedmodel"])
+    tf.saved_model.save(module, str(out), signatures={"serving_default": module.serve})
+    return out
+
+
+def write_tflite(config: SegformerConfig, variables: Mapping[str, Any], signature: Signature,
+                 out: pathlib.Path) -> pathlib.Path:
+    tf = _quiet_tensorflow()
+    module = _tf_module(config, variables, signature, FORMATS["tflite"])
+    with tempfile.TemporaryDirectory() as tmp:
+        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        blob = converter.convert()
+    path = out / FORMATS["tflite"].file
+    path.write_bytes(blob)
+    return path
+
+
+def write_onnx(fn: Callable, spec: Any, signature: Signature, out: pathlib.Path,
+               opset: int) -> pathlib.Path:
+    # jax2onnx logs tracebacks of plugins it skips and prints debug lines while it traces.
+    logging.getLogger("jax2onnx").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()):
+        from jax2onnx import to_onnx
+        model = to_onnx(fn, [spec], model_name="segformer", opset=opset,
+                        input_names=[signature.input_name], output_names=[signature.output_name])
+    path = out / FORMATS["onnx"].file
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# Runners: an exported file run in its own runtime, numpy in, numpy out
+
+
+def load_runner(fmt: str, out: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
+    """A function running the artefact ``export`` wrote in ``out``, in its own runtime
+    (nothing of this package's model code is used)."""
+    out = pathlib.Path(out)
+    if fmt == "stablehlo":
+        from jax import export
+        exported = export.deserialize(bytearray((out / FORMATS[fmt].file).read_bytes()))
+        return lambda x: np.asarray(exported.call(x))
+    if fmt == "savedmodel":
+        tf = _quiet_tensorflow()
+        serve = tf.saved_model.load(str(out)).signatures["serving_default"]
+        return lambda x: next(iter(serve(tf.constant(x)).values())).numpy()
+    if fmt == "tflite":
+        tf = _quiet_tensorflow()
+        interpreter = tf.lite.Interpreter(model_path=str(out / FORMATS[fmt].file))
+        interpreter.allocate_tensors()
+        (inp,), (outp,) = interpreter.get_input_details(), interpreter.get_output_details()
+
+        def run_tflite(x: np.ndarray) -> np.ndarray:
+            interpreter.set_tensor(inp["index"], x)
+            interpreter.invoke()
+            return interpreter.get_tensor(outp["index"]).copy()
+        return run_tflite
+    if fmt == "onnx":
+        import onnxruntime
+        session = onnxruntime.InferenceSession(str(out / FORMATS[fmt].file),
+                                               providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda x: session.run(None, {name: x})[0]
+    raise InputError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+# --------------------------------------------------------------------------------------
+# The parity gate
+
+
+def check_inputs(signature: Signature, fmt: Format, seed: int = 0) -> list[np.ndarray]:
+    """Random inputs the gate runs: two batch sizes where the batch is dynamic, the odd
+    ``CHECK_SIZES`` where height and width are, else the fixed shape."""
+    rng = np.random.default_rng(seed)
+    batches = (1, 2) if signature.batch is None else (signature.batch,) * 2
+    sizes = CHECK_SIZES if signature.image_dims_dynamic(fmt) else (signature.size,) * 2
+    shapes = sorted({(b, *hw, signature.channels) for b, hw in zip(batches, sizes)})
+    if signature.with_preprocessing:
+        return [rng.integers(0, 256, s, dtype=np.uint8) for s in shapes]
+    return [rng.standard_normal(s, dtype=np.float32) for s in shapes]
+
+
+def parity(reference: Callable[[np.ndarray], Any], runner: Callable[[np.ndarray], np.ndarray],
+           inputs: Sequence[np.ndarray], with_preprocessing: bool) -> list[dict[str, Any]]:
+    """Per input: its shape, the max abs logit difference (or the count of mask pixels that
+    differ) between the runner and the reference, and whether it passes."""
+    results = []
+    for x in inputs:
+        want = np.asarray(reference(x))
+        got = np.asarray(runner(x))
+        row: dict[str, Any] = {"input_shape": list(x.shape), "output_shape": list(got.shape)}
+        if got.shape != want.shape:
+            row.update(passed=False, error=f"output shape {got.shape}, expected {want.shape}")
+        elif with_preprocessing:
+            row["mismatched_pixels"] = int((got != want).sum())
+            row["passed"] = row["mismatched_pixels"] == 0
+        else:
+            row["max_abs_diff"] = float(np.abs(got.astype(np.float32) - want).max())
+            row["passed"] = row["max_abs_diff"] <= LOGIT_TOLERANCE
+        results.append(row)
+    return results
+
+
+def describe(row: Mapping[str, Any]) -> str:
+    shape = "x".join(map(str, row["input_shape"]))
+    if "error" in row:
+        return f"{shape}: {row['error']}"
+    if "mismatched_pixels" in row:
+        return f"{shape}: {row['mismatched_pixels']} of {np.prod(row['output_shape'])} mask pixels differ"
+    return f"{shape}: max |logit diff| {row['max_abs_diff']:.2e} (gate {LOGIT_TOLERANCE:g})"
+
+
+# --------------------------------------------------------------------------------------
+# Export, end to end
+
+
+def check_available(fmt: Format) -> None:
+    """Raises ``InputError`` naming the extra to install when a module ``fmt`` needs is
+    missing (checked before the checkpoint is read)."""
+    import importlib.util
+    missing = [m for m in fmt.needs if importlib.util.find_spec(m) is None]
+    if missing:
+        install = (f"pip install 'segformer_jax[{fmt.extra}]'" if fmt.extra
+                   else f"pip install {' '.join(missing)}")
+        raise InputError(f"--format {fmt.name} needs {' and '.join(missing)}, which is not "
+                         f"installed; {install}")
+
+
+def check_signature(fmt: Format, signature: Signature) -> None:
+    """Refuses a shape the format cannot express, naming the flag."""
+    if signature.batch is None and not fmt.dynamic_batch:
+        raise InputError(f"--batch dynamic: {fmt.name} has a fixed batch; give --batch N")
+    if signature.size is None and not fmt.dynamic_size:
+        raise InputError(f"--size dynamic: {fmt.name} has a fixed height and width; give "
+                         "--size H,W" + (" (its batch may be dynamic)" if fmt.dynamic_batch else ""))
+    if signature.size is not None and min(signature.size) < MIN_DYNAMIC_SIZE:
+        raise InputError(f"--size {signature.size[0]},{signature.size[1]}: height and width "
+                         f"must be at least {MIN_DYNAMIC_SIZE}")
+
+
+def export(config: SegformerConfig, variables: Mapping[str, Any], fmt_name: str,
+           signature: Signature, out: str | os.PathLike, check: bool = True,
+           opset: int = DEFAULT_OPSET, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Writes the ``fmt_name`` export into ``out`` (which must not exist or be empty) and,
+    with ``check``, runs the parity gate on it. Returns what ``out/export.json`` holds;
+    raises ``InputError`` (and leaves ``out`` as it was) when the gate fails."""
+    import jax
+    fmt = FORMATS[fmt_name]
+    check_signature(fmt, signature)
+    out = pathlib.Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out}: exists and is not an empty directory; choose another --out")
+    variables = jax.device_put(dict(variables))
+    fn = serving_function(config, variables, signature)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if fmt_name == "stablehlo":
+            write_stablehlo(fn, abstract_input(signature, fmt), staging)
+        elif fmt_name == "savedmodel":
+            write_savedmodel(config, variables, signature, staging)
+        elif fmt_name == "tflite":
+            write_tflite(config, variables, signature, staging)
+        else:
+            write_onnx(fn, abstract_input(signature, fmt), signature, staging, opset)
+        meta = metadata(config, fmt, signature, opset)
+        if check:
+            rows = parity(jax.jit(fn), load_runner(fmt_name, staging), check_inputs(signature, fmt),
+                          signature.with_preprocessing)
+            meta["parity"] = rows
+            for row in rows:
+                log(f"parity {fmt_name} {describe(row)}: {'ok' if row['passed'] else 'FAILED'}")
+            if not all(row["passed"] for row in rows):
+                raise InputError(f"{fmt_name} export does not match the model "
+                                 f"({'; '.join(describe(r) for r in rows if not r['passed'])}); "
+                                 "nothing written")
+        (staging / "export.json").write_text(json.dumps(meta, indent=1) + "\n")
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return meta
+
+
+def metadata(config: SegformerConfig, fmt: Format, signature: Signature, opset: int) -> dict[str, Any]:
+    """What a server needs besides the file: the input and output, the labels."""
+    import jax
+    shape = [None if s in ("b", "h", "w") else int(s) for s in signature.input_spec(fmt)]
+    meta: dict[str, Any] = {
+        "format": fmt.name, "file": fmt.file or ".",
+        "input": {"name": signature.input_name, "dtype": np.dtype(signature.input_dtype).name,
+                  "shape": shape, "layout": "NHWC"},
+        "output": {"name": signature.output_name,
+                   "dtype": "int32" if signature.with_preprocessing else "float32",
+                   "shape": (shape[:3] if signature.with_preprocessing
+                             else [shape[0], "ceil(H/4)", "ceil(W/4)", config.num_labels])},
+        "with_preprocessing": signature.with_preprocessing,
+        "model_size": list(signature.size) if signature.size else None,
+        "num_labels": config.num_labels,
+        "id2label": {str(k): v for k, v in sorted(config.id2label.items())},
+        "image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD),
+        "jax_version": jax.__version__,
+    }
+    if fmt.name == "onnx":
+        meta["opset"] = opset
+    return meta
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+
+
+def _batch(text: str) -> int | str:
+    if text == "dynamic":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'dynamic', got {text!r}")
+    return value
+
+
+def _size(text: str) -> tuple[int, int] | str:
+    if text == "dynamic":
+        return text
+    try:
+        parts = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected H,W (e.g. 512,512) or 'dynamic', got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    from segformer_jax.cli import ArgumentParser
+    parser = ArgumentParser(prog="python -m segformer_jax.export", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, metavar="PATH",
+                        help="Hub directory / weight file, model checkpoint or training workdir")
+    parser.add_argument("--format", required=True, choices=sorted(FORMATS))
+    parser.add_argument("--out", required=True, metavar="DIR", help="a new or empty directory")
+    parser.add_argument("--batch", type=_batch, metavar="N|dynamic",
+                        help="batch size (default: dynamic where the format allows, else 1)")
+    parser.add_argument("--size", type=_size, metavar="H,W|dynamic",
+                        help="model input height,width (default: dynamic where the format "
+                             "allows, else 512,512)")
+    parser.add_argument("--with-preprocessing", action="store_true",
+                        help="uint8 images in, class-id masks at their resolution out")
+    parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the parity gate (default: on)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default 21)")
+    args = parser.parse_args(argv)
+    fmt = FORMATS[args.format]
+    if args.batch is None:
+        args.batch = "dynamic" if fmt.dynamic_batch else 1
+    if args.size is None:
+        args.size = "dynamic" if fmt.dynamic_size else DEFAULT_FIXED_SIZE
+    # None from here on means dynamic, as in Signature.
+    args.batch = None if args.batch == "dynamic" else args.batch
+    args.size = None if args.size == "dynamic" else args.size
+    if args.opset != DEFAULT_OPSET and args.format != "onnx":
+        parser.error(f"--opset is for --format onnx, not {args.format}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else list(argv))
+    fmt = FORMATS[args.format]
+    try:
+        check_available(fmt)
+        from segformer_jax.checkpoint import load_for_inference
+        config, variables = load_for_inference(args.checkpoint)
+        signature = Signature(args.batch, args.size, args.with_preprocessing, config.num_channels)
+        check_signature(fmt, signature)
+        meta = export(config, variables, args.format, signature, args.out, args.check, args.opset)
+    except SegformerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    shape = "x".join("?" if s is None else str(s) for s in meta["input"]["shape"])
+    verdict = "parity checked" if args.check else "not checked (--no-check)"
+    print(f"wrote {pathlib.Path(args.out) / (fmt.file or '')}: {meta['input']['name']} "
+          f"{meta['input']['dtype']}[{shape}] -> {meta['output']['name']}; {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
