@@ -150,13 +150,17 @@ def serving_function(config: SegformerConfig, variables: Mapping[str, Any],
                      signature: Signature) -> Callable[[Any], Any]:
     """The model as one function of its input (weights closed over), with or without the
     preprocessing of a serving endpoint (see the module doc)."""
+    fn = model_function(config, signature)
+    return lambda x: fn(variables, x)
+
+
+def model_function(config: SegformerConfig, signature: Signature) -> Callable[[Any, Any], Any]:
+    """(variables, input) -> output: ``segment_function`` or ``forward_function``."""
     from segformer_jax.models.segformer import SegformerForSemanticSegmentation
     apply = SegformerForSemanticSegmentation(config).apply
-    logits_fn = forward_function(apply)
-    if not signature.with_preprocessing:
-        return lambda pixels: logits_fn(variables, pixels)
-    mask_fn = segment_function(apply, signature.size)
-    return lambda images: mask_fn(variables, images)
+    if signature.with_preprocessing:
+        return segment_function(apply, signature.size)
+    return forward_function(apply)
 
 
 def forward_function(apply: Callable) -> Callable[[Any, Any], Any]:
@@ -222,10 +226,7 @@ def _tf_module(config: SegformerConfig, variables: Mapping[str, Any], signature:
     import jax
     from jax.experimental import jax2tf
     tf = _quiet_tensorflow()
-    from segformer_jax.models.segformer import SegformerForSemanticSegmentation
-    apply = SegformerForSemanticSegmentation(config).apply
-    fn = (segment_function(apply, signature.size) if signature.with_preprocessing
-          else forward_function(apply))
+    fn = model_function(config, signature)
     spec = signature.input_spec(fmt)
     dynamic = "b" in spec or "h" in spec
     shape = "(" + ", ".join(spec) + ")"

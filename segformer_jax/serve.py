@@ -52,8 +52,9 @@ def legend_html(mask: np.ndarray, colours: np.ndarray, names: Sequence[str]) -> 
 class Page:
     """What the page computes for one image, apart from Gradio: testable without a server.
 
-    ``segment(rgb)`` returns ``(overlay, legend HTML, mask PNG path, timing text)``; the mask
-    PNG is ``predict``'s file for the image (8-bit, 16-bit above 255 classes).
+    ``segment(path)`` returns ``(overlay, legend HTML, mask PNG path, timing text)`` for an
+    image file, read as ``predict`` reads it (``read_image``: EXIF orientation, transparency
+    onto white, 16-bit to 8-bit); the mask PNG is ``predict``'s file for it.
     """
 
     def __init__(self, checkpoint: str, size: int = 512, alpha: float = 0.5,
@@ -71,16 +72,13 @@ class Page:
         self.workdir = pathlib.Path(workdir or tempfile.mkdtemp(prefix="segformer_serve_"))
         self.workdir.mkdir(parents=True, exist_ok=True)
 
-    def segment(self, rgb: np.ndarray | None) -> tuple[np.ndarray, str, str, str]:
+    def segment(self, path: str | os.PathLike | None) -> tuple[np.ndarray, str, str, str]:
         from segformer_jax import visualize
         from segformer_jax.evaluation import logits_to_mask
-        from segformer_jax.predict import save_mask
-        if rgb is None:
+        from segformer_jax.predict import read_image, save_mask
+        if path is None:
             raise InputError("upload an image first")
-        rgb = np.asarray(rgb)
-        if rgb.ndim == 2:
-            rgb = np.repeat(rgb[..., None], 3, -1)
-        rgb = np.ascontiguousarray(rgb[..., :3].astype(np.uint8))
+        rgb = read_image(path)
         start = time.perf_counter()
         logits, mode = self.segmenter.logits(rgb)
         mask = logits_to_mask(logits, rgb.shape[:2])[0]
@@ -112,7 +110,7 @@ def build(page: Page) -> Any:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
-    def run(image: np.ndarray | None) -> tuple[Any, ...]:
+    def run(image: str | None) -> tuple[Any, ...]:
         try:
             return page.segment(image)
         except InputError as e:
@@ -121,7 +119,7 @@ def build(page: Page) -> Any:
     with gr.Blocks(title="SegFormer") as blocks:
         gr.Markdown("## SegFormer: semantic segmentation\nUpload an image or pick an example.")
         with gr.Row():
-            image = gr.Image(type="numpy", label="image", elem_id="segformer-input")
+            image = gr.Image(type="filepath", label="image", elem_id="segformer-input")
             overlay = gr.Image(type="numpy", label="overlay", elem_id="segformer-overlay",
                                interactive=False)
         with gr.Row():
