@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
-import socket
 
 import numpy as np
 import PIL.Image
 import pytest
 
 import segformer_jax as sj
+from experiments import serve_screenshot
 from segformer_jax import predict, visualize
 from segformer_jax.checkpoint import save_model
 
@@ -28,12 +27,6 @@ pytestmark = pytest.mark.slow
 NAMES = ("road", "tree", "sky", "car", "person", "bicycle")
 # .ci/run sets this after installing Chromium: there the browser test must run, not skip.
 BROWSER_REQUIRED = os.environ.get("SEGFORMER_BROWSER_TESTS") == "1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +64,7 @@ def predicted(model_dir, image_file, tmp_path_factory):
 def server(model_dir, tmp_path_factory):
     page = serve.Page(str(model_dir), size=64, workdir=tmp_path_factory.mktemp("work"))
     blocks = serve.build(page)
-    port = free_port()
+    port = serve_screenshot.free_port()
     blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
                   quiet=True)
     yield f"http://127.0.0.1:{port}/"
@@ -104,46 +97,11 @@ def test_bad_checkpoint_one_error(tmp_path, capsys):
     assert err.count("error:") == 1 and "nothing" in err
 
 
-def _chromium() -> tuple[str, str] | None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    return (browser, driver) if browser and driver else None
-
-
-@pytest.mark.skipif(not BROWSER_REQUIRED and _chromium() is None,
+@pytest.mark.skipif(not BROWSER_REQUIRED and serve_screenshot.chromium() is None,
                     reason="Chromium and chromedriver not installed (.ci/run installs them)")
 def test_browser_upload_shows_overlay_and_legend(server, image_file, predicted, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-    found = _chromium()
-    assert found is not None, "Chromium and chromedriver are required here"
-    browser, driver_path = found
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--window-size=1280,1000",
-                 f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    try:
-        driver.get(server)
-        wait = WebDriverWait(driver, 90)
-        upload = wait.until(ec.presence_of_element_located(
-            (By.CSS_SELECTOR, "#segformer-input input[type=file]")))
-        upload.send_keys(str(image_file))
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#segformer-input img")))
-        driver.find_element(By.CSS_SELECTOR, "#segformer-run").click()
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#segformer-overlay img")))
-        cells = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#segformer-legend .legend-name"))
-        names = [c.text for c in cells]
-        assert sorted(names) == sorted(predicted[1])
-        wait.until(lambda d: "inference" in d.find_element(By.CSS_SELECTOR, "#segformer-timing").text)
-        shot = pathlib.Path(os.environ.get("SEGFORMER_SCREENSHOT", tmp_path / "page.png"))
-        driver.save_screenshot(str(shot))
-        assert shot.stat().st_size > 10_000
-    finally:
-        driver.quit()
+    assert serve_screenshot.chromium() is not None, "Chromium and chromedriver are required here"
+    shot = pathlib.Path(os.environ.get("SEGFORMER_SCREENSHOT", tmp_path / "page.png"))
+    names = serve_screenshot.segment_in_browser(server, image_file, tmp_path / "profile", shot)
+    assert sorted(names) == sorted(predicted[1])
+    assert shot.stat().st_size > 10_000
