@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import json
 import math
 import os
@@ -147,6 +148,9 @@ def parse_args(argv: Sequence[str]):
     parser.add_argument("--data-dir", help="where built datasets live (TFDS default if unset)")
     parser.add_argument("--manual-dir", help="downloaded archives (ade20k, cityscapes) or the "
                                              "folder dataset's root")
+    parser.add_argument("--reduce-zero-label", action="store_true",
+                        help="stored label 0 is 'unlabelled' (ignored), k is class k - 1, as "
+                             "data.reduce_zero_label=True trains (default: the dataset's own)")
     parser.add_argument("--data-option", action="append", default=[], type=_data_option,
                         metavar="KEY=VALUE", help="dataset builder option, repeatable, e.g. "
                         "num_validation=8 or size_range=(48,64) for synthetic")
@@ -235,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise EvaluationError(f"--data-option: {e}") from None
         except (ValueError, AssertionError) as e:  # TFDS's own complaints about the split
             raise EvaluationError(f"--split {args.split!r}: {str(e).splitlines()[0]}") from None
+        if args.reduce_zero_label:
+            split = dataclasses.replace(split, reduce_zero_label=True)
         start = time.perf_counter()
         if task == CLASSIFY:
             return _classify(args, config, variables, split, start)

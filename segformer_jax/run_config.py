@@ -59,7 +59,10 @@ def default_config() -> ml_collections.ConfigDict:
         "crop_size": ade.crop_size, "img_scale": ade.img_scale, "ratio_range": (0.5, 2.0),
         "cat_max_ratio": 0.75, "train_split": "train", "eval_split": "validation",
         "eval_scale": ade.test_scale, "eval_size_divisor": ade.size_divisor,
-        "photometric": True, "num_workers": 2, "options": {}})
+        "photometric": True, "num_workers": 2, "options": {},
+        # None: the dataset's own (ADE20K's True, the others' False); True: stored label 0
+        # means "unlabelled" (ignored) and label k trains as class k - 1 (mmseg's option).
+        "reduce_zero_label": config_dict.placeholder(bool)})
     # image_classification (segformer_jax/tasks.py): the ImageNet recipe's augmentations and
     # targets; off here (configs/imagenet.py sets PVT v2's). The image size is data.crop_size.
     c.task = "semantic_segmentation"

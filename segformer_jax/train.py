@@ -275,8 +275,14 @@ def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
     sharding.check_batch(micro_batch, mesh, "batch_size / accumulate_steps")
     d = config.data
     kwargs = dict(data_dir=d.data_dir or None, manual_dir=d.manual_dir or None, **dict(d.options))
-    train_split = data.load_split(d.name, d.train_split, **kwargs)
-    eval_split = data.load_split(d.name, d.eval_split, **kwargs) if d.eval_split else None
+    train_split = _load_split(config, d.train_split, **kwargs)
+    eval_split = _load_split(config, d.eval_split, **kwargs) if d.eval_split else None
+    if config.task == SEMSEG:
+        from segformer_jax.data.check import PREFLIGHT_BATCHES, preflight
+        first = [data.global_batch_indices(len(train_split), config.batch_size, config.seed, step)
+                 for step in range(PREFLIGHT_BATCHES)]
+        preflight(train_split.source, sorted(set(np.concatenate(first).tolist())),
+                  train_split.num_labels, train_split.reduce_zero_label)
     train_tf = tasks.train_transform(config, train_split)
     seg_config = run_config.model_config(config, train_split.num_labels, train_split.id2label)
     model = model_for_run(config, seg_config)
@@ -284,6 +290,15 @@ def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
     evaluator = tasks.make_evaluator(config, model, eval_split) if eval_split is not None else None
     return Run(config, workdir, mesh, micro_batch, train_split, train_tf, seg_config, model, tx,
                evaluator)
+
+
+def _load_split(config: ml_collections.ConfigDict, split: str, **kwargs: Any) -> Any:
+    """``data.load_split`` with the config's ``data.reduce_zero_label`` when it is set."""
+    from segformer_jax import data
+    loaded = data.load_split(config.data.name, split, **kwargs)
+    if config.data.reduce_zero_label is None or loaded.task != SEMSEG:
+        return loaded
+    return dataclasses.replace(loaded, reduce_zero_label=bool(config.data.reduce_zero_label))
 
 
 def _meta(step: int, run: Run, metrics: Mapping[str, float] | None = None) -> dict[str, Any]:

@@ -302,8 +302,9 @@ def test_folder_errors_name_the_file(tmp_path, case, DatasetError):
         _one_pair(root, image[: len(image) // 2], _mask(0, [0, 1]))
         match = r"images/train/x\.png: cannot decode the image"
     elif case == "label":
-        _one_pair(root, image, _mask(0, [0, 3]))
-        match = r"masks/train/x\.png: label value\(s\) \[3\]"
+        # 3 classes: 3 itself is a class id under reduce_zero_label (the trainer checks it)
+        _one_pair(root, image, _mask(0, [0, 4]))
+        match = r"masks/train/x\.png: label value\(s\) \[4\]"
     elif case == "missing_mask":
         (root / "images/train/x.png").write_bytes(image)
         match = r"images/train/x\.png: no mask .*masks/train/x\.png"

@@ -8,10 +8,12 @@ Layout (``ROOT`` is passed as ``manual_dir``)::
 
 The splits are the subfolders of ``ROOT/images`` that hold images (e.g. ``train``,
 ``validation``); their names are kept as they are. Mask values are class ids
-``0..len(classes)-1``, or 255 for "ignore". Masks may be 8-bit grayscale, palette (the
+``0..len(classes)-1``, or 255 for "ignore" (or ``0..len(classes)`` with
+``data.reduce_zero_label=True``, 0 meaning "unlabelled"). Masks may be 8-bit grayscale, palette (the
 indices are the ids) or 16-bit PNGs; images in any mode PIL reads (converted to RGB). Labels
-are stored as they are (no ``reduce_zero_label``; pass it to the transforms if your class 0
-means "ignore"). An image without its mask is an error; a mask without an image is ignored.
+are stored as they are (``data.reduce_zero_label`` shifts them when the run reads them).
+``python -m segformer_jax.data.check --dataset folder --manual-dir ROOT`` checks a folder
+before it is built. An image without its mask is an error; a mask without an image is ignored.
 
 The built dataset's config name is ``<folder name>_<hash>``, where the hash covers the
 folder's absolute path, ``classes.txt`` and every file's name, size and modification time:
@@ -70,8 +72,19 @@ def read_class_names(root: str | Path) -> tuple[str, ...]:
     return names
 
 
-def scan(root: str | Path) -> dict[str, list[tuple[Path, Path, str]]]:
-    """{split: [(image path, mask path, name relative to the split folder)]}, sorted."""
+@dataclasses.dataclass(frozen=True)
+class Pairs:
+    """What the folder holds, without judging it: per split, the (image, mask, name) pairs
+    (sorted), the images without a mask and the masks without an image."""
+
+    pairs: dict[str, list[tuple[Path, Path, str]]]
+    missing_masks: dict[str, list[tuple[Path, Path]]]   # (image, the mask expected)
+    orphan_masks: dict[str, list[Path]]
+
+
+def find_pairs(root: str | Path) -> Pairs:
+    """The images and masks of ``root`` matched by relative path and stem; raises only when
+    the layout itself is wrong (no ``images/``, no split folders, a bad split name)."""
     root = Path(root)
     images_dir, masks_dir = root / "images", root / "masks"
     if not images_dir.is_dir():
@@ -80,25 +93,43 @@ def scan(root: str | Path) -> dict[str, list[tuple[Path, Path, str]]]:
     if not splits:
         raise DatasetError(f"{images_dir} has no split subfolders (e.g. images/train/); "
                            f"layout: {LAYOUT}")
-    out: dict[str, list[tuple[Path, Path, str]]] = {}
+    pairs: dict[str, list[tuple[Path, Path, str]]] = {}
+    missing: dict[str, list[tuple[Path, Path]]] = {}
+    orphans: dict[str, list[Path]] = {}
     for split in splits:
         if not re.fullmatch(r"[A-Za-z0-9_]+", split) or split.lower() == "all":
             raise DatasetError(f"{images_dir / split}: split folder names must be letters, digits "
                                f"and '_' (and not 'all'), e.g. train, validation")
-        items = []
+        items, expected = [], set()
         for image in sorted(p for p in (images_dir / split).rglob("*")
                             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
             relative = image.relative_to(images_dir / split)
             mask = (masks_dir / split / relative).with_suffix(".png")
-            if not mask.is_file():
-                raise DatasetError(f"{image}: no mask for this image (expected {mask})")
-            items.append((image, mask, relative.as_posix()))
+            expected.add(mask)
+            if mask.is_file():
+                items.append((image, mask, relative.as_posix()))
+            else:
+                missing.setdefault(split, []).append((image, mask))
         if items:  # an empty split folder is left out
-            out[split] = items
-    if not out:
-        raise DatasetError(f"{images_dir}: no images ({', '.join(IMAGE_EXTENSIONS)}) in "
-                           f"{', '.join(splits)}; layout: {LAYOUT}")
-    return out
+            pairs[split] = items
+        extra = sorted(p for p in (masks_dir / split).rglob("*.png")
+                       if p.is_file() and p not in expected) if (masks_dir / split).is_dir() else []
+        if extra:
+            orphans[split] = extra
+    return Pairs(pairs, missing, orphans)
+
+
+def scan(root: str | Path) -> dict[str, list[tuple[Path, Path, str]]]:
+    """{split: [(image path, mask path, name relative to the split folder)]}, sorted; an image
+    without its mask is an error (a mask without an image is ignored)."""
+    found = find_pairs(root)
+    for missing in found.missing_masks.values():
+        image, mask = missing[0]
+        raise DatasetError(f"{image}: no mask for this image (expected {mask})")
+    if not found.pairs:
+        raise DatasetError(f"{Path(root) / 'images'}: no images ({', '.join(IMAGE_EXTENSIONS)}) "
+                           f"in its split folders; layout: {LAYOUT}")
+    return found.pairs
 
 
 @dataclasses.dataclass(eq=False)
@@ -153,5 +184,7 @@ class Folder(SegmentationBuilder):
             image_bytes, size = read_image(image_data, str(image_path))
             mask = read_mask(mask_data, str(mask_path))
             check_same_size(size, mask, str(image_path), str(mask_path))
-            check_labels(mask, num_labels, str(mask_path), ignore=(IGNORE_INDEX,))
+            # num_labels itself is a class id once data.reduce_zero_label shifts the labels
+            # down; whether it is right is the trainer's check (data.check.preflight).
+            check_labels(mask, num_labels + 1, str(mask_path), ignore=(IGNORE_INDEX,))
             yield name, make_example(image_bytes, mask, name)

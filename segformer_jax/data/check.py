@@ -1,0 +1,421 @@
+"""Check a segmentation dataset before training on it: the labels, above all.
+
+``python -m segformer_jax.data.check --dataset folder --manual-dir ROOT`` reads a folder
+dataset's files as they are (nothing is built) and prints what it found: the image/mask
+pairs and the files left unmatched, image sizes and modes, mask modes and dtypes (a colour
+or palette mask, a 16-bit mask), every label value with its share of the pixels against
+``classes.txt``, values that are neither a class id nor 255 ("ignore"), masks whose size
+is not their image's, whether label 0 looks like an unlabelled background (and what
+``reduce_zero_label`` would do), and a verdict with the config lines to train with. The
+exit status is 1 when it finds an error, 0 otherwise.
+
+Any other dataset the trainer reads (``--dataset synthetic|ade20k|cityscapes``) is checked
+as built (``load_split``): the label values of its stored masks, after the dataset's own
+``reduce_zero_label``.
+
+``label_problem`` is the one rule for an out-of-range label; the trainer applies it to the
+records of its first batches (``preflight``) and stops with the same message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segformer_jax.constants import IGNORE_INDEX
+from segformer_jax.errors import DatasetError
+
+ERROR, WARNING, NOTE = "error", "warning", "note"
+# Names that a dataset's class 0 has when it marks "no label" rather than a class.
+BACKGROUND_NAMES = frozenset({"background", "bg", "_background_", "unlabeled", "unlabelled",
+                              "void", "ignore", "none", "other", "others", "nothing", "empty",
+                              "clutter", "__background__"})
+SHOWN_FILES = 3      # files named per finding
+PREFLIGHT_BATCHES = 2  # global batches whose records the trainer checks before its first step
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    level: str     # ERROR, WARNING or NOTE
+    code: str      # stable name: tests and scripts match on it
+    message: str
+
+
+def label_problem(values: Iterable[int], num_labels: int, where: str,
+                  reduce_zero_label: bool = False) -> str | None:
+    """The message for label values outside ``0..num_labels-1`` and not ``IGNORE_INDEX``, as
+    the model sees them (after ``reduce_zero_label``: 0 -> ignore, k -> k - 1); None when all
+    are fine. ``values`` are the stored values."""
+    values = np.unique(np.asarray(list(values), np.int64))
+    seen = values
+    if reduce_zero_label:  # mmseg's rule: 0 -> ignore, ignore stays, k -> k - 1
+        seen = np.where((values == 0) | (values == IGNORE_INDEX), IGNORE_INDEX, values - 1)
+    wrong = ((seen < 0) | (seen >= num_labels)) & (seen != IGNORE_INDEX)
+    if not wrong.any():
+        return None
+    stored, bad = values[wrong], seen[wrong]
+    reduced = " (stored; reduce_zero_label maps k to k - 1)" if reduce_zero_label else ""
+    hint = ""
+    if not reduce_zero_label and bad.max() == num_labels and values.min() == 0:
+        hint = ("; the labels look 1-based with 0 = unlabelled: set data.reduce_zero_label=True "
+                "(0 is then ignored and k trains as class k - 1)")
+    return (f"{where}: label value(s) {stored[:10].tolist()}{reduced} out of range: {num_labels} "
+            f"classes, so labels must be 0..{num_labels - 1} or {IGNORE_INDEX} (ignore){hint}")
+
+
+# --------------------------------------------------------------------------------------
+# Reading one file: what it is, without refusing it
+
+
+@dataclasses.dataclass
+class MaskFile:
+    mode: str
+    dtype: str
+    size: tuple[int, int]                 # (W, H)
+    values: np.ndarray | None             # (H, W) int64 ids; None for a colour mask
+    colours: int = 0                      # distinct colours of a colour mask
+
+
+def read_mask_file(path: Path) -> MaskFile:
+    import PIL.Image
+
+    from segformer_jax.images import SIXTEEN_BIT_MODES
+    with PIL.Image.open(path) as image:
+        image.load()
+        mode, size = image.mode, image.size
+        array = np.asarray(image)
+    if mode in ("RGB", "RGBA"):
+        rgb = array[..., :3]
+        if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all():
+            return MaskFile(mode, str(array.dtype), size, rgb[..., 0].astype(np.int64))
+        colours = len(np.unique(rgb.reshape(-1, 3), axis=0))
+        return MaskFile(mode, str(array.dtype), size, None, colours)
+    if mode in ("LA", "PA"):
+        array = array[..., 0]
+    elif mode not in ("L", "P", "I", "1", "F") and mode not in SIXTEEN_BIT_MODES:
+        return MaskFile(mode, str(array.dtype), size, None, 0)
+    return MaskFile(mode, str(array.dtype), size, array.astype(np.int64))
+
+
+# --------------------------------------------------------------------------------------
+# The report
+
+
+@dataclasses.dataclass
+class Report:
+    """What the check found; ``format_report`` prints it."""
+
+    dataset: str
+    class_names: tuple[str, ...]
+    reduce_zero_label: bool
+    pairs: dict[str, int] = dataclasses.field(default_factory=dict)
+    image_modes: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    image_sizes: list[tuple[int, int]] = dataclasses.field(default_factory=list)   # (W, H)
+    mask_modes: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    counts: dict[str, collections.Counter] = dataclasses.field(default_factory=dict)
+    files_with: dict[int, list[str]] = dataclasses.field(default_factory=dict)
+    findings: list[Finding] = dataclasses.field(default_factory=list)
+    config_lines: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == ERROR]
+
+    def add(self, level: str, code: str, message: str) -> None:
+        self.findings.append(Finding(level, code, message))
+
+    def codes(self) -> set[str]:
+        return {f.code for f in self.findings}
+
+
+def _files(paths: Sequence[Any]) -> str:
+    shown = ", ".join(str(p) for p in paths[:SHOWN_FILES])
+    more = len(paths) - SHOWN_FILES
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def label_counts(counts: Mapping[str, collections.Counter]) -> collections.Counter:
+    """The pixel count of each stored value over all splits."""
+    total: collections.Counter = collections.Counter()
+    for c in counts.values():
+        total.update(c)
+    return total
+
+
+def judge_labels(report: Report) -> None:
+    """The findings about label values, from the pixel counts of every split."""
+    names, k = report.class_names, len(report.class_names)
+    total = label_counts(report.counts)
+    if not total:
+        return
+    values = sorted(total)
+    problem = label_problem(values, k, "masks", report.reduce_zero_label)
+    if problem is not None:
+        bad = [v for v in values if label_problem([v], k, "", report.reduce_zero_label)]
+        files = sorted({f for v in bad for f in report.files_with.get(v, [])})
+        if (not report.reduce_zero_label and max(bad) == k and min(values) == 0
+                and all(v <= k or v == IGNORE_INDEX for v in values)):
+            report.add(ERROR, "off-by-one",
+                       f"the masks hold 0..{k} and classes.txt names {k} classes: label 0 marks "
+                       f"unlabelled pixels and the ids start at 1 (value {k} in "
+                       f"{_files(files)}). data.reduce_zero_label=True ignores 0 and trains k as "
+                       f"class k - 1, classes.txt line k naming stored value k")
+        else:
+            report.add(ERROR, "out-of-range", f"{problem}; in {_files(files)}")
+    first = names[0].strip().lower() if names else ""
+    if not report.reduce_zero_label and first in BACKGROUND_NAMES and 0 in total:
+        share = total[0] / sum(total.values())
+        report.add(NOTE, "zero-background",
+                   f"class 0 is named {names[0]!r} ({share:.1%} of the pixels): it is trained and "
+                   f"scored as a class. If it marks pixels without a label, drop its line from "
+                   f"classes.txt and set data.reduce_zero_label=True: 0 becomes {IGNORE_INDEX} "
+                   f"(ignored) and every k becomes k - 1")
+    if report.reduce_zero_label:
+        present = {v - 1 for v in values if 0 < v <= k}
+    else:
+        present = {v for v in values if 0 <= v < k}
+    absent = [names[i] for i in range(k) if i not in present]
+    if absent:
+        report.add(WARNING, "absent-class",
+                   f"{len(absent)} class(es) of classes.txt never appear in the masks: "
+                   f"{', '.join(absent[:10])}{' …' if len(absent) > 10 else ''}")
+
+
+def check_folder(root: str | Path, reduce_zero_label: bool = False) -> Report:
+    """Everything in the module doc, for the folder dataset at ``root``."""
+    import PIL.Image
+
+    from segformer_jax.data.folder import find_pairs, read_class_names
+    from segformer_jax.images import SIXTEEN_BIT_MODES
+    root = Path(root).expanduser()
+    report = Report("folder", read_class_names(root), reduce_zero_label)
+    found = find_pairs(root)
+    for split, missing in found.missing_masks.items():
+        report.add(ERROR, "unmatched-image",
+                   f"{split}: {len(missing)} image(s) without a mask: "
+                   f"{_files([f'{i} (expected {m})' for i, m in missing])}")
+    for split, orphans in found.orphan_masks.items():
+        report.add(WARNING, "unmatched-mask",
+                   f"{split}: {len(orphans)} mask(s) without an image (left out): {_files(orphans)}")
+    bad_size, colour, sixteen, palette, unreadable, other_mode = [], [], [], [], [], []
+    for split, items in found.pairs.items():
+        report.pairs[split] = len(items)
+        counts = report.counts.setdefault(split, collections.Counter())
+        for image_path, mask_path, _ in items:
+            try:
+                with PIL.Image.open(image_path) as image:
+                    report.image_modes[image.mode] += 1
+                    image_size = image.size
+                mask = read_mask_file(mask_path)
+            except (OSError, SyntaxError, ValueError) as e:
+                unreadable.append(f"{e.filename or image_path} ({type(e).__name__})")
+                continue
+            report.image_sizes.append(image_size)
+            report.mask_modes[f"{mask.mode} ({mask.dtype})"] += 1
+            if mask.size != image_size:
+                bad_size.append(f"{mask_path} is {mask.size[0]}x{mask.size[1]}, its image "
+                                f"{image_size[0]}x{image_size[1]}")
+            if mask.mode in SIXTEEN_BIT_MODES or mask.mode == "I":
+                sixteen.append(mask_path)
+            elif mask.mode in ("P", "PA"):
+                palette.append(mask_path)
+            if mask.values is None:
+                (colour if mask.colours else other_mode).append(
+                    f"{mask_path} ({mask.mode}" + (f", {mask.colours} colours)" if mask.colours else ")"))
+                continue
+            values, pixels = np.unique(mask.values, return_counts=True)
+            for v, n in zip(values.tolist(), pixels.tolist()):
+                counts[v] += n
+                files = report.files_with.setdefault(v, [])
+                if len(files) < SHOWN_FILES:
+                    files.append(str(mask_path))
+    if unreadable:
+        report.add(ERROR, "unreadable", f"{len(unreadable)} file(s) cannot be decoded: "
+                                        f"{_files(unreadable)}")
+    if colour:
+        report.add(ERROR, "colour-mask",
+                   f"{len(colour)} mask(s) are colour images, read as colours, not class ids: "
+                   f"{_files(colour)}. Save each as a single-channel PNG whose pixel values are "
+                   f"the class ids (mode L, or P with the ids as palette indices)")
+    if other_mode:
+        report.add(ERROR, "mask-mode", f"{len(other_mode)} mask(s) are not label maps: "
+                                       f"{_files(other_mode)}")
+    if sixteen:
+        report.add(WARNING, "sixteen-bit-mask",
+                   f"{len(sixteen)} mask(s) are 16-bit: their values are read as class ids as "
+                   f"they are (not scaled); check that they are ids and not ids x 256 or "
+                   f"instance ids: {_files(sixteen)}")
+    if palette:
+        report.add(NOTE, "palette-mask",
+                   f"{len(palette)} mask(s) are palette PNGs: their palette indices are the "
+                   f"class ids (the colours are ignored)")
+    if bad_size:
+        report.add(ERROR, "size-mismatch", f"{len(bad_size)} mask(s) differ in size from their "
+                                           f"image: {_files(bad_size)}")
+    if not found.pairs:
+        report.add(ERROR, "no-pairs", f"{root / 'images'}: no image with its mask")
+    judge_labels(report)
+    report.config_lines = folder_config_lines(root, sorted(found.pairs), report)
+    return report
+
+
+def folder_config_lines(root: Path, splits: Sequence[str], report: Report) -> list[str]:
+    """The command line that trains on this folder, with the settings the findings call for."""
+    flags = [f"--config.data.manual_dir={root.resolve()}"]
+    codes = report.codes()
+    if report.reduce_zero_label or "off-by-one" in codes:
+        flags.append("--config.data.reduce_zero_label=True")
+    train = "train" if "train" in splits else (splits[0] if splits else "train")
+    if train != "train":
+        flags.append(f"--config.data.train_split={train}")
+    evals = [s for s in splits if s != train]
+    if "validation" not in splits:
+        flags.append(f"--config.data.eval_split={evals[0] if evals else ''}")
+    return ["python -m segformer_jax.train --config configs/folder.py:b0 --workdir DIR \\",
+            "    " + " ".join(flags)]
+
+
+def check_built(name: str, split: str, reduce_zero_label: bool | None = None,
+                **load_kwargs: Any) -> Report:
+    """The label values of a built dataset's stored masks (``load_split``), judged as the
+    trainer sees them (the dataset's ``reduce_zero_label`` unless one is given)."""
+    from segformer_jax import data
+    loaded = data.load_split(name, split, **load_kwargs)
+    reduce = loaded.reduce_zero_label if reduce_zero_label is None else reduce_zero_label
+    report = Report(name, loaded.class_names, reduce)
+    report.pairs[split] = len(loaded)
+    counts = report.counts.setdefault(split, collections.Counter())
+    for i in range(len(loaded)):
+        record = loaded[i]
+        image = np.asarray(record["image"])
+        mask = np.asarray(record["segmentation_mask"])[..., 0]
+        report.image_sizes.append((image.shape[1], image.shape[0]))
+        report.image_modes["RGB (stored)"] += 1
+        report.mask_modes[f"stored ({mask.dtype})"] += 1
+        values, pixels = np.unique(mask, return_counts=True)
+        for v, n in zip(values.tolist(), pixels.tolist()):
+            counts[v] += n
+            files = report.files_with.setdefault(v, [])
+            if len(files) < SHOWN_FILES:
+                files.append(f"{split}[{i}] {record['file_name'].decode()}")
+    judge_labels(report)
+    return report
+
+
+# --------------------------------------------------------------------------------------
+# Printing
+
+
+def _sizes(sizes: Sequence[tuple[int, int]]) -> str:
+    if not sizes:
+        return "none read"
+    areas = [w * h for w, h in sizes]
+    small, large = sizes[int(np.argmin(areas))], sizes[int(np.argmax(areas))]
+    distinct = len(set(sizes))
+    return (f"{distinct} distinct (W x H), smallest {small[0]}x{small[1]}, "
+            f"largest {large[0]}x{large[1]}")
+
+
+def label_table(report: Report) -> list[str]:
+    """One line per stored label value: its name (after reduce_zero_label), pixel share."""
+    total = label_counts(report.counts)
+    pixels = sum(total.values())
+    k = len(report.class_names)
+    lines = [f"  {'value':>5}  {'class':<24} {'pixels':>12} {'share':>7}"]
+    for v in sorted(total):
+        seen = (IGNORE_INDEX if v in (0, IGNORE_INDEX) else v - 1) if report.reduce_zero_label else v
+        if seen == IGNORE_INDEX:
+            name = "(ignore)"
+        elif 0 <= seen < k:
+            name = f"{seen}: {report.class_names[seen]}" if report.reduce_zero_label else \
+                report.class_names[seen]
+        else:
+            name = "OUT OF RANGE"
+        lines.append(f"  {v:>5}  {name:<24} {total[v]:>12,} {total[v] / pixels:>7.2%}")
+    return lines
+
+
+def format_report(report: Report) -> str:
+    k = len(report.class_names)
+    out = [f"dataset      {report.dataset}: {k} classes"
+           + (", reduce_zero_label (0 -> ignore, k -> k - 1)" if report.reduce_zero_label else "")]
+    out.append("pairs        " + ", ".join(f"{s} {n}" for s, n in report.pairs.items()))
+    out.append("images       " + ", ".join(f"{m} {n}" for m, n in report.image_modes.most_common())
+               + f"; sizes {_sizes(report.image_sizes)}")
+    out.append("masks        " + ", ".join(f"{m} {n}" for m, n in report.mask_modes.most_common()))
+    out.append("labels (stored values, all splits)")
+    out += label_table(report)
+    for level in (ERROR, WARNING, NOTE):
+        for f in report.findings:
+            if f.level == level:
+                out.append(f"{level}: [{f.code}] {f.message}")
+    errors = len(report.errors)
+    out.append(f"verdict      {'NOT READY: ' + str(errors) + ' error(s) above' if errors else 'ready to train'}")
+    if report.config_lines:
+        fixed = "off-by-one" in report.codes()
+        out.append("train with" + (" (after fixing the errors" + (
+            "; the line sets what [off-by-one] needs)" if fixed else ")") if errors else ""))
+        out += ["  " + line for line in report.config_lines]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    from segformer_jax.data import SEGMENTATION_DATASETS
+    p = argparse.ArgumentParser(prog="python -m segformer_jax.data.check",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", required=True, choices=SEGMENTATION_DATASETS)
+    p.add_argument("--manual-dir", default=None, help="the folder (folder) or the archives")
+    p.add_argument("--data-dir", default=None, help="where built datasets live (not folder)")
+    p.add_argument("--split", default="train", help="the split of a built dataset (default train)")
+    p.add_argument("--reduce-zero-label", action="store_true",
+                   help="judge the labels as data.reduce_zero_label=True would train them")
+    args = p.parse_args(argv)
+    if args.dataset == "folder" and not args.manual_dir:
+        p.error("--dataset folder needs --manual-dir ROOT (the folder)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else list(argv))
+    try:
+        if args.dataset == "folder":
+            report = check_folder(args.manual_dir, args.reduce_zero_label)
+        else:
+            report = check_built(args.dataset, args.split,
+                                 True if args.reduce_zero_label else None,
+                                 data_dir=args.data_dir, manual_dir=args.manual_dir)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(format_report(report))
+    return 1 if report.errors else 0
+
+
+def preflight(source: Any, indices: Iterable[int], num_labels: int,
+              reduce_zero_label: bool) -> None:
+    """The trainer's cheap check: the stored masks of records ``indices`` (its first
+    batches) hold no out-of-range label; raises ``DatasetError`` naming the file and value."""
+    for i in indices:
+        record = source[int(i)]
+        values = np.unique(np.asarray(record["segmentation_mask"]))
+        problem = label_problem(values.tolist(), num_labels,
+                                f"record {int(i)} ({record['file_name'].decode()})",
+                                reduce_zero_label)
+        if problem is not None:
+            raise DatasetError(problem + "; run python -m segformer_jax.data.check for the "
+                               "whole dataset")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
