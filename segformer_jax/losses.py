@@ -15,6 +15,7 @@ On accelerators, whose kernels want large arrays, the whole image is one band.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -145,3 +146,212 @@ def segmentation_loss(logits: jax.Array, labels: jax.Array, ignore_index: int = 
     if reduction == "all":
         return total / labels.size
     return total / jnp.maximum(jnp.sum(valid), 1)
+
+
+# --------------------------------------------------------------------------------------
+# The losses a user's own data asks for (``config.loss``)
+#
+# Each takes the model's NHWC logits at 1/4 resolution and the (N, H, W) labels, ignores
+# ``ignore_index`` (and any label outside [0, classes)) everywhere, and follows one public
+# implementation's semantics, named in its docstring and checked against it in
+# tests/test_losses.py. Cross-entropy and OHEM keep the fused upsampled cross-entropy
+# above; focal, Dice and Lovász need every class's probability at every pixel, so they
+# upsample the logits first (``ops.resize_bilinear``, its hand-written backward).
+
+LOSS_NAMES = ("cross_entropy", "ohem", "focal", "dice", "lovasz")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+    """``config.loss`` resolved: ``terms`` are (name, weight) pairs, summed."""
+
+    terms: tuple[tuple[str, float], ...] = (("cross_entropy", 1.0),)
+    class_weight: tuple[float, ...] | None = None   # cross-entropy and OHEM
+    reduction: str = "valid"                         # cross-entropy: "valid" or "all"
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 100_000
+    focal_gamma: float = 2.0
+    focal_alpha: float | None = None
+    dice_smooth: float = 0.0
+
+
+def _upsampled(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return ops.resize_bilinear(logits.astype(jnp.float32), labels.shape[1:3])
+
+
+def _pixel_cross_entropy(logits: jax.Array, labels: jax.Array, valid: jax.Array,
+                         class_weight: tuple[float, ...] | None) -> tuple[jax.Array, jax.Array]:
+    """(unweighted, weighted) per-pixel cross-entropy, 0 at invalid pixels."""
+    ce = upsampled_cross_entropy(logits, jnp.where(valid, labels, -1))
+    if class_weight is None:
+        return ce, ce
+    w = jnp.asarray(class_weight, jnp.float32)[jnp.where(valid, labels, 0)]
+    return ce, ce * w
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_INDEX,
+                  reduction: str = "valid",
+                  class_weight: tuple[float, ...] | None = None) -> jax.Array:
+    """Softmax cross-entropy, optionally class-weighted: each pixel's loss times its
+    class's weight, summed, divided by (reduction="valid") the summed weights of the
+    non-ignored pixels, as torch's ``F.cross_entropy(weight=..., ignore_index=...)`` and
+    mmseg's ``CrossEntropyLoss(avg_non_ignore=True)``, which without weights is their
+    count; or by the number of all pixels ("all", mmseg's default). (mmseg 1.2.2's
+    class-weighted path fails when an ignored pixel is present, so torch is the oracle
+    there.)"""
+    classes = logits.shape[-1]
+    valid = (labels != ignore_index) & (labels >= 0) & (labels < classes)
+    _, weighted = _pixel_cross_entropy(logits, labels, valid, class_weight)
+    if reduction == "all":
+        return jnp.sum(weighted) / labels.size
+    if class_weight is None:
+        return jnp.sum(weighted) / jnp.maximum(jnp.sum(valid), 1)
+    w = jnp.where(valid, jnp.asarray(class_weight, jnp.float32)[jnp.where(valid, labels, 0)], 0.0)
+    return jnp.sum(weighted) / jnp.maximum(jnp.sum(w), 1e-12)
+
+
+def ohem_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_INDEX,
+                       thresh: float = 0.7, min_kept: int = 100_000,
+                       class_weight: tuple[float, ...] | None = None) -> jax.Array:
+    """Online hard example mining, as mmseg's ``OhemCrossEntropy`` (from PIDNet): the
+    softmax probability of each valid pixel's label, sorted; the threshold is the larger
+    of ``thresh`` and the ``min_kept``-th smallest probability (over the whole batch); the
+    mean (weighted) cross-entropy of the pixels whose probability is below it. Where
+    mmseg's mean of no pixels is NaN (no valid pixel, or all tied), this is 0."""
+    classes = logits.shape[-1]
+    valid = (labels != ignore_index) & (labels >= 0) & (labels < classes)
+    ce, weighted = _pixel_cross_entropy(logits, labels, valid, class_weight)
+    prob = jnp.exp(-jax.lax.stop_gradient(ce))             # p(label) = exp(-CE)
+    count = jnp.sum(valid)
+    ordered = jnp.sort(jnp.where(valid, prob, jnp.inf).ravel())
+    kth = ordered[jnp.clip(jnp.minimum(min_kept, count - 1), 0, None)]
+    threshold = jnp.maximum(kth, thresh)
+    kept = valid & (prob < threshold)
+    return jnp.sum(jnp.where(kept, weighted, 0.0)) / jnp.maximum(jnp.sum(kept), 1)
+
+
+def focal_loss(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_INDEX,
+               gamma: float = 2.0, alpha: float | None = None) -> jax.Array:
+    """Focal loss (Lin et al. 2017) as segmentation_models_pytorch's ``FocalLoss`` in
+    multiclass mode: for each class, the one-vs-rest sigmoid focal loss
+    ``(1 - p_t)^gamma * BCE`` (times ``alpha`` / ``1 - alpha`` for positives / negatives
+    when given) averaged over the valid pixels; then the mean over classes. (mmseg's
+    ``FocalLoss`` is the same sigmoid form.)"""
+    z = _upsampled(logits, labels)
+    classes = z.shape[-1]
+    valid = (labels != ignore_index) & (labels >= 0) & (labels < classes)
+    target = jax.nn.one_hot(jnp.where(valid, labels, 0), classes, dtype=jnp.float32)
+    bce = optax.sigmoid_binary_cross_entropy(z, target)
+    loss = (1.0 - jnp.exp(-bce)) ** gamma * bce
+    if alpha is not None:
+        loss = loss * (alpha * target + (1 - alpha) * (1 - target))
+    per_class = jnp.sum(jnp.where(valid[..., None], loss, 0.0), axis=(0, 1, 2))
+    return jnp.mean(per_class / jnp.maximum(jnp.sum(valid), 1))
+
+
+def dice_loss(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_INDEX,
+              smooth: float = 0.0, eps: float = 1e-7) -> jax.Array:
+    """Soft Dice (Milletari et al. 2016, first powers) as segmentation_models_pytorch's
+    ``DiceLoss`` in multiclass mode: softmax probabilities and one-hot labels, both zero at
+    ignored pixels, summed over the batch and the pixels per class; ``1 - (2I + s) /
+    (P + T + s)`` per class (the denominator at least ``eps``), 0 for a class absent from
+    the labels; the mean over classes."""
+    z = _upsampled(logits, labels)
+    classes = z.shape[-1]
+    valid = ((labels != ignore_index) & (labels >= 0) & (labels < classes))[..., None]
+    prob = jnp.where(valid, jax.nn.softmax(z, axis=-1), 0.0)
+    target = jnp.where(valid, jax.nn.one_hot(jnp.where(valid[..., 0], labels, 0), classes), 0.0)
+    intersection = jnp.sum(prob * target, axis=(0, 1, 2))
+    prob_sum, target_sum = jnp.sum(prob, axis=(0, 1, 2)), jnp.sum(target, axis=(0, 1, 2))
+    score = (intersection + smooth) / jnp.maximum(
+        intersection + 0.5 * (prob_sum - intersection) + 0.5 * (target_sum - intersection)
+        + smooth, eps)
+    return jnp.mean(jnp.where(target_sum > 0, 1.0 - score, 0.0))
+
+
+def _lovasz_grad(fg_sorted: jax.Array) -> jax.Array:
+    """The Lovász extension's gradient of the Jaccard loss at sorted errors (Berman et al.
+    2018, Algorithm 1)."""
+    gts = jnp.sum(fg_sorted)
+    intersection = gts - jnp.cumsum(fg_sorted)
+    union = gts + jnp.cumsum(1.0 - fg_sorted)
+    jaccard = 1.0 - intersection / union
+    return jnp.concatenate([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+
+
+def lovasz_softmax(logits: jax.Array, labels: jax.Array,
+                   ignore_index: int = IGNORE_INDEX) -> jax.Array:
+    """Lovász-softmax (Berman et al. 2018) over the whole batch, as the authors' code and
+    segmentation_models_pytorch's ``LovaszLoss`` (multiclass, ``per_image=False``,
+    classes "present"): per class present in the labels, the errors ``|fg - p_c|`` of the
+    valid pixels sorted in decreasing order, dotted with the Lovász gradient of the
+    Jaccard loss; the mean over present classes (0 when none is)."""
+    z = _upsampled(logits, labels)
+    classes = z.shape[-1]
+    valid = ((labels != ignore_index) & (labels >= 0) & (labels < classes)).ravel()
+    prob = jax.nn.softmax(z, axis=-1).reshape(-1, classes)
+    flat = labels.ravel()
+
+    def one_class(c: jax.Array) -> tuple[jax.Array, jax.Array]:
+        fg = (valid & (flat == c)).astype(jnp.float32)
+        errors = jnp.where(valid, jnp.abs(fg - prob[:, c]), 0.0)
+        # Invalid pixels sort last (key -1 < any error); with error and fg 0 they add nothing.
+        order = jnp.argsort(-jnp.where(valid, errors, -1.0))
+        return jnp.dot(errors[order], _lovasz_grad(fg[order])), jnp.sum(fg) > 0
+
+    losses, present = jax.lax.map(one_class, jnp.arange(classes))
+    return jnp.sum(jnp.where(present, losses, 0.0)) / jnp.maximum(jnp.sum(present), 1)
+
+
+def parse_terms(name: str, weights: tuple[float, ...] = ()) -> tuple[tuple[str, float], ...]:
+    """``"cross_entropy"`` or ``"cross_entropy+dice"`` and their weights (default 1 each)."""
+    names = tuple(part.strip() for part in name.split("+"))
+    unknown = [n for n in names if n not in LOSS_NAMES]
+    if unknown or not 1 <= len(names) <= 2:
+        raise ValueError(f"loss.name must be one of {', '.join(LOSS_NAMES)} or two of them "
+                         f"joined by '+'; got {name!r}")
+    weights = tuple(float(w) for w in weights) or (1.0,) * len(names)
+    if len(weights) != len(names):
+        raise ValueError(f"loss.weights has {len(weights)} value(s) for the {len(names)} "
+                         f"term(s) of loss.name={name!r}")
+    return tuple(zip(names, weights))
+
+
+def make_loss(settings: LossSettings, ignore_index: int = IGNORE_INDEX):
+    """``(logits, labels) -> scalar``: the weighted sum of ``settings.terms``. One output
+    channel (binary segmentation) takes ``segmentation_loss``'s BCE."""
+    def one(name: str, logits: jax.Array, labels: jax.Array) -> jax.Array:
+        if name == "cross_entropy":
+            return cross_entropy(logits, labels, ignore_index, settings.reduction,
+                                 settings.class_weight)
+        if name == "ohem":
+            return ohem_cross_entropy(logits, labels, ignore_index, settings.ohem_thresh,
+                                      settings.ohem_min_kept, settings.class_weight)
+        if name == "focal":
+            return focal_loss(logits, labels, ignore_index, settings.focal_gamma,
+                              settings.focal_alpha)
+        if name == "dice":
+            return dice_loss(logits, labels, ignore_index, settings.dice_smooth)
+        return lovasz_softmax(logits, labels, ignore_index)
+
+    def loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+        if logits.shape[-1] == 1:
+            return segmentation_loss(logits, labels, ignore_index, settings.reduction)
+        if len(settings.terms) == 1 and settings.terms[0][1] == 1.0:
+            return one(settings.terms[0][0], logits, labels)
+        return sum(w * one(name, logits, labels) for name, w in settings.terms)
+
+    return loss
+
+
+def median_frequency_weights(class_pixels: np.ndarray, image_pixels: np.ndarray) -> np.ndarray:
+    """Median frequency balancing (Eigen & Fergus 2015): ``freq(c)`` = the pixels of class c
+    / the pixels of the images where c appears; weight ``median(freq) / freq(c)``. A class
+    that never appears gets weight 0 (it has no pixel to weigh)."""
+    class_pixels = np.asarray(class_pixels, np.float64)
+    image_pixels = np.asarray(image_pixels, np.float64)
+    seen = (class_pixels > 0) & (image_pixels > 0)
+    if not seen.any():
+        raise ValueError("no labelled pixel: class frequencies are undefined")
+    freq = np.where(seen, class_pixels / np.where(seen, image_pixels, 1), 0.0)
+    return np.where(seen, np.median(freq[seen]) / np.where(seen, freq, 1), 0.0)

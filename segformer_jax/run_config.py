@@ -77,6 +77,14 @@ def default_config() -> ml_collections.ConfigDict:
     c.accumulate_steps = 1
     c.total_steps = Recipe().total_steps
     c.loss_reduction = "valid"   # "all": mmseg 0.x's mean over every pixel
+    # Segmentation losses (segformer_jax/losses.py): name is one of cross_entropy, ohem,
+    # focal, dice, lovasz, or two joined by "+" (weights: one per term, default 1 each).
+    # class_weight (cross_entropy, ohem): "" none, "median_frequency" (computed from the
+    # training split's pixels at start), or one weight per class, "1,2.5,...".
+    c.loss = ml_collections.ConfigDict({
+        "name": "cross_entropy", "weights": (), "class_weight": "", "ohem_thresh": 0.7,
+        "ohem_min_kept": 100_000, "focal_gamma": 2.0, "focal_alpha": config_dict.placeholder(float),
+        "dice_smooth": 0.0})
     c.eval_every = 16_000
     c.checkpoint_every = 4000
     c.keep_checkpoints = 3
@@ -138,6 +146,59 @@ def recipe(config: ml_collections.ConfigDict) -> Recipe:
     return Recipe(**config.optimizer.to_dict(), total_steps=config.total_steps)
 
 
+MEDIAN_FREQUENCY = "median_frequency"
+
+
+def given_class_weight(config: ml_collections.ConfigDict) -> tuple[float, ...] | None:
+    """``loss.class_weight`` as numbers; None for "" and for "median_frequency" (which the
+    trainer computes from the data)."""
+    text = str(config.loss.class_weight).strip()
+    if not text or text == MEDIAN_FREQUENCY:
+        return None
+    try:
+        weights = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"loss.class_weight must be '', '{MEDIAN_FREQUENCY}' or comma-separated "
+                          f"numbers, one per class; got {text!r}") from None
+    if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
+        raise ConfigError(f"loss.class_weight: weights must be >= 0 and not all 0; got {text!r}")
+    return weights
+
+
+def loss_settings(config: ml_collections.ConfigDict,
+                  class_weight: Sequence[float] | None = None) -> Any:
+    """``losses.LossSettings`` of ``config.loss`` (``class_weight``: the computed weights of
+    "median_frequency", or the given ones when None)."""
+    from segformer_jax.losses import LossSettings, parse_terms
+    c = config.loss
+    weight = given_class_weight(config) if class_weight is None else tuple(class_weight)
+    try:
+        terms = parse_terms(c.name, tuple(c.weights))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return LossSettings(terms=terms, class_weight=weight, reduction=config.loss_reduction,
+                        ohem_thresh=float(c.ohem_thresh), ohem_min_kept=int(c.ohem_min_kept),
+                        focal_gamma=float(c.focal_gamma), focal_alpha=c.focal_alpha,
+                        dice_smooth=float(c.dice_smooth))
+
+
+def _validate_loss(config: ml_collections.ConfigDict) -> None:
+    c = config.loss
+    settings = loss_settings(config)
+    names = {name for name, _ in settings.terms}
+    if c.class_weight and not names & {"cross_entropy", "ohem"}:
+        raise ConfigError(f"loss.class_weight weighs cross_entropy and ohem; loss.name={c.name!r} "
+                          "has neither")
+    if not 0 < c.ohem_thresh <= 1 or int(c.ohem_min_kept) < 1:
+        raise ConfigError(f"loss.ohem_thresh must be in (0, 1] and loss.ohem_min_kept >= 1; got "
+                          f"{c.ohem_thresh!r}, {c.ohem_min_kept!r}")
+    if c.focal_gamma < 0 or (c.focal_alpha is not None and not 0 <= c.focal_alpha <= 1):
+        raise ConfigError(f"loss.focal_gamma must be >= 0 and loss.focal_alpha in [0, 1] (or "
+                          f"unset); got {c.focal_gamma!r}, {c.focal_alpha!r}")
+    if c.dice_smooth < 0:
+        raise ConfigError(f"loss.dice_smooth must be >= 0; got {c.dice_smooth!r}")
+
+
 def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The SegformerConfig fields ``model.overrides`` sets (the slots that are not None)."""
     return {k: v for k, v in config.model.overrides.items() if v is not None}
@@ -178,6 +239,7 @@ def validate(config: ml_collections.ConfigDict, process_count: int = 1) -> None:
         if not _positive_pair(value):
             raise ConfigError(f"data.{key} must be two positive numbers; got {value!r}")
     _validate_task(config)
+    _validate_loss(config)
     overrides = model_overrides(config)
     try:
         SegformerConfig.from_variant(config.model.variant, **overrides)

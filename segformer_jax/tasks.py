@@ -15,14 +15,14 @@ its state, mesh, checkpoints and stops are the same for both (``train.py``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import ml_collections
 
 from segformer_jax import mixup
-from segformer_jax.losses import segmentation_loss
+from segformer_jax.losses import make_loss
 
 SEMSEG, CLASSIFY = "semantic_segmentation", "image_classification"
 TASK_NAMES = (SEMSEG, CLASSIFY)
@@ -45,14 +45,14 @@ def mixup_settings(config: ml_collections.ConfigDict) -> mixup.MixupSettings:
                                label_smoothing=c.label_smoothing)
 
 
-def objective(config: ml_collections.ConfigDict, num_labels: int,
-              ignore_index: int) -> Objective:
-    """The train step's inputs and loss for ``config.task``."""
+def objective(config: ml_collections.ConfigDict, num_labels: int, ignore_index: int,
+              class_weight: Sequence[float] | None = None) -> Objective:
+    """The train step's inputs and loss for ``config.task`` (segmentation: ``config.loss``;
+    ``class_weight``: the weights computed for ``loss.class_weight="median_frequency"``)."""
     if config.task == SEMSEG:
-        reduction = config.loss_reduction
-        return Objective(inputs=lambda batch, step: (batch["image"], batch["label"]),
-                         loss=lambda logits, labels: segmentation_loss(logits, labels, ignore_index,
-                                                                       reduction))
+        from segformer_jax.run_config import loss_settings
+        loss = make_loss(loss_settings(config, class_weight), ignore_index)
+        return Objective(inputs=lambda batch, step: (batch["image"], batch["label"]), loss=loss)
     settings = mixup_settings(config)
     key = jax.random.fold_in(jax.random.key(config.seed), mixup.MIX_STREAM)
 

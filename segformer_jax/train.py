@@ -132,10 +132,12 @@ def make_train_step(model: Any, tx, seed: int,
 
 
 def jit_train_step(model: Any, tx, config: ml_collections.ConfigDict,
-                   seg_config: SegformerConfig, mesh: Mesh, state_sharding: Any) -> Callable:
+                   seg_config: SegformerConfig, mesh: Mesh, state_sharding: Any,
+                   class_weight: tuple[float, ...] | None = None) -> Callable:
     """The step ``train`` runs: jitted with the state's and the batch's shardings, donating
     the state (the sweeps, the benchmarks and the memory report time this very program)."""
-    objective = tasks.objective(config, seg_config.num_labels, seg_config.semantic_loss_ignore_index)
+    objective = tasks.objective(config, seg_config.num_labels, seg_config.semantic_loss_ignore_index,
+                                class_weight)
     step = make_train_step(model, tx, config.seed, objective)
     return jax.jit(step, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                    out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
@@ -246,6 +248,7 @@ class Run:
     model: Any
     tx: optax.GradientTransformation
     evaluator: Evaluator | None
+    class_weight: tuple[float, ...] | None = None   # computed for loss.class_weight
 
     @property
     def is_main(self) -> bool:
@@ -283,13 +286,38 @@ def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
                  for step in range(PREFLIGHT_BATCHES)]
         preflight(train_split.source, sorted(set(np.concatenate(first).tolist())),
                   train_split.num_labels, train_split.reduce_zero_label)
+    class_weight = _class_weight(config, train_split)
     train_tf = tasks.train_transform(config, train_split)
     seg_config = run_config.model_config(config, train_split.num_labels, train_split.id2label)
     model = model_for_run(config, seg_config)
     tx = make_optimizer(run_config.recipe(config), config.accumulate_steps)
     evaluator = tasks.make_evaluator(config, model, eval_split) if eval_split is not None else None
     return Run(config, workdir, mesh, micro_batch, train_split, train_tf, seg_config, model, tx,
-               evaluator)
+               evaluator, class_weight)
+
+
+def _class_weight(config: ml_collections.ConfigDict, split: Any) -> tuple[float, ...] | None:
+    """``loss.class_weight`` checked against the classes, or computed from the training
+    split for "median_frequency" (a pass over its masks, printed)."""
+    if config.task != SEMSEG or not config.loss.class_weight:
+        return None
+    given = run_config.given_class_weight(config)
+    if given is not None:
+        if len(given) != split.num_labels:
+            raise TrainingError(f"loss.class_weight has {len(given)} weights; the dataset has "
+                                f"{split.num_labels} classes ({', '.join(split.class_names[:8])}"
+                                f"{', …' if split.num_labels > 8 else ''})")
+        return given
+    from segformer_jax.data.check import class_pixel_statistics
+    from segformer_jax.losses import median_frequency_weights
+    start = time.perf_counter()
+    weights = median_frequency_weights(*class_pixel_statistics(
+        split.source, split.num_labels, split.reduce_zero_label))
+    if jax.process_index() == 0:
+        shown = ", ".join(f"{n} {w:.3g}" for n, w in zip(split.class_names, weights))
+        print(f"loss.class_weight=median_frequency over {len(split)} training masks "
+              f"({time.perf_counter() - start:.1f} s): {shown}", flush=True)
+    return tuple(float(w) for w in weights)
 
 
 def _load_split(config: ml_collections.ConfigDict, split: str, **kwargs: Any) -> Any:
@@ -403,7 +431,7 @@ def run_loop(run: Run, checkpoints: TrainCheckpoints, state: State, state_shardi
     config, is_main = run.config, run.is_main
     images_sharding = sharding.batch_sharding(run.mesh)
     train_step = jit_train_step(run.model, run.tx, config, run.seg_config, run.mesh,
-                                state_sharding)
+                                state_sharding, run.class_weight)
     schedule = learning_rate(run_config.recipe(config))  # the backbone's lr, for the logs
     writer = MetricWriter(run.workdir, start, enabled=is_main)
     multi_process = jax.process_count() > 1

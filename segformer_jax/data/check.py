@@ -141,6 +141,25 @@ def _files(paths: Sequence[Any]) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
+def class_pixel_statistics(source: Any, num_labels: int, reduce_zero_label: bool,
+                           progress: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Over every record of ``source``: the pixels of each class (as trained: after
+    ``reduce_zero_label``, ignored pixels left out) and the pixels of the images in which
+    each class appears, the two inputs of median frequency balancing."""
+    class_pixels = np.zeros(num_labels, np.int64)
+    image_pixels = np.zeros(num_labels, np.int64)
+    for i in range(len(source)):
+        mask = np.asarray(source[i]["segmentation_mask"]).astype(np.int64).ravel()
+        if reduce_zero_label:
+            mask = np.where((mask == 0) | (mask == IGNORE_INDEX), IGNORE_INDEX, mask - 1)
+        counts = np.bincount(mask[(mask >= 0) & (mask < num_labels)], minlength=num_labels)
+        class_pixels += counts
+        image_pixels += np.where(counts > 0, mask.size, 0)
+        if progress is not None:
+            progress(i + 1, len(source))
+    return class_pixels, image_pixels
+
+
 def label_counts(counts: Mapping[str, collections.Counter]) -> collections.Counter:
     """The pixel count of each stored value over all splits."""
     total: collections.Counter = collections.Counter()
@@ -165,12 +184,13 @@ def judge_labels(report: Report) -> None:
             report.add(ERROR, "off-by-one",
                        f"the masks hold 0..{k} and classes.txt names {k} classes: label 0 marks "
                        f"unlabelled pixels and the ids start at 1 (value {k} in "
-                       f"{_files(files)}). data.reduce_zero_label=True ignores 0 and trains k as "
-                       f"class k - 1, classes.txt line k naming stored value k")
+                       f"{_files(files)}). data.reduce_zero_label=True ignores 0 and trains stored "
+                       f"value k as class k - 1, the name on line k of classes.txt")
         else:
             report.add(ERROR, "out-of-range", f"{problem}; in {_files(files)}")
     first = names[0].strip().lower() if names else ""
-    if not report.reduce_zero_label and first in BACKGROUND_NAMES and 0 in total:
+    if (not report.reduce_zero_label and first in BACKGROUND_NAMES and 0 in total
+            and "off-by-one" not in report.codes()):  # there 0 is not class 0 at all
         share = total[0] / sum(total.values())
         report.add(NOTE, "zero-background",
                    f"class 0 is named {names[0]!r} ({share:.1%} of the pixels): it is trained and "
