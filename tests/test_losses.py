@@ -194,3 +194,45 @@ def test_a_few_steps_lower_each_loss(name):
         state, out = step(state, {"image": images, "label": labels})
         values.append(float(out["loss"]))
     assert np.isfinite(values).all() and values[-1] < 0.9 * values[0], values
+
+
+def test_trainer_class_weight_given_and_median_frequency(capsys):
+    """train's ``loss.class_weight``: given weights checked against the classes, and
+    median frequency computed over the training masks (after reduce_zero_label)."""
+    from segformer_jax import train
+    from segformer_jax.data import SplitData
+    from segformer_jax.errors import SegformerError
+    from segformer_jax.run_config import default_config
+    masks = [np.array([[0, 0, 1, 255]]), np.array([[1, 1, 2, 2]])]
+    records = [{"segmentation_mask": m[..., None].astype(np.uint8)} for m in masks]
+    split = SplitData(source=records, class_names=("a", "b", "c"), reduce_zero_label=False,
+                      name="folder", split="train")
+    config = default_config()
+    config.loss.class_weight = "1,2"
+    with pytest.raises(SegformerError, match="has 2 weights; the dataset has 3 classes"):
+        train._class_weight(config, split)
+    config.loss.class_weight = "1,2,0.5"
+    assert train._class_weight(config, split) == (1.0, 2.0, 0.5)
+    config.loss.class_weight = "median_frequency"
+    # freq: a 2/4 (image 1), b 3/8 (both images), c 2/4 (image 2); median 0.5
+    assert train._class_weight(config, split) == pytest.approx((1.0, 0.5 / 0.375, 1.0))
+    assert "median_frequency over 2 training masks" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("name", "tversky", "loss.name must be one of"),
+    ("class_weight", "1,x", "loss.class_weight must be"),
+    ("ohem_thresh", 1.5, "loss.ohem_thresh"),
+    ("focal_alpha", 2.0, "loss.focal_alpha"),
+])
+def test_bad_loss_config_names_the_key(key, value, message):
+    from segformer_jax.errors import ConfigError
+    from segformer_jax.run_config import default_config, validate
+    config = default_config()
+    config.loss[key] = value
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+    config = default_config()
+    config.loss.name, config.loss.class_weight = "dice", "1,2"
+    with pytest.raises(ConfigError, match="weighs cross_entropy and ohem"):
+        validate(config)
