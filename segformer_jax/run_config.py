@@ -73,6 +73,9 @@ def default_config() -> ml_collections.ConfigDict:
         "test_crop_pct": 0.875, "eval_batch_size": 64})
     recipe = {k: v for k, v in dataclasses.asdict(Recipe()).items() if k not in _RECIPE_FROM_RUN}
     c.optimizer = ml_collections.ConfigDict(recipe)
+    # The recipe's learning rate belongs to a global batch of RECIPE_BATCH (NVlabs: 8 GPUs x
+    # 2); True scales it linearly to batch_size (segmentation; ImageNet's recipe scales itself).
+    c.optimizer.scale_lr_with_batch = False
     c.batch_size = 16
     c.accumulate_steps = 1
     c.total_steps = Recipe().total_steps
@@ -142,8 +145,42 @@ def use_imagenet_recipe(config: ml_collections.ConfigDict, variant: str, batch: 
     config.checkpoint_every = epoch
 
 
+RECIPE_BATCH = 16  # the global batch the NVlabs recipe's learning rate was tuned for
+
+
 def recipe(config: ml_collections.ConfigDict) -> Recipe:
-    return Recipe(**config.optimizer.to_dict(), total_steps=config.total_steps)
+    """The optimiser's hyper-parameters, the learning rate scaled by batch_size / 16 when
+    ``optimizer.scale_lr_with_batch`` (segmentation)."""
+    settings = config.optimizer.to_dict()
+    scale = settings.pop("scale_lr_with_batch", False)
+    out = Recipe(**settings, total_steps=config.total_steps)
+    if scale and config.task == "semantic_segmentation":
+        out = dataclasses.replace(out, learning_rate=out.learning_rate * config.batch_size / RECIPE_BATCH)
+    return out
+
+
+def batch_notes(config: ml_collections.ConfigDict) -> list[str]:
+    """What a segmentation run says at start about its batch: a global batch other than
+    the recipe's (and what the learning rate then is), and BatchNorm over one image."""
+    if config.task != "semantic_segmentation":
+        return []
+    notes = []
+    lr = recipe(config).learning_rate
+    if config.batch_size != RECIPE_BATCH:
+        if config.optimizer.scale_lr_with_batch:
+            notes.append(f"note: global batch {config.batch_size}, not the recipe's {RECIPE_BATCH}: "
+                         f"learning rate scaled linearly to {lr:.3g} (optimizer.scale_lr_with_batch)")
+        else:
+            notes.append(f"note: global batch {config.batch_size}, not the recipe's {RECIPE_BATCH}; "
+                         f"the learning rate {lr:.3g} is the recipe's for {RECIPE_BATCH}. "
+                         "--config.optimizer.scale_lr_with_batch=True scales it linearly "
+                         f"(to {lr * config.batch_size / RECIPE_BATCH:.3g})")
+    if config.batch_size // config.accumulate_steps == 1:
+        notes.append("warning: the decode head's BatchNorm sees one image per step "
+                     "(batch_size / accumulate_steps = 1): its statistics are those of a single "
+                     "image. Use a batch of at least 2; across devices the step's BatchNorm is "
+                     "already synchronised (its statistics are over the whole batch)")
+    return notes
 
 
 MEDIAN_FREQUENCY = "median_frequency"

@@ -408,6 +408,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     workdir = pathlib.Path(workdir).absolute()
     check_workdir(workdir, needed_bytes=0)  # unwritable: say so before building any dataset
     run = build_run(config, workdir)
+    if run.is_main:
+        for note in run_config.batch_notes(config):
+            print(note, flush=True)
     state, state_sharding = initial_run_state(run)
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
     check_workdir(workdir, needed_bytes=(config.keep_checkpoints + 2) * state_bytes + (64 << 20))

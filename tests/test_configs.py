@@ -44,10 +44,12 @@ def test_quickstart_and_overrides():
 
 
 def test_defaults_live_once():
-    """The optimiser section is optim.Recipe's fields and defaults, nothing copied."""
+    """The optimiser section is optim.Recipe's fields and defaults, nothing copied, plus
+    the one key that adapts the recipe to the run (scale_lr_with_batch)."""
     config = run_config.default_config()
     assert run_config.recipe(config) == Recipe()
-    assert set(config.optimizer) | {"total_steps"} == set(Recipe.__dataclass_fields__)
+    assert (set(config.optimizer) | {"total_steps"}
+            == set(Recipe.__dataclass_fields__) | {"scale_lr_with_batch"})
 
 
 @pytest.mark.parametrize("flag, named", [
@@ -104,3 +106,24 @@ def test_scanned_blocks_by_default_where_they_measured_better():
     assert load("configs/quickstart.py").model.scan is False
     model = train.model_for_run(load("configs/ade20k.py:b5"), model_config(load("configs/ade20k.py:b5"), 150))
     assert model.scan is True
+
+
+def test_batch_notes_and_linear_lr_scaling():
+    """The recipe's learning rate is for a global batch of 16: a run with another batch is
+    told so, and optimizer.scale_lr_with_batch scales it linearly; one image per step is
+    warned about (the head's BatchNorm)."""
+    from segformer_jax.run_config import RECIPE_BATCH, batch_notes, default_config, recipe
+    config = default_config()
+    assert config.batch_size == RECIPE_BATCH and batch_notes(config) == []
+    base = recipe(config).learning_rate
+    config.batch_size = 8
+    (note,) = batch_notes(config)
+    assert "global batch 8, not the recipe's 16" in note and "scale_lr_with_batch=True" in note
+    assert recipe(config).learning_rate == base
+    config.optimizer.scale_lr_with_batch = True
+    assert recipe(config).learning_rate == pytest.approx(base / 2)
+    assert "scaled linearly to 3e-05" in batch_notes(config)[0]
+    config.batch_size = 1
+    assert any("BatchNorm sees one image" in n for n in batch_notes(config))
+    config.task = "image_classification"
+    assert batch_notes(config) == []
