@@ -172,7 +172,7 @@ def batch_notes(config: ml_collections.ConfigDict) -> list[str]:
                          f"learning rate scaled linearly to {lr:.3g} (optimizer.scale_lr_with_batch)")
         else:
             notes.append(f"note: global batch {config.batch_size}, not the recipe's {RECIPE_BATCH}; "
-                         f"the learning rate {lr:.3g} is the recipe's for {RECIPE_BATCH}. "
+                         f"the learning rate stays {lr:.3g} as configured. "
                          "--config.optimizer.scale_lr_with_batch=True scales it linearly "
                          f"(to {lr * config.batch_size / RECIPE_BATCH:.3g})")
     if config.batch_size // config.accumulate_steps == 1:
