@@ -131,6 +131,17 @@ class Report:
     def add(self, level: str, code: str, message: str) -> None:
         self.findings.append(Finding(level, code, message))
 
+    def count(self, split: str, mask: np.ndarray, where: str) -> None:
+        """Adds one mask's label values to ``split``'s pixel counts (and ``where`` to the
+        first files holding each value)."""
+        counts = self.counts.setdefault(split, collections.Counter())
+        values, pixels = np.unique(mask, return_counts=True)
+        for v, n in zip(values.tolist(), pixels.tolist()):
+            counts[v] += n
+            files = self.files_with.setdefault(v, [])
+            if len(files) < SHOWN_FILES:
+                files.append(where)
+
     def codes(self) -> set[str]:
         return {f.code for f in self.findings}
 
@@ -227,7 +238,6 @@ def check_folder(root: str | Path, reduce_zero_label: bool = False) -> Report:
     bad_size, colour, sixteen, palette, unreadable, other_mode = [], [], [], [], [], []
     for split, items in found.pairs.items():
         report.pairs[split] = len(items)
-        counts = report.counts.setdefault(split, collections.Counter())
         for image_path, mask_path, _ in items:
             try:
                 with PIL.Image.open(image_path) as image:
@@ -250,35 +260,24 @@ def check_folder(root: str | Path, reduce_zero_label: bool = False) -> Report:
                 (colour if mask.colours else other_mode).append(
                     f"{mask_path} ({mask.mode}" + (f", {mask.colours} colours)" if mask.colours else ")"))
                 continue
-            values, pixels = np.unique(mask.values, return_counts=True)
-            for v, n in zip(values.tolist(), pixels.tolist()):
-                counts[v] += n
-                files = report.files_with.setdefault(v, [])
-                if len(files) < SHOWN_FILES:
-                    files.append(str(mask_path))
-    if unreadable:
-        report.add(ERROR, "unreadable", f"{len(unreadable)} file(s) cannot be decoded: "
-                                        f"{_files(unreadable)}")
-    if colour:
-        report.add(ERROR, "colour-mask",
-                   f"{len(colour)} mask(s) are colour images, read as colours, not class ids: "
-                   f"{_files(colour)}. Save each as a single-channel PNG whose pixel values are "
-                   f"the class ids (mode L, or P with the ids as palette indices)")
-    if other_mode:
-        report.add(ERROR, "mask-mode", f"{len(other_mode)} mask(s) are not label maps: "
-                                       f"{_files(other_mode)}")
-    if sixteen:
-        report.add(WARNING, "sixteen-bit-mask",
-                   f"{len(sixteen)} mask(s) are 16-bit: their values are read as class ids as "
-                   f"they are (not scaled); check that they are ids and not ids x 256 or "
-                   f"instance ids: {_files(sixteen)}")
-    if palette:
-        report.add(NOTE, "palette-mask",
-                   f"{len(palette)} mask(s) are palette PNGs: their palette indices are the "
-                   f"class ids (the colours are ignored)")
-    if bad_size:
-        report.add(ERROR, "size-mismatch", f"{len(bad_size)} mask(s) differ in size from their "
-                                           f"image: {_files(bad_size)}")
+            report.count(split, mask.values, str(mask_path))
+    for found_files, level, code, text in (
+        (unreadable, ERROR, "unreadable", "{n} file(s) cannot be decoded: {files}"),
+        (colour, ERROR, "colour-mask",
+         "{n} mask(s) are colour images, read as colours, not class ids: {files}. Save each as "
+         "a single-channel PNG whose pixel values are the class ids (mode L, or P with the ids "
+         "as palette indices)"),
+        (other_mode, ERROR, "mask-mode", "{n} mask(s) are not label maps: {files}"),
+        (sixteen, WARNING, "sixteen-bit-mask",
+         "{n} mask(s) are 16-bit: their values are read as class ids as they are (not scaled); "
+         "check that they are ids and not ids x 256 or instance ids: {files}"),
+        (palette, NOTE, "palette-mask",
+         "{n} mask(s) are palette PNGs: their palette indices are the class ids (the colours "
+         "are ignored)"),
+        (bad_size, ERROR, "size-mismatch", "{n} mask(s) differ in size from their image: {files}"),
+    ):
+        if found_files:
+            report.add(level, code, text.format(n=len(found_files), files=_files(found_files)))
     if not found.pairs:
         report.add(ERROR, "no-pairs", f"{root / 'images'}: no image with its mask")
     judge_labels(report)
@@ -311,7 +310,6 @@ def check_built(name: str, split: str, reduce_zero_label: bool | None = None,
     reduce = loaded.reduce_zero_label if reduce_zero_label is None else reduce_zero_label
     report = Report(name, loaded.class_names, reduce)
     report.pairs[split] = len(loaded)
-    counts = report.counts.setdefault(split, collections.Counter())
     for i in range(len(loaded)):
         record = loaded[i]
         image = np.asarray(record["image"])
@@ -319,12 +317,7 @@ def check_built(name: str, split: str, reduce_zero_label: bool | None = None,
         report.image_sizes.append((image.shape[1], image.shape[0]))
         report.image_modes["RGB (stored)"] += 1
         report.mask_modes[f"stored ({mask.dtype})"] += 1
-        values, pixels = np.unique(mask, return_counts=True)
-        for v, n in zip(values.tolist(), pixels.tolist()):
-            counts[v] += n
-            files = report.files_with.setdefault(v, [])
-            if len(files) < SHOWN_FILES:
-                files.append(f"{split}[{i}] {record['file_name'].decode()}")
+        report.count(split, mask, f"{split}[{i}] {record['file_name'].decode()}")
     judge_labels(report)
     return report
 
