@@ -272,7 +272,6 @@ def check_workdir(workdir: pathlib.Path, needed_bytes: int) -> None:
 
 def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
     """The mesh, the data, the model, the optimiser and the evaluator of ``config``."""
-    from segformer_jax import data
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     micro_batch = config.batch_size // config.accumulate_steps
     sharding.check_batch(micro_batch, mesh, "batch_size / accumulate_steps")
@@ -281,11 +280,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
     train_split = _load_split(config, d.train_split, **kwargs)
     eval_split = _load_split(config, d.eval_split, **kwargs) if d.eval_split else None
     if config.task == SEMSEG:
-        from segformer_jax.data.check import PREFLIGHT_BATCHES, preflight
-        first = [data.global_batch_indices(len(train_split), config.batch_size, config.seed, step)
-                 for step in range(PREFLIGHT_BATCHES)]
-        preflight(train_split.source, sorted(set(np.concatenate(first).tolist())),
-                  train_split.num_labels, train_split.reduce_zero_label)
+        _preflight(config, train_split)
     class_weight = _class_weight(config, train_split)
     train_tf = tasks.train_transform(config, train_split)
     seg_config = run_config.model_config(config, train_split.num_labels, train_split.id2label)
@@ -294,6 +289,17 @@ def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
     evaluator = tasks.make_evaluator(config, model, eval_split) if eval_split is not None else None
     return Run(config, workdir, mesh, micro_batch, train_split, train_tf, seg_config, model, tx,
                evaluator, class_weight)
+
+
+def _preflight(config: ml_collections.ConfigDict, split: Any) -> None:
+    """``data.check.preflight`` on the records of the run's first batches: an out-of-range
+    label stops the run before its first step, naming the file and the value."""
+    from segformer_jax.data import global_batch_indices
+    from segformer_jax.data.check import PREFLIGHT_BATCHES, preflight
+    first = [global_batch_indices(len(split), config.batch_size, config.seed, step)
+             for step in range(PREFLIGHT_BATCHES)]
+    preflight(split.source, sorted(set(np.concatenate(first).tolist())), split.num_labels,
+              split.reduce_zero_label)
 
 
 def _class_weight(config: ml_collections.ConfigDict, split: Any) -> tuple[float, ...] | None:
