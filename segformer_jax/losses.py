@@ -175,6 +175,11 @@ class LossSettings:
     dice_smooth: float = 0.0
 
 
+def _valid_pixels(labels: jax.Array, classes: int, ignore_index: int) -> jax.Array:
+    """The pixels every loss counts: a label in [0, classes) that is not ``ignore_index``."""
+    return (labels != ignore_index) & _valid(labels, classes)
+
+
 def _upsampled(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return ops.resize_bilinear(logits.astype(jnp.float32), labels.shape[1:3])
 
@@ -200,7 +205,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNO
     class-weighted path fails when an ignored pixel is present, so torch is the oracle
     there.)"""
     classes = logits.shape[-1]
-    valid = (labels != ignore_index) & (labels >= 0) & (labels < classes)
+    valid = _valid_pixels(labels, classes, ignore_index)
     _, weighted = _pixel_cross_entropy(logits, labels, valid, class_weight)
     if reduction == "all":
         return jnp.sum(weighted) / labels.size
@@ -219,7 +224,7 @@ def ohem_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int =
     mean (weighted) cross-entropy of the pixels whose probability is below it. Where
     mmseg's mean of no pixels is NaN (no valid pixel, or all tied), this is 0."""
     classes = logits.shape[-1]
-    valid = (labels != ignore_index) & (labels >= 0) & (labels < classes)
+    valid = _valid_pixels(labels, classes, ignore_index)
     ce, weighted = _pixel_cross_entropy(logits, labels, valid, class_weight)
     prob = jnp.exp(-jax.lax.stop_gradient(ce))             # p(label) = exp(-CE)
     count = jnp.sum(valid)
@@ -239,7 +244,7 @@ def focal_loss(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_
     ``FocalLoss`` is the same sigmoid form.)"""
     z = _upsampled(logits, labels)
     classes = z.shape[-1]
-    valid = (labels != ignore_index) & (labels >= 0) & (labels < classes)
+    valid = _valid_pixels(labels, classes, ignore_index)
     target = jax.nn.one_hot(jnp.where(valid, labels, 0), classes, dtype=jnp.float32)
     bce = optax.sigmoid_binary_cross_entropy(z, target)
     loss = (1.0 - jnp.exp(-bce)) ** gamma * bce
@@ -258,7 +263,7 @@ def dice_loss(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_I
     the labels; the mean over classes."""
     z = _upsampled(logits, labels)
     classes = z.shape[-1]
-    valid = ((labels != ignore_index) & (labels >= 0) & (labels < classes))[..., None]
+    valid = _valid_pixels(labels, classes, ignore_index)[..., None]
     prob = jnp.where(valid, jax.nn.softmax(z, axis=-1), 0.0)
     target = jnp.where(valid, jax.nn.one_hot(jnp.where(valid[..., 0], labels, 0), classes), 0.0)
     intersection = jnp.sum(prob * target, axis=(0, 1, 2))
@@ -288,7 +293,7 @@ def lovasz_softmax(logits: jax.Array, labels: jax.Array,
     Jaccard loss; the mean over present classes (0 when none is)."""
     z = _upsampled(logits, labels)
     classes = z.shape[-1]
-    valid = ((labels != ignore_index) & (labels >= 0) & (labels < classes)).ravel()
+    valid = _valid_pixels(labels, classes, ignore_index).ravel()
     prob = jax.nn.softmax(z, axis=-1).reshape(-1, classes)
     flat = labels.ravel()
 
