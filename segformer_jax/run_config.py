@@ -30,8 +30,9 @@ from segformer_jax.errors import ConfigError
 from segformer_jax.optim import Recipe
 
 CONFIG_JSON = "config.json"
-# Set by the dataset (its classes), or by the run (total_steps), never by model.overrides.
-_NOT_OVERRIDABLE = ("num_labels", "id2label")
+# Set by the dataset (its classes, with model.binary), by model.num_channels, or by the run
+# (total_steps), never by model.overrides.
+_NOT_OVERRIDABLE = ("num_labels", "id2label", "num_channels")
 _RECIPE_FROM_RUN = ("total_steps",)
 
 
@@ -51,8 +52,11 @@ def default_config() -> ml_collections.ConfigDict:
     # Devices: data x fsdp = all devices of all processes (data=-1: whatever fsdp leaves).
     # Leaves with fewer elements than fsdp_min_size stay replicated when fsdp > 1.
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "fsdp_min_size": 2 ** 14})
+    # binary: one sigmoid output for a two-class dataset (background 0, the class 1), trained
+    # with BCE; num_channels: the images' bands (RGB 3; RGB+NIR 4; Sentinel-2 13).
     c.model = ml_collections.ConfigDict({"variant": "b0", "dtype": "float32", "remat": False,
-                                         "scan": False, "init": "scratch", "overrides": _model_overrides()})
+                                         "scan": False, "init": "scratch", "binary": False,
+                                         "num_channels": 3, "overrides": _model_overrides()})
     ade = dataset_settings("ade20k")
     c.data = ml_collections.ConfigDict({
         "name": "synthetic", "data_dir": "", "manual_dir": "",
@@ -234,6 +238,10 @@ def _validate_loss(config: ml_collections.ConfigDict) -> None:
                           f"unset); got {c.focal_gamma!r}, {c.focal_alpha!r}")
     if c.dice_smooth < 0:
         raise ConfigError(f"loss.dice_smooth must be >= 0; got {c.dice_smooth!r}")
+    if config.model.binary and (names != {"cross_entropy"} or c.class_weight):
+        raise ConfigError(f"model.binary=True trains its one sigmoid output with BCE; loss.name="
+                          f"{c.name!r}, loss.class_weight={c.class_weight!r} apply to softmax "
+                          "models (for them, use two classes: model.binary=False)")
 
 
 def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -243,8 +251,16 @@ def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def model_config(config: ml_collections.ConfigDict, num_labels: int,
                  id2label: Mapping[int, str] | None = None) -> SegformerConfig:
+    """The model of ``config`` for a dataset of ``num_labels`` classes. ``model.binary``: one
+    output, the logit of class 1 (its name from ``id2label[1]``), for a two-class dataset."""
+    if config.model.get("binary", False):  # .get: configs written before the key existed
+        if num_labels != 2:
+            raise ConfigError(f"model.binary=True needs a dataset of two classes (0 background, "
+                              f"1 the class); this one has {num_labels}")
+        num_labels, id2label = 1, {0: (id2label or {}).get(1, "LABEL_1")}
     return SegformerConfig.from_variant(config.model.variant, num_labels=num_labels,
-                                        id2label=id2label, **model_overrides(config))
+                                        id2label=id2label, num_channels=int(config.model.get("num_channels", 3)),
+                                        **model_overrides(config))
 
 
 # --------------------------------------------------------------------------------------
@@ -277,6 +293,10 @@ def validate(config: ml_collections.ConfigDict, process_count: int = 1) -> None:
             raise ConfigError(f"data.{key} must be two positive numbers; got {value!r}")
     _validate_task(config)
     _validate_loss(config)
+    if config.model.binary and config.task != "semantic_segmentation":
+        raise ConfigError(f"model.binary=True is for semantic segmentation; task={config.task!r}")
+    if int(config.model.num_channels) < 1:
+        raise ConfigError(f"model.num_channels must be at least 1; got {config.model.num_channels!r}")
     overrides = model_overrides(config)
     try:
         SegformerConfig.from_variant(config.model.variant, **overrides)
