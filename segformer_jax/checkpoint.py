@@ -277,10 +277,13 @@ def encoder_init(path: str | os.PathLike, config: SegformerConfig, task: str,
         saved, variables = load_training_checkpoint(step_dir)
         path = step_dir
     different = [f"{f}: checkpoint {getattr(saved, f)!r} vs config {getattr(config, f)!r}"
-                 for f in ENCODER_FIELDS if getattr(saved, f) != getattr(config, f)]
+                 for f in ENCODER_FIELDS if getattr(saved, f) != getattr(config, f)
+                 and f != "num_channels"]
     if different:
         raise CheckpointError(f"{path}: its encoder differs from the configured one "
                               f"({'; '.join(different)})")
+    if saved.num_channels != config.num_channels:
+        variables = _inflated(variables, config.num_channels, path)
     head = "classifier" if task != SEMSEG else "decode_head"
     if task_of(variables) == task and saved.num_labels == config.num_labels:
         return variables
@@ -289,6 +292,22 @@ def encoder_init(path: str | os.PathLike, config: SegformerConfig, task: str,
     batch_stats = {head: fresh["batch_stats"][head]} if head in fresh.get("batch_stats", {}) else {}
     log.warning("%s: encoder kept; the %s (%s) freshly initialised (seed %d)", path, head, task, seed)
     return {"params": params, "batch_stats": batch_stats}
+
+
+def _inflated(variables: dict[str, Any], num_channels: int, path: pathlib.Path) -> dict[str, Any]:
+    """``variables`` with the first patch embedding's kernel inflated to ``num_channels``
+    input bands (``inflate.inflate_input_kernel``), logged."""
+    from segformer_jax.inflate import RULE, inflate_input_kernel
+    params = dict(variables["params"])
+    encoder = dict(params["encoder"])
+    embed = dict(encoder["patch_embeddings_0"])
+    proj = dict(embed["proj"])
+    proj["kernel"] = inflate_input_kernel(np.asarray(proj["kernel"]), num_channels,
+                                          f"{path}: patch_embeddings_0.proj.kernel")
+    embed["proj"], encoder["patch_embeddings_0"], params["encoder"] = proj, embed, encoder
+    log.warning("%s: the first patch embedding's kernel inflated to %d input channels (%s)",
+                path, num_channels, RULE)
+    return {**variables, "params": params}
 
 
 def _load_hub(path: pathlib.Path) -> tuple[SegformerConfig, dict[str, Any], str]:

@@ -54,12 +54,14 @@ class LoadReport:
 
     ``dropped``: checkpoint tensors the model has no use for (another task's head, or a
     classifier of another label count); ``initialised``: model tensors made fresh from the
-    seed because the checkpoint lacks them (Hub names both). A model whose task head is in
+    seed because the checkpoint lacks them; ``inflated``: the first patch embedding's RGB
+    kernel adapted to ``num_channels`` bands (``segformer_jax.inflate``; Hub names all three). A model whose task head is in
     ``initialised`` predicts from random weights until it is fine-tuned.
     """
 
     dropped: tuple[str, ...] = ()
     initialised: tuple[str, ...] = ()
+    inflated: tuple[str, ...] = ()  # RGB tensors adapted to the model's input bands
 
 
 # --------------------------------------------------------------------------------------
@@ -491,7 +493,7 @@ def _read_config_json(directory: pathlib.Path) -> tuple[dict[str, Any] | None, l
 
 def from_pretrained(path: str | os.PathLike, *, task: str | None = None,
                     num_labels: int | None = None, id2label: Mapping[int, str] | None = None,
-                    seed: int = 0, report: bool = False) -> Any:
+                    seed: int = 0, num_channels: int | None = None, report: bool = False) -> Any:
     """Reads a local checkpoint into ``(config, variables)`` for ``TASKS[task]``.
 
     ``path`` is a Hub-layout directory (config.json + model.safetensors or pytorch_model.bin),
@@ -499,7 +501,9 @@ def from_pretrained(path: str | os.PathLike, *, task: str | None = None,
     checkpoint has. Tensors of a head the checkpoint lacks are freshly initialised (``seed``);
     a ``num_labels`` (or ``id2label``) different from the checkpoint's re-initialises the
     classifier, like transformers' ``ignore_mismatched_sizes=True``; every tensor dropped or
-    initialised is logged by name. ``report=True`` returns ``(config, variables, LoadReport)``
+    initialised is logged by name. ``num_channels`` other than the checkpoint's (3) inflates
+    the first patch embedding's kernel (``inflate.inflate_input_kernel``, logged and
+    reported); nothing else depends on the input bands. ``report=True`` returns ``(config, variables, LoadReport)``
     so that a caller can act on what was dropped and initialised.
     """
     weight_file = find_weight_file(path)
@@ -518,6 +522,10 @@ def from_pretrained(path: str | os.PathLike, *, task: str | None = None,
     elif num_labels is not None and num_labels != config.num_labels:
         config = config.replace(num_labels=num_labels)
     relabelled = config.num_labels != _checkpoint_labels(tensors, task, config.num_labels)
+    first_kernel = "encoder.patch_embeddings.0.proj.weight"
+    inflate = num_channels is not None and num_channels != config.num_channels
+    if inflate:
+        config = config.replace(num_channels=num_channels)
 
     layout = hub_layout(config, task)
     expected = {t.key for t in layout}
@@ -547,6 +555,10 @@ def from_pretrained(path: str | os.PathLike, *, task: str | None = None,
             _set(variables, t.path, np.asarray(_get(fresh, t.path)))
             initialised.append(t.key)
             continue
+        if inflate and t.key == first_kernel:
+            from segformer_jax.inflate import inflate_input_kernel
+            value = LAYOUTS[t.layout][1](inflate_input_kernel(
+                to_flax(value.astype(np.float32)), num_channels, f"{weight_file}: {t.key}"))
         expected_shape = LAYOUTS[t.layout][1](np.asarray(_get(_shapes(config, task), t.path))).shape
         if tuple(value.shape) != tuple(expected_shape):
             raise CheckpointError(f"{weight_file}: tensor {t.key} has shape {tuple(value.shape)}, "
@@ -558,9 +570,14 @@ def from_pretrained(path: str | os.PathLike, *, task: str | None = None,
     if initialised:
         log.warning("%s: freshly initialised %d tensors (seed %d): %s",
                     weight_file, len(initialised), seed, _names(initialised))
+    inflated = (first_kernel,) if inflate else ()
+    if inflate:
+        from segformer_jax.inflate import RULE
+        log.warning("%s: %s inflated from 3 to %d input channels (%s)", weight_file, first_kernel,
+                    num_channels, RULE)
     variables = jax.tree.map(jnp.asarray, variables)
     if report:
-        return config, variables, LoadReport(tuple(sorted(other_head)), tuple(initialised))
+        return config, variables, LoadReport(tuple(sorted(other_head)), tuple(initialised), inflated)
     return config, variables
 
 

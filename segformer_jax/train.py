@@ -384,7 +384,8 @@ def initial_run_state(run: Run) -> tuple[State, Any]:
         pretrained = encoder_init(config.model.init, run.seg_config, config.task, config.seed)
         if pretrained is None:  # a Hub or NVlabs checkpoint
             _, pretrained = from_pretrained(config.model.init, task=config.task,
-                                            num_labels=run.seg_config.num_labels, seed=config.seed)
+                                            num_labels=run.seg_config.num_labels, seed=config.seed,
+                                            num_channels=run.seg_config.num_channels)
     return create_state(run.seg_config, run.tx, config.seed, run.mesh, pretrained,
                         config.mesh.fsdp_min_size, config.task)
 
