@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from segformer_jax import metrics
 from segformer_jax.config import SegformerConfig
-from segformer_jax.constants import IGNORE_INDEX
+from segformer_jax.constants import IGNORE_INDEX, MEAN_RGB, STD_RGB
 from segformer_jax.data.presets import settings as dataset_settings
 from segformer_jax.errors import EvaluationError
 from segformer_jax.inference import Inference
@@ -71,6 +71,8 @@ class EvalSettings:
     stride: int | None = None
     scales: tuple[float, ...] | None = None
     flip: bool = False
+    mean: tuple[float, ...] = MEAN_RGB  # per band (data.mean; ImageNet's for RGB)
+    std: tuple[float, ...] = STD_RGB
 
     @property
     def multiscale(self) -> bool:
@@ -79,6 +81,7 @@ class EvalSettings:
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["scales"] = list(self.scales) if self.scales is not None else None
+        d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
 
 
@@ -290,12 +293,13 @@ class SegmentationEvaluator:
         self.process_index, self.process_count = process_index, process_count
         self.source = split.source if max_examples is None else _Head(split.source, max_examples)
         if settings.multiscale:  # the augmentations resize the original image themselves
-            self.transform = EvalTransform(img_scale=None,
+            self.transform = EvalTransform(img_scale=None, mean=settings.mean, std=settings.std,
                                            reduce_zero_label=split.reduce_zero_label)
         else:
             self.transform = EvalTransform(img_scale=settings.img_scale,
                                            size_divisor=settings.size_divisor,
-                                           reduce_zero_label=split.reduce_zero_label)
+                                           reduce_zero_label=split.reduce_zero_label,
+                                           mean=settings.mean, std=settings.std)
 
     def logits(self, variables: Any, images: np.ndarray) -> jax.Array:
         """Logits (or multi-scale probabilities) at the image's test size."""

@@ -1,7 +1,8 @@
 """One rule for turning a decoded image file into the uint8 RGB array the library works on.
 
 The dataset builders store it, and ``predict`` segments it, so a file gives the same pixels
-whether it was trained on or predicted. Only numpy and PIL are imported here.
+whether it was trained on or predicted. Only numpy and PIL are imported here (and tifffile
+for ``read_bands``, the reader of images of other band counts than RGB's).
 
 The processor (``processing.SegformerImageProcessor``) uses it for every PIL mode but ``I``
 and ``F``: for those two it follows transformers' array rules instead (see
@@ -9,6 +10,8 @@ and ``F``: for those two it follows transformers' array rules instead (see
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -57,4 +60,85 @@ def to_rgb(image: PIL.Image.Image) -> np.ndarray:
     return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
-__all__ = ["SIXTEEN_BIT_MODES", "sixteen_to_eight", "to_rgb"]
+# --------------------------------------------------------------------------------------
+# Images of K bands (model.num_channels != 3): multi-band TIFFs and stacks of band files
+
+BAND_DTYPES = ("uint8", "uint16", "float32")
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def _as_band_dtype(array: np.ndarray, where: str) -> np.ndarray:
+    if array.dtype == np.uint8 or array.dtype == np.uint16:
+        return array
+    if array.dtype in (np.float16, np.float32, np.float64):
+        return array.astype(np.float32)
+    if array.dtype in (np.int8, np.int16, np.int32, np.uint32, np.int64, np.bool_):
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            raise ValueError(f"{where}: {array.dtype} values outside 0..65535 cannot be stored "
+                             "as bands; save them as float32")
+        return array.astype(np.uint16 if array.size and array.max() > 255 else np.uint8)
+    raise ValueError(f"{where}: unsupported band dtype {array.dtype}")
+
+
+def _tiff_bands(path: Path) -> np.ndarray:
+    """(H, W, K) of a TIFF's first series: interleaved (``YXS``) or planar (``SYX``, ``CYX``,
+    or pages ``IYX``) bands, as tifffile names the axes."""
+    import tifffile
+    with tifffile.TiffFile(path) as tiff:
+        series = tiff.series[0]
+        array, axes = series.asarray(), series.axes
+    if array.ndim == 2:
+        return array[..., None]
+    if array.ndim != 3 or "Y" not in axes or "X" not in axes:
+        raise ValueError(f"{path}: a TIFF of axes {axes!r} and shape {array.shape}; expected one "
+                         "image of bands (YXS interleaved, or SYX / CYX / IYX planar)")
+    band_axis = next(i for i, a in enumerate(axes) if a not in "YX")
+    return np.moveaxis(array, band_axis, -1)
+
+
+def _pil_bands(path: Path) -> np.ndarray:
+    """(H, W, K) of a file PIL reads, its bands as they are (L 1, LA 2, RGB 3, RGBA 4, a 16-bit
+    or float image 1); a palette image's colours."""
+    with PIL.Image.open(path) as image:
+        image.load()
+        if image.mode in ("P", "PA", "CMYK", "YCbCr", "1"):
+            image = image.convert("RGBA" if "A" in image.mode or "transparency" in image.info
+                                  else "RGB")
+        array = np.asarray(image)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def read_bands(path: str | Path) -> np.ndarray:
+    """An image of K bands as (H, W, K) uint8, uint16 or float32, its values as stored.
+
+    ``path`` is a TIFF (read with tifffile: any band count, planar or interleaved), any file
+    PIL reads (its own bands, e.g. RGBA = RGB + NIR), or a *directory* of such files, one or
+    more bands each, stacked in file-name order (``1_rgb.png``, ``2_nir.tif`` -> 4 bands).
+    Raises ``ValueError`` naming the file when it cannot be read or the bands disagree.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise ValueError(f"{path}: a band stack directory with no files")
+        parts = [read_bands(p) for p in files]
+        shapes = {p.shape[:2] for p in parts}
+        dtypes = {p.dtype for p in parts}
+        if len(shapes) > 1 or len(dtypes) > 1:
+            detail = ", ".join(f"{f.name} {p.shape[1]}x{p.shape[0]} {p.dtype}" for f, p in zip(files, parts))
+            raise ValueError(f"{path}: its band files differ in size or dtype ({detail})")
+        return np.concatenate(parts, axis=-1)
+    try:
+        array = _tiff_bands(path) if path.suffix.lower() in TIFF_SUFFIXES else _pil_bands(path)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tifffile and PIL raise many kinds
+        raise ValueError(f"{path}: cannot read its bands ({type(e).__name__}: {e})") from None
+    if 0 in array.shape:
+        raise ValueError(f"{path}: empty image of shape {array.shape}")
+    return np.ascontiguousarray(_as_band_dtype(array, str(path)))
+
+
+__all__ = ["SIXTEEN_BIT_MODES", "sixteen_to_eight", "to_rgb", "read_bands", "BAND_DTYPES"]

@@ -66,7 +66,10 @@ def default_config() -> ml_collections.ConfigDict:
         "photometric": True, "num_workers": 2, "options": {},
         # None: the dataset's own (ADE20K's True, the others' False); True: stored label 0
         # means "unlabelled" (ignored) and label k trains as class k - 1 (mmseg's option).
-        "reduce_zero_label": config_dict.placeholder(bool)})
+        "reduce_zero_label": config_dict.placeholder(bool),
+        # Per-band normalisation, one value per model.num_channels band in the units the
+        # images are stored in; () is ImageNet's RGB mean/std (in 0..255).
+        "mean": (), "std": ()})
     # image_classification (segformer_jax/tasks.py): the ImageNet recipe's augmentations and
     # targets; off here (configs/imagenet.py sets PVT v2's). The image size is data.crop_size.
     c.task = "semantic_segmentation"
@@ -244,6 +247,23 @@ def _validate_loss(config: ml_collections.ConfigDict) -> None:
                           "models (for them, use two classes: model.binary=False)")
 
 
+def normalisation(config: ml_collections.ConfigDict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` per input band: ``data.mean`` / ``data.std``, or ImageNet's for RGB."""
+    from segformer_jax.constants import MEAN_RGB, STD_RGB
+    d = config.data
+    mean, std = tuple(float(v) for v in d.get("mean", ())), tuple(float(v) for v in d.get("std", ()))
+    bands = int(config.model.get("num_channels", 3))
+    if not mean and not std and bands == 3:
+        return MEAN_RGB, STD_RGB
+    if len(mean) != bands or len(std) != bands:
+        raise ConfigError(f"data.mean and data.std need one value per band (model.num_channels="
+                          f"{bands}); got {len(mean)} and {len(std)}. python -m "
+                          "segformer_jax.data.check prints the training images' per-band values")
+    if any(v <= 0 for v in std):
+        raise ConfigError(f"data.std must be positive; got {std}")
+    return mean, std
+
+
 def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The SegformerConfig fields ``model.overrides`` sets (the slots that are not None)."""
     return {k: v for k, v in config.model.overrides.items() if v is not None}
@@ -297,6 +317,11 @@ def validate(config: ml_collections.ConfigDict, process_count: int = 1) -> None:
         raise ConfigError(f"model.binary=True is for semantic segmentation; task={config.task!r}")
     if int(config.model.num_channels) < 1:
         raise ConfigError(f"model.num_channels must be at least 1; got {config.model.num_channels!r}")
+    if int(config.model.num_channels) != 3 and config.data.name != "folder":
+        raise ConfigError(f"model.num_channels={config.model.num_channels}: data.name="
+                          f"{config.data.name!r} has RGB images; K-band images come from a folder "
+                          "dataset (data.name='folder')")
+    normalisation(config)
     overrides = model_overrides(config)
     try:
         SegformerConfig.from_variant(config.model.variant, **overrides)

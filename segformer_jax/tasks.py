@@ -76,9 +76,12 @@ def train_transform(config: ml_collections.ConfigDict, split: Any) -> Any:
                                       ratio=tuple(c.crop_ratio), hflip=c.hflip,
                                       randaugment=c.randaugment, random_erase=c.random_erase)
     from segformer_jax.data.transforms import TrainTransform
+    from segformer_jax.run_config import normalisation
+    mean, std = normalisation(config)
     return TrainTransform(img_scale=tuple(d.img_scale), ratio_range=tuple(d.ratio_range),
                           crop_size=tuple(d.crop_size), cat_max_ratio=d.cat_max_ratio,
-                          reduce_zero_label=split.reduce_zero_label, photometric=d.photometric)
+                          reduce_zero_label=split.reduce_zero_label, photometric=d.photometric,
+                          mean=mean, std=std)
 
 
 def make_evaluator(config: ml_collections.ConfigDict, model: Any, eval_split: Any,
@@ -98,6 +101,8 @@ def make_evaluator(config: ml_collections.ConfigDict, model: Any, eval_split: An
         c = config.classification
         return ClassificationEvaluator(model, eval_split, tuple(d.crop_size), c.test_crop_pct,
                                        batch_size=c.eval_batch_size, **where)
+    from segformer_jax.run_config import normalisation
+    mean, std = normalisation(config)
     settings = EvalSettings(img_scale=tuple(d.eval_scale) if d.eval_scale else None,
-                            size_divisor=d.eval_size_divisor or None)
+                            size_divisor=d.eval_size_divisor or None, mean=mean, std=std)
     return SegmentationEvaluator(model, eval_split, settings, **where)

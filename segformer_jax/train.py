@@ -327,8 +327,11 @@ def _class_weight(config: ml_collections.ConfigDict, split: Any) -> tuple[float,
 
 
 def _load_split(config: ml_collections.ConfigDict, split: str, **kwargs: Any) -> Any:
-    """``data.load_split`` with the config's ``data.reduce_zero_label`` when it is set."""
+    """``data.load_split`` with the config's ``data.reduce_zero_label`` when it is set, of
+    ``model.num_channels`` bands."""
     from segformer_jax import data
+    if int(config.model.num_channels) != 3:
+        kwargs["num_channels"] = int(config.model.num_channels)
     loaded = data.load_split(config.data.name, split, **kwargs)
     if config.data.reduce_zero_label is None or loaded.task != SEMSEG:
         return loaded

@@ -9,6 +9,7 @@ RGB model is the order XLA sums the input channels in (measured below 1e-6): 1e-
 from __future__ import annotations
 
 import jax
+import PIL.Image
 import numpy as np
 import pytest
 from conftest import build_hf, random_images, torch_forward
@@ -109,3 +110,125 @@ def test_own_checkpoint_is_inflated_for_a_k_band_run(tmp_path, caplog):
     padded = np.concatenate([images, np.zeros((1, 64, 64, 1), np.float32)], axis=-1)
     diff = np.abs(_logits(four, inflated, padded) - _logits(config, variables, images)).max()
     assert diff <= INFLATION_ATOL, diff
+
+
+# -- K-band images: reading, building, normalising, training --------------------------
+
+
+def _band_example(seed: int, bands: int = 4, size: int = 48):
+    """uint16 bands of noise; the class ("wet") is bright in the last band only, so a model
+    can find it only through that band."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((size, size), np.uint8)
+    for _ in range(rng.integers(1, 3)):
+        h, w = rng.integers(10, 22, 2)
+        y, x = rng.integers(0, size - h), rng.integers(0, size - w)
+        mask[y:y + h, x:x + w] = 1
+    image = rng.normal(3000, 400, (size, size, bands))
+    image[..., -1] += 2500.0 * mask
+    return np.clip(image, 0, 65535).astype(np.uint16), mask
+
+
+def make_band_folder(root, bands: int = 4, train: int = 16, validation: int = 4):
+    """Multi-band TIFFs (interleaved and planar alternately) and one band stack directory."""
+    import tifffile
+    (root / "images").mkdir(parents=True)
+    (root / "classes.txt").write_text("dry\nwet\n")
+    for split, count, offset in (("train", train, 0), ("validation", validation, 500)):
+        for d in ("images", "masks"):
+            (root / d / split).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            image, mask = _band_example(offset + i, bands)
+            if i == 0 and split == "train":   # a stack: the first three bands, then the rest
+                stack = root / "images" / split / f"{i:03d}"
+                stack.mkdir()
+                tifffile.imwrite(stack / "1_rgb.tif", image[..., :3])
+                rest = np.moveaxis(image[..., 3:], -1, 0)
+                tifffile.imwrite(stack / "2_rest.tif", rest[0] if len(rest) == 1 else rest,
+                                 photometric="minisblack",
+                                 planarconfig=None if len(rest) == 1 else "separate")
+            elif i % 2:
+                tifffile.imwrite(root / "images" / split / f"{i:03d}.tif", np.moveaxis(image, -1, 0),
+                                 photometric="minisblack", planarconfig="separate")
+            else:
+                tifffile.imwrite(root / "images" / split / f"{i:03d}.tif", image,
+                                 photometric="minisblack", planarconfig="contig")
+            PIL.Image.fromarray(mask).save(root / "masks" / split / f"{i:03d}.png")
+    return root
+
+
+def test_bands_are_read_from_tiffs_and_stacks_as_stored(tmp_path):
+    from segformer_jax.images import read_bands
+    root = make_band_folder(tmp_path / "bands", bands=13, train=3, validation=1)
+    for i in range(3):
+        expected, _ = _band_example(i, 13)
+        path = root / "images/train" / (f"{i:03d}" if i == 0 else f"{i:03d}.tif")
+        got = read_bands(path)
+        assert got.dtype == np.uint16 and got.shape == (48, 48, 13)
+        np.testing.assert_array_equal(got, expected)
+    rgba = np.random.default_rng(0).integers(0, 256, (8, 9, 4), np.uint8)
+    PIL.Image.fromarray(rgba, "RGBA").save(tmp_path / "rgbn.png")
+    np.testing.assert_array_equal(read_bands(tmp_path / "rgbn.png"), rgba)  # RGB + NIR in RGBA
+    with pytest.raises(ValueError, match="no such file"):
+        read_bands(tmp_path / "missing.tif")
+
+
+def test_built_band_folder_keeps_the_bands_and_names_a_wrong_count(tmp_path):
+    from segformer_jax.data import load_split
+    from segformer_jax.errors import DatasetError
+    root = make_band_folder(tmp_path / "bands", bands=4, train=3, validation=1)
+    split = load_split("folder", "train", data_dir=tmp_path / "tfds", manual_dir=root, num_channels=4)
+    assert split.num_channels == 4 and split.class_names == ("dry", "wet")
+    for i in range(3):
+        expected, mask = _band_example(i, 4)
+        np.testing.assert_array_equal(split[i]["image"], expected)
+        np.testing.assert_array_equal(split[i]["segmentation_mask"][..., 0], mask)
+    with pytest.raises(DatasetError, match=r"000: 4 band\(s\) \(uint16\); model.num_channels=13 expects 13"):
+        load_split("folder", "train", data_dir=tmp_path / "tfds", manual_dir=root, num_channels=13)
+
+
+def test_per_band_normalisation_and_its_config_errors():
+    from segformer_jax.data.transforms import EvalTransform, TrainTransform
+    from segformer_jax.errors import ConfigError
+    from segformer_jax.run_config import normalisation, validate
+    from test_binary import folder_config
+    image, mask = _band_example(0, 4)
+    mean, std = (3000.0, 3000.0, 3000.0, 4000.0), (400.0, 400.0, 400.0, 1200.0)
+    out = EvalTransform(img_scale=None, mean=mean, std=std)({"image": image, "label": mask})["image"]
+    np.testing.assert_allclose(out, (image.astype(np.float32) - mean) / std, rtol=1e-6, atol=1e-6)
+    crop = TrainTransform(img_scale=(48, 48), crop_size=(32, 32), mean=mean, std=std)(
+        {"image": image, "label": mask}, np.random.default_rng(0))
+    assert crop["image"].shape == (32, 32, 4) and crop["image"].dtype == np.float32
+
+    config = folder_config("--config.model.num_channels=4", "--config.data.mean=(3000,3000,3000,4000)",
+                           "--config.data.std=(400,400,400,1200)")
+    assert normalisation(config) == (mean, std)
+    with pytest.raises(ConfigError, match=r"data.mean and data.std need one value per band "
+                                          r"\(model.num_channels=4\); got 0 and 0"):
+        validate(folder_config("--config.model.num_channels=4"))
+    with pytest.raises(ConfigError, match="data.name='synthetic' has RGB images"):
+        validate(folder_config("--config.model.num_channels=4", "--config.data.name=synthetic",
+                               "--config.data.mean=(1,1,1,1)", "--config.data.std=(1,1,1,1)"))
+
+
+@pytest.mark.slow
+def test_four_band_folder_trains_on_the_fourth_band(tmp_path):
+    """The class is visible in band 4 only: a 4-band run finds it (IoU far above the class's
+    pixel share, which "all wet" scores), so the band reaches the model through the builder,
+    the transforms, the per-band normalisation and the first kernel."""
+    from test_binary import folder_config
+    from test_train import TINY_OVERRIDES
+
+    from segformer_jax import train
+    root = make_band_folder(tmp_path / "bands", bands=4)
+    summary = train.train(folder_config(
+        f"--config.data.manual_dir={root}", f"--config.data.data_dir={tmp_path / 'tfds'}",
+        "--config.model.num_channels=4", "--config.data.mean=(3000,3000,3000,4000)",
+        "--config.data.std=(400,400,400,1200)", "--config.batch_size=4", "--config.total_steps=60",
+        "--config.eval_every=60", "--config.checkpoint_every=60",
+        "--config.optimizer.learning_rate=0.002", "--config.optimizer.warmup_steps=5",
+        "--config.data.num_workers=1", "--config.data.crop_size=(48, 48)",
+        "--config.data.img_scale=(48, 48)", "--config.data.eval_scale=(192, 48)",
+        "--config.data.eval_size_divisor=16", *TINY_OVERRIDES), tmp_path / "w")
+    masks = np.stack([_band_example(500 + i)[1] for i in range(4)])
+    assert summary["IoU"][1] > 0.6 > 2 * masks.mean(), (summary["IoU"], masks.mean())

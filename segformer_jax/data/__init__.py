@@ -79,6 +79,7 @@ class SplitData:
     split: str
     ignore_index: int = IGNORE_INDEX
     task: str = "semantic_segmentation"
+    num_channels: int = 3  # the images' bands (a folder of K-band images: K)
 
     @property
     def num_labels(self) -> int:
@@ -100,13 +101,18 @@ def _expand(path: str | os.PathLike | None) -> str | None:
 
 
 def get_builder(name: str, data_dir: str | os.PathLike | None = None,
-                manual_dir: str | os.PathLike | None = None, **options: Any) -> Any:
+                manual_dir: str | os.PathLike | None = None, num_channels: int = 3,
+                **options: Any) -> Any:
     """The TFDS builder of dataset ``name`` (one of ``DATASETS``); nothing is built yet.
 
     ``options``: for ``"synthetic"``, ``num_train``, ``num_validation``, ``seed``,
     ``size_range`` (see ``synthetic_builder.synthetic_config``); none for the others.
     ``manual_dir`` is needed by ``"folder"`` (it is the folder) to make the builder.
+    ``num_channels`` other than 3: a ``"folder"`` of K-band images (``images.read_bands``).
     """
+    if num_channels != 3 and name != "folder":
+        raise DatasetError(f"dataset {name!r} has RGB images; images of {num_channels} bands "
+                           "come from a folder dataset (data.name='folder')")
     from segformer_jax.data.common import quiet_absl_warnings
     quiet_absl_warnings()
     data_dir = _expand(data_dir)
@@ -135,7 +141,7 @@ def get_builder(name: str, data_dir: str | os.PathLike | None = None,
         return Cityscapes(data_dir=data_dir)
     if name == "folder":
         from segformer_jax.data.folder import Folder
-        return Folder(root=_expand(manual_dir), data_dir=data_dir)
+        return Folder(root=_expand(manual_dir), data_dir=data_dir, num_channels=num_channels)
     if name == "image_folder":
         from segformer_jax.data.classification import ImageFolder
         return ImageFolder(root=_expand(manual_dir), data_dir=data_dir)
@@ -146,10 +152,11 @@ def get_builder(name: str, data_dir: str | os.PathLike | None = None,
 
 
 def prepare(name: str, data_dir: str | os.PathLike | None = None,
-            manual_dir: str | os.PathLike | None = None, **options: Any) -> Any:
+            manual_dir: str | os.PathLike | None = None, num_channels: int = 3,
+            **options: Any) -> Any:
     """``get_builder``, then builds the dataset unless ``data_dir`` already holds it."""
     import tensorflow_datasets as tfds
-    builder = get_builder(name, data_dir, manual_dir, **options)
+    builder = get_builder(name, data_dir, manual_dir, num_channels, **options)
     # Never look for a prepared copy on Google Cloud Storage: nothing is downloaded, ever
     # (and on a closed network the look-up can stall for a minute per build).
     config = tfds.download.DownloadConfig(manual_dir=_expand(manual_dir), try_download_gcs=False)
@@ -159,7 +166,8 @@ def prepare(name: str, data_dir: str | os.PathLike | None = None,
 
 
 def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
-               manual_dir: str | os.PathLike | None = None, **options: Any) -> SplitData:
+               manual_dir: str | os.PathLike | None = None, num_channels: int = 3,
+               **options: Any) -> SplitData:
     """Split ``split`` of dataset ``name`` as a random-access source plus its class names.
 
     Builds the dataset on first use (see ``prepare``): ``manual_dir`` holds the downloaded
@@ -167,7 +175,7 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     ``split`` is a split name (``train``, ``validation``, ``test``, or a folder's subfolder),
     optionally with TFDS slicing (``"train[:100]"``). A bad input raises ``DatasetError``.
     """
-    builder = prepare(name, data_dir, manual_dir, **options)
+    builder = prepare(name, data_dir, manual_dir, num_channels, **options)
     base = split.split("[", 1)[0]
     if base not in builder.info.splits:
         raise DatasetError(f"dataset {name!r} has no split {base!r}; it has "
@@ -181,7 +189,8 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
         class_names = tuple(metadata.get("class_names") or builder.class_names)
         reduce = bool(metadata.get("reduce_zero_label", builder.reduce_zero_label))
     return SplitData(source=builder.as_data_source(split), class_names=class_names,
-                     reduce_zero_label=reduce, name=name, split=split, task=task)
+                     reduce_zero_label=reduce, name=name, split=split, task=task,
+                     num_channels=num_channels)
 
 
 __all__ = ["DATASETS", "SEGMENTATION_DATASETS", "CLASSIFICATION_DATASETS", "task_of_dataset",

@@ -209,6 +209,18 @@ def segmentation_features() -> tfds.features.FeaturesDict:
     })
 
 
+def band_features(num_channels: int, dtype: str) -> tfds.features.FeaturesDict:
+    """The features of a folder of K-band images: ``image`` (H, W, K) of the bands' own dtype
+    (uint8, uint16 or float32), zlib-compressed, lossless; the mask and name as usual."""
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Tensor(shape=(None, None, num_channels), dtype=np.dtype(dtype),
+                                      encoding=tfds.features.Encoding.ZLIB),
+        "segmentation_mask": tfds.features.Image(shape=(None, None, 1), dtype=np.uint8,
+                                                 encoding_format="png"),
+        "file_name": tfds.features.Text(),
+    })
+
+
 class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Base of this library's builders: the common features, class names in the metadata.
 

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from segformer_jax.data.common import (
@@ -35,6 +36,7 @@ from segformer_jax.data.common import (
     IMAGE_EXTENSIONS,
     DatasetError,
     SegmentationBuilder,
+    band_features,
     check_labels,
     check_same_size,
     folder_name,
@@ -42,6 +44,7 @@ from segformer_jax.data.common import (
     read_image,
     read_mask,
 )
+from segformer_jax.images import read_bands
 
 LAYOUT = ("ROOT/classes.txt (one class name per line), ROOT/images/<split>/<name>.<jpg|png|...>"
           " and ROOT/masks/<split>/<name>.png")
@@ -101,10 +104,11 @@ def find_pairs(root: str | Path) -> Pairs:
             raise DatasetError(f"{images_dir / split}: split folder names must be letters, digits "
                                f"and '_' (and not 'all'), e.g. train, validation")
         items, expected = [], set()
-        for image in sorted(p for p in (images_dir / split).rglob("*")
-                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
+        for image in _images(images_dir / split, masks_dir / split):
             relative = image.relative_to(images_dir / split)
-            mask = (masks_dir / split / relative).with_suffix(".png")
+            mask = masks_dir / split / relative.parent / (relative.stem if image.is_file()
+                                                          else relative.name)
+            mask = mask.with_name(mask.name + ".png")
             expected.add(mask)
             if mask.is_file():
                 items.append((image, mask, relative.as_posix()))
@@ -117,6 +121,17 @@ def find_pairs(root: str | Path) -> Pairs:
         if extra:
             orphans[split] = extra
     return Pairs(pairs, missing, orphans)
+
+
+def _images(images: Path, masks: Path) -> list[Path]:
+    """The image files under ``images``, and the band stacks: a directory ``NAME/`` whose
+    mask ``masks/.../NAME.png`` exists is one image of the bands of its files (they are not
+    images of their own)."""
+    stacks = sorted(d for d in images.rglob("*") if d.is_dir()
+                    and (masks / d.relative_to(images)).with_name(d.name + ".png").is_file())
+    files = [p for p in images.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+             and not any(s in p.parents for s in stacks)]
+    return sorted(files + stacks)
 
 
 def scan(root: str | Path) -> dict[str, list[tuple[Path, Path, str]]]:
@@ -134,19 +149,40 @@ def scan(root: str | Path) -> dict[str, list[tuple[Path, Path, str]]]:
 
 @dataclasses.dataclass(eq=False)
 class FolderConfig(tfds.core.BuilderConfig):
-    """One folder: ``root`` is its absolute path."""
+    """One folder: ``root`` is its absolute path; ``num_channels`` other than 3 stores every
+    image's bands as they are (``band_dtype``: the first image's) instead of RGB."""
 
     root: str = ""
+    num_channels: int = 3
+    band_dtype: str = "uint8"
 
 
-def folder_config(root: str | Path) -> FolderConfig:
+def folder_config(root: str | Path, num_channels: int = 3) -> FolderConfig:
     """The config of the folder at ``root``, named after its contents (see the module doc)."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"folder dataset: {root} does not exist; layout: {LAYOUT}")
     read_class_names(root)
-    return FolderConfig(name=folder_name(root, (root / "classes.txt", root / "images", root / "masks")),
-                        root=str(root), description=f"segmentation folder {root}")
+    name = folder_name(root, (root / "classes.txt", root / "images", root / "masks"))
+    band_dtype = "uint8"
+    if num_channels != 3:
+        first = next(iter(scan(root).values()))[0][0]
+        band_dtype = str(_bands(first, num_channels).dtype)
+        name = f"{name}_{num_channels}b"
+    return FolderConfig(name=name, root=str(root), num_channels=num_channels, band_dtype=band_dtype,
+                        description=f"segmentation folder {root}")
+
+
+def _bands(path: Path, num_channels: int) -> np.ndarray:
+    """``images.read_bands`` of ``path``, which must have ``num_channels`` bands."""
+    try:
+        bands = read_bands(path)
+    except ValueError as e:
+        raise DatasetError(str(e)) from None
+    if bands.shape[-1] != num_channels:
+        raise DatasetError(f"{path}: {bands.shape[-1]} band(s) ({bands.dtype}); "
+                           f"model.num_channels={num_channels} expects {num_channels}")
+    return bands
 
 
 class Folder(SegmentationBuilder):
@@ -157,12 +193,13 @@ class Folder(SegmentationBuilder):
     DESCRIPTION = "A user's segmentation folder: " + LAYOUT
     BUILDER_CONFIGS: list[FolderConfig] = []
 
-    def __init__(self, *, root: str | Path | None = None, config: Any = None, **kwargs: Any):
+    def __init__(self, *, root: str | Path | None = None, config: Any = None,
+                 num_channels: int = 3, **kwargs: Any):
         if config is None or isinstance(config, str):
             if root is None:
                 raise DatasetError("folder dataset: pass the folder (root=..., or manual_dir=... "
                                    f"to load_split); layout: {LAYOUT}")
-            config = folder_config(root)
+            config = folder_config(root, num_channels)
         self._class_names = read_class_names(config.root)
         super().__init__(config=config, **kwargs)
 
@@ -170,21 +207,43 @@ class Folder(SegmentationBuilder):
     def class_names(self) -> tuple[str, ...]:
         return self._class_names
 
+    def _info(self) -> tfds.core.DatasetInfo:
+        info = super()._info()
+        c = self.builder_config
+        if c.num_channels == 3:
+            return info
+        return tfds.core.DatasetInfo(builder=self, description=info.description,
+                                     features=band_features(c.num_channels, c.band_dtype),
+                                     homepage=info.homepage, disable_shuffling=True,
+                                     metadata=info.metadata)
+
     def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
         return {split: self._examples(items)
                 for split, items in scan(self.builder_config.root).items()}
 
     def _examples(self, items: list[tuple[Path, Path, str]]) -> Iterator:
         num_labels = len(self._class_names)
+        c = self.builder_config
         for image_path, mask_path, name in items:
             try:
-                image_data, mask_data = image_path.read_bytes(), mask_path.read_bytes()
+                mask_data = mask_path.read_bytes()
+                image_data = image_path.read_bytes() if c.num_channels == 3 else None
+            except IsADirectoryError:
+                raise DatasetError(f"{image_path}: a band stack directory; stacks of band files "
+                                   "need model.num_channels (the bands they add up to)") from None
             except OSError as e:
                 raise DatasetError(f"{e.filename}: cannot read the file ({e.strerror})") from None
-            image_bytes, size = read_image(image_data, str(image_path))
             mask = read_mask(mask_data, str(mask_path))
+            if image_data is None:
+                bands = _bands(image_path, c.num_channels)
+                if str(bands.dtype) != c.band_dtype:
+                    raise DatasetError(f"{image_path}: {bands.dtype} bands, but the folder's first "
+                                       f"image has {c.band_dtype}: every image needs one dtype")
+                size = bands.shape[:2]
+            else:
+                image, size = read_image(image_data, str(image_path))
             check_same_size(size, mask, str(image_path), str(mask_path))
             # num_labels itself is a class id once data.reduce_zero_label shifts the labels
             # down; whether it is right is the trainer's check (data.check.preflight).
             check_labels(mask, num_labels + 1, str(mask_path), ignore=(IGNORE_INDEX,))
-            yield name, make_example(image_bytes, mask, name)
+            yield name, make_example(image if image_data is not None else bands, mask, name)

@@ -230,7 +230,7 @@ def _collate_eval(examples: list[dict[str, Any]], pad_to: Sequence[int] | None
             raise ValueError(f"eval images larger than pad_to={tuple(pad_to)} after the "
                              f"transform: {too_big[:3]}")
     label_h, label_w = label_sizes.max(axis=0)
-    images = np.zeros((len(examples), height, width, 3), np.float32)
+    images = np.zeros((len(examples), height, width, examples[0]["image"].shape[-1]), np.float32)
     labels = np.full((len(examples), label_h, label_w), IGNORE_INDEX, np.int32)
     for i, e in enumerate(examples):
         h, w = e["image"].shape[:2]

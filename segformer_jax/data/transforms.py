@@ -48,8 +48,8 @@ def as_example(record: Mapping[str, Any]) -> Example:
         mask = np.asarray(out.pop("segmentation_mask"))
         out["label"] = mask[..., 0] if mask.ndim == 3 else mask
     image = np.asarray(out["image"])
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"example image must be (H, W, 3); got shape {image.shape}")
+    if image.ndim != 3:
+        raise ValueError(f"example image must be (H, W, bands); got shape {image.shape}")
     out["image"] = image
     if "label" in out and np.ndim(out["label"]) > 0:  # a class id (classification) is a scalar
         label = np.asarray(out["label"])
@@ -78,11 +78,24 @@ def rescale_size(height: int, width: int, scale: float | Sequence[int]) -> tuple
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 (H, W, 3) -> (h, w, 3): bilinear at half-pixel centres, no antialiasing."""
+    """uint8 (H, W, 3) -> (h, w, 3): bilinear at half-pixel centres, no antialiasing.
+
+    Other images (K bands, uint16 or float32) are resized band by band as float32 images
+    with the same sampling; they come back float32 (nothing is rounded)."""
     height, width = image.shape[:2]
     out_h, out_w = int(size[0]), int(size[1])
     if (out_h, out_w) == (height, width):
         return image.copy()
+    if image.shape[-1] != 3 or image.dtype != np.uint8:
+        return np.stack([_resize_plane(image[..., k].astype(np.float32), (out_h, out_w))
+                         for k in range(image.shape[-1])], axis=-1)
+    return _resize_plane(image, (out_h, out_w))
+
+
+def _resize_plane(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """PIL's bilinear resize of a uint8 RGB or float32 single-band image (``resize_image``)."""
+    height, width = image.shape[:2]
+    out_h, out_w = size
     pil = PIL.Image.fromarray(np.ascontiguousarray(image))
     if out_h >= height and out_w >= width:  # upsampling: PIL's resize is plain bilinear, faster
         out = pil.resize((out_w, out_h), PIL.Image.Resampling.BILINEAR)
@@ -195,7 +208,12 @@ def pad(example: Example, size: Sequence[int], pad_val: float = 0,
 
 def normalize(example: Example, mean: Sequence[float] = MEAN_RGB,
               std: Sequence[float] = STD_RGB) -> Example:
-    """float32 ``(image - mean) / std`` per RGB channel (mean/std in 0..255 units)."""
+    """float32 ``(image - mean) / std`` per band (for RGB in 0..255 units; for other bands
+    in the units they are stored in)."""
+    bands = np.shape(example["image"])[-1]
+    if len(mean) != bands or len(std) != bands:
+        raise ValueError(f"normalize: {len(mean)} mean(s) and {len(std)} std(s) for an image of "
+                         f"{bands} bands")
     mean_ = np.asarray(mean, np.float32)
     inv_std = (1.0 / np.asarray(std, np.float64)).astype(np.float32)
     image = (np.asarray(example["image"], np.float32) - mean_) * inv_std
@@ -250,6 +268,12 @@ def _convert(values: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.nd
     """mmseg's ``convert``: float32 ``x * alpha + beta``, clipped to 0..255, cast to uint8."""
     out = values.astype(np.float32) * np.float32(alpha) + np.float32(beta)
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def photometric_applies(image: np.ndarray) -> bool:
+    """The distortion is an 8-bit RGB colour augmentation (its HSV steps need colours): other
+    band counts and dtypes skip it (``TrainTransform``)."""
+    return image.shape[-1] == 3 and image.dtype == np.uint8
 
 
 def photometric_distortion(example: Example, rng: np.random.Generator,
@@ -313,8 +337,8 @@ class TrainTransform:
     flip_prob: float = 0.5
     photometric: bool = True
     reduce_zero_label: bool = False
-    mean: tuple[float, float, float] = MEAN_RGB
-    std: tuple[float, float, float] = STD_RGB
+    mean: tuple[float, ...] = MEAN_RGB
+    std: tuple[float, ...] = STD_RGB
     ignore_index: int = IGNORE_INDEX
 
     def __call__(self, example: Mapping[str, Any], rng: np.random.Generator) -> Example:
@@ -325,7 +349,7 @@ class TrainTransform:
         ex = random_rescale(ex, rng, self.img_scale, self.ratio_range)
         ex = random_crop(ex, rng, crop, self.cat_max_ratio, self.ignore_index)
         ex = random_flip(ex, rng, self.flip_prob)
-        if self.photometric:
+        if self.photometric and photometric_applies(ex["image"]):
             ex = photometric_distortion(ex, rng)
         ex = normalize(ex, self.mean, self.std)
         ex = pad(ex, crop, 0.0, self.ignore_index)
@@ -343,8 +367,8 @@ class EvalTransform:
     img_scale: tuple[int, int] | None = (2048, 512)
     size_divisor: int | None = None
     reduce_zero_label: bool = False
-    mean: tuple[float, float, float] = MEAN_RGB
-    std: tuple[float, float, float] = STD_RGB
+    mean: tuple[float, ...] = MEAN_RGB
+    std: tuple[float, ...] = STD_RGB
 
     def __call__(self, example: Mapping[str, Any], rng: np.random.Generator | None = None
                  ) -> Example:
