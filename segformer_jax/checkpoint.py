@@ -310,6 +310,49 @@ def _inflated(variables: dict[str, Any], num_channels: int, path: pathlib.Path) 
     return {**variables, "params": params}
 
 
+def normalisation_of(path: str | os.PathLike, num_channels: int
+                     ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-band ``(mean, std)`` a checkpoint's model was trained with, in the units its
+    images are stored in: a training run's ``data.mean`` / ``data.std`` (its workdir's
+    ``config.json``), or a ``preprocessor_config.json`` beside the weights (transformers'
+    ``image_mean`` / ``image_std``, divided by ``rescale_factor`` when ``do_rescale``); for
+    RGB, ImageNet's when neither says otherwise. A K-band model without them is an error."""
+    from segformer_jax.constants import MEAN_RGB, STD_RGB
+    path = pathlib.Path(path).expanduser()
+    start = path if path.is_dir() else path.parent
+    for directory in (start, *list(start.parents)[:3]):
+        run = directory / "config.json"
+        if run.is_file():
+            data = json.loads(run.read_text()).get("data")
+            if isinstance(data, dict) and (data.get("mean") or data.get("std")):
+                return _stats(tuple(data["mean"]), tuple(data["std"]), num_channels, run)
+        pre = directory / "preprocessor_config.json"
+        if pre.is_file():
+            d = json.loads(pre.read_text())
+            scale = 1.0 / float(d.get("rescale_factor", 1 / 255)) if d.get("do_rescale", True) else 1.0
+            mean, std = d.get("image_mean", MEAN_RGB), d.get("image_std", STD_RGB)
+            mean = (mean,) * num_channels if isinstance(mean, (int, float)) else mean
+            std = (std,) * num_channels if isinstance(std, (int, float)) else std
+            return _stats(tuple(m * scale for m in mean), tuple(v * scale for v in std),
+                          num_channels, pre)
+    if num_channels == 3:
+        return MEAN_RGB, STD_RGB
+    raise CheckpointError(f"{path}: a {num_channels}-band model, but no per-band mean/std beside it "
+                          "(a training workdir's config.json data.mean/std, or a "
+                          "preprocessor_config.json with image_mean/image_std)")
+
+
+def _stats(mean: tuple, std: tuple, num_channels: int, where: pathlib.Path
+           ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    from segformer_jax.constants import MEAN_RGB, STD_RGB
+    if len(mean) != num_channels or len(std) != num_channels:
+        raise CheckpointError(f"{where}: {len(mean)} mean(s) and {len(std)} std(s) for a "
+                              f"{num_channels}-band model")
+    if num_channels == 3 and np.allclose(mean, MEAN_RGB, atol=1e-4) and np.allclose(std, STD_RGB, atol=1e-4):
+        return MEAN_RGB, STD_RGB  # ImageNet's, written as 0..1 values times 255
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
 def _load_hub(path: pathlib.Path) -> tuple[SegformerConfig, dict[str, Any], str]:
     from segformer_jax.hub import from_pretrained
     config, variables, report = from_pretrained(path, report=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 from segformer_jax.checkpoint import load_checkpoint, save_model
 from segformer_jax.errors import CheckpointError
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "to-hub":
             _refuse_non_empty(args.output, args.overwrite)
             out = save_pretrained(args.output, config, variables, task)
+            _write_band_statistics(args.source, config.num_channels, out)
     except ValueError as e:  # CheckpointError, ConfigError (segformer_jax.errors) and the like
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -58,6 +60,31 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"wrote {out}")
     return 0
+
+
+def _write_band_statistics(source: str, num_channels: int, out: Any) -> None:
+    """A model trained with its own per-band normalisation (``data.mean`` / ``data.std``, a
+    K-band model's) takes it along as ``preprocessor_config.json`` (transformers' keys, in
+    the images' stored units, so ``do_rescale`` false); ImageNet's RGB one needs none."""
+    import json
+    import pathlib
+
+    from segformer_jax.checkpoint import normalisation_of
+    from segformer_jax.constants import MEAN_RGB, STD_RGB
+    try:
+        mean, std = normalisation_of(source, num_channels)
+    except CheckpointError:  # a K-band model checkpoint that never had them
+        print(f"warning: {source}: no per-band mean/std to export with the {num_channels}-band "
+              "model", file=sys.stderr)
+        return
+    if (mean, std) == (MEAN_RGB, STD_RGB):
+        return
+    directory = pathlib.Path(out)
+    directory = directory if directory.is_dir() else directory.parent
+    (directory / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "SegformerImageProcessor", "do_resize": False,
+        "do_rescale": False, "do_normalize": True, "image_mean": list(mean),
+        "image_std": list(std), "do_reduce_labels": False}, indent=2) + "\n")
 
 
 def _refuse_non_empty(path: str, overwrite: bool) -> None:

@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from segformer_jax.checkpoint import load_checkpoint
+from segformer_jax.checkpoint import load_checkpoint, normalisation_of
 from segformer_jax.cli import ArgumentParser, positive_int
 from segformer_jax.errors import EvaluationError, SegformerError
 from segformer_jax.evaluation import PRESET, eval_settings, evaluate, to_json
@@ -230,9 +230,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config, variables, task = load_checkpoint(args.checkpoint)
         _check_task(args, task)
+        mean, std = normalisation_of(args.checkpoint, config.num_channels)
         try:
             split = data.load_split(args.dataset, args.split, data_dir=args.data_dir,
-                                    manual_dir=args.manual_dir, **dict(args.data_option))
+                                    manual_dir=args.manual_dir, num_channels=config.num_channels,
+                                    **dict(args.data_option))
         except SegformerError:
             raise
         except TypeError as e:  # an option the builder does not take
@@ -250,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            stride=args.stride, img_scale=args.img_scale,
                            size_divisor=args.size_divisor, scales=args.scales, flip=args.flip,
                            max_examples=args.max_examples, batch_windows=args.batch_windows,
-                           progress=_progress_printer())
+                           progress=_progress_printer(), mean=mean, std=std)
     except (SegformerError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -459,15 +459,17 @@ def evaluate(config: SegformerConfig, variables: Mapping[str, Any], split_data: 
              img_scale: Any = PRESET, size_divisor: Any = PRESET,
              scales: Sequence[float] | None = None, flip: bool = False,
              max_examples: int | None = None, batch_windows: int = 1,
-             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+             progress: Callable[[int, int], None] | None = None,
+             mean: Sequence[float] = MEAN_RGB, std: Sequence[float] = STD_RGB) -> dict[str, Any]:
     """Scores of ``variables`` on a ``data.SplitData`` (``SegmentationEvaluator``'s result).
 
     ``mode`` / ``crop`` / ``stride`` / ``img_scale`` / ``size_divisor`` default to the
-    dataset's presets (``eval_settings``).
+    dataset's presets (``eval_settings``); ``mean`` / ``std``: the per-band normalisation.
     """
     from segformer_jax.models.segformer import SegformerForSemanticSegmentation
-    settings = eval_settings(split_data.name, mode, crop, stride, img_scale, size_divisor,
-                             scales, flip)
+    settings = dataclasses.replace(eval_settings(split_data.name, mode, crop, stride, img_scale,
+                                                 size_divisor, scales, flip),
+                                   mean=tuple(mean), std=tuple(std))
     evaluator = SegmentationEvaluator(SegformerForSemanticSegmentation(config), split_data,
                                       settings, max_examples=max_examples,
                                       batch_windows=batch_windows, progress=progress)

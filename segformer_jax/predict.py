@@ -79,6 +79,40 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return rgb
 
 
+def read_band_image(path: str | os.PathLike, num_channels: int) -> np.ndarray:
+    """A K-band image (a TIFF, a file of K bands, or a directory of band files:
+    ``images.read_bands``) with the model's ``num_channels`` bands."""
+    from segformer_jax.images import read_bands
+    try:
+        bands = read_bands(path)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if bands.shape[-1] != num_channels:
+        raise InputError(f"{path}: {bands.shape[-1]} band(s); the model takes {num_channels}")
+    return bands
+
+
+def preview_rgb(bands: np.ndarray) -> np.ndarray:
+    """uint8 RGB to draw a K-band image's overlay on: its first three bands (one band: grey),
+    each stretched from its 2nd to its 98th percentile."""
+    picked = bands[..., :3] if bands.shape[-1] >= 3 else np.repeat(bands[..., :1], 3, axis=-1)
+    low, high = np.percentile(picked, (2, 98), axis=(0, 1))
+    scaled = (picked.astype(np.float32) - low) / np.maximum(high - low, 1e-6)
+    return np.clip(np.rint(scaled * 255), 0, 255).astype(np.uint8)
+
+
+def band_statistics(checkpoint: str | os.PathLike, num_channels: int
+                    ) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """The checkpoint's per-band normalisation (``checkpoint.normalisation_of``); ``(None,
+    None)`` for ImageNet's RGB one, which the image processor applies."""
+    from segformer_jax.checkpoint import normalisation_of
+    from segformer_jax.constants import MEAN_RGB, STD_RGB
+    mean, std = normalisation_of(checkpoint, num_channels)
+    if (mean, std) == (MEAN_RGB, STD_RGB):
+        return None, None
+    return mean, std
+
+
 def inference_size(height: int, width: int, size: int) -> tuple[int, int]:
     """The test size of an image: rescaled into ``(4 × size, size)``, sides up to a multiple
     of 32; for ``size`` 512 exactly ``evaluate``'s ADE20K preset ``(2048, 512)``."""
@@ -99,7 +133,8 @@ class Segmenter:
 
     def __init__(self, config: SegformerConfig, variables: Mapping[str, Any], size: int = 512,
                  mode: str = "auto", crop: int | None = None, stride: int | None = None,
-                 batch_windows: int = 1):
+                 batch_windows: int = 1, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None):
         import jax
 
         from segformer_jax.models.segformer import SegformerForSemanticSegmentation
@@ -118,6 +153,9 @@ class Segmenter:
         self.variables = jax.device_put(dict(variables))
         self.inference = Inference(SegformerForSemanticSegmentation(config).apply)
         self.processor = SegformerImageProcessor()
+        # Other statistics than ImageNet's RGB ones (a K-band model's data.mean/std): the
+        # evaluation transform's resize and per-band normalisation instead of the processor.
+        self.stats = None if mean is None else (tuple(mean), tuple(std))
 
     def plan(self, height: int, width: int) -> tuple[tuple[int, int], str, int, int]:
         """``(test size, "whole" | "slide", crop, stride)`` for an image of this size."""
@@ -131,14 +169,18 @@ class Segmenter:
     def logits(self, rgb: np.ndarray) -> tuple[Any, str]:
         """Logits at test scale (1, h, w, K) on the device, and the mode used."""
         scaled, mode, crop, stride = self.plan(*rgb.shape[:2])
-        pixels = self.processor(rgb, size={"height": scaled[0], "width": scaled[1]})["pixel_values"]
+        if self.stats is None:
+            pixels = self.processor(rgb, size={"height": scaled[0], "width": scaled[1]})["pixel_values"]
+        else:
+            from segformer_jax.data.transforms import normalize, resize_image
+            pixels = normalize({"image": resize_image(rgb, scaled)}, *self.stats)["image"][None]
         if mode == "whole":
             return self.inference.whole(self.variables, pixels), mode
         return self.inference.slide(self.variables, pixels, crop, stride,
                                      batch_windows=self.batch_windows), mode
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        """int32 (H, W) class ids of a uint8 (H, W, 3) RGB image."""
+        """int32 (H, W) class ids of a uint8 (H, W, 3) RGB image (or of (H, W, K) bands)."""
         logits, _ = self.logits(rgb)
         return logits_to_mask(logits, rgb.shape[:2])[0]
 
@@ -218,8 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = pathlib.Path(args.out)
     try:
         config, variables = load_for_inference(args.checkpoint)
+        mean, std = band_statistics(args.checkpoint, config.num_channels)
         segmenter = Segmenter(config, variables, args.size, args.mode, args.crop, args.stride,
-                              args.batch_windows)
+                              args.batch_windows, mean, std)
         out.mkdir(parents=True, exist_ok=True)
     except SegformerError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -239,13 +282,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures = 0
     for path, stem in zip(args.images, output_stems(args.images)):
         try:
-            rgb = read_image(path)
+            image = read_image(path) if config.num_channels == 3 else read_band_image(
+                path, config.num_channels)
         except InputError as e:
             print(f"error: {e}", file=sys.stderr)
             failures += 1
             continue
-        logits, mode = segmenter.logits(rgb)
-        mask = logits_to_mask(logits, rgb.shape[:2])[0]
+        logits, mode = segmenter.logits(image)
+        mask = logits_to_mask(logits, image.shape[:2])[0]
+        rgb = image if config.num_channels == 3 else preview_rgb(image)
         figure = visualize.overlay_with_legend(rgb, mask, colours, names, args.alpha, args.legend)
         mask_path, overlay_path = out / f"{stem}{MASK_SUFFIX}", out / f"{stem}{OVERLAY_SUFFIX}"
         try:

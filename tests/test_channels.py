@@ -8,6 +8,8 @@ RGB model is the order XLA sums the input channels in (measured below 1e-6): 1e-
 
 from __future__ import annotations
 
+import pathlib
+
 import jax
 import PIL.Image
 import numpy as np
@@ -229,6 +231,34 @@ def test_four_band_folder_trains_on_the_fourth_band(tmp_path):
         "--config.optimizer.learning_rate=0.002", "--config.optimizer.warmup_steps=5",
         "--config.data.num_workers=1", "--config.data.crop_size=(48, 48)",
         "--config.data.img_scale=(48, 48)", "--config.data.eval_scale=(192, 48)",
-        "--config.data.eval_size_divisor=16", *TINY_OVERRIDES), tmp_path / "w")
+        "--config.data.eval_size_divisor=32", *TINY_OVERRIDES), tmp_path / "w")
     masks = np.stack([_band_example(500 + i)[1] for i in range(4)])
     assert summary["IoU"][1] > 0.6 > 2 * masks.mean(), (summary["IoU"], masks.mean())
+
+    # evaluate and predict (at one test size: 48 aligned to 32) read the run's data.mean/std
+    # from its workdir; predict takes the TIFFs and writes the masks evaluate scores; the Hub
+    # export carries the statistics.
+    import json
+
+    from segformer_jax import convert, evaluate, predict
+    work, out = tmp_path / "w", tmp_path / "eval.json"
+    assert evaluate.main(["--checkpoint", str(work), "--dataset", "folder", "--manual-dir", str(root),
+                          "--data-dir", str(tmp_path / "tfds"), "--img-scale", "192,48",
+                          "--size-divisor", "32", "--json", str(out)]) == 0
+    evaluated = json.loads(out.read_text())
+    np.testing.assert_array_equal(evaluated["confusion_matrix"], summary["confusion_matrix"])
+    assert evaluated["mean"] == [3000, 3000, 3000, 4000]
+    tiffs = sorted(str(p) for p in (root / "images/validation").glob("*.tif"))
+    assert convert.main(["to-hub", str(work), str(tmp_path / "hub")]) == 0
+    hub_stats = json.loads((tmp_path / "hub/preprocessor_config.json").read_text())
+    assert hub_stats["image_std"] == [400, 400, 400, 1200] and hub_stats["do_rescale"] is False
+    for checkpoint, pred in ((work, tmp_path / "pred"), (tmp_path / "hub", tmp_path / "pred_hub")):
+        assert predict.main([*tiffs, "--checkpoint", str(checkpoint), "--out", str(pred),
+                             "--size", "48", "--mode", "whole"]) == 0
+    predicted = np.stack([np.asarray(PIL.Image.open(tmp_path / "pred" / f"{pathlib.Path(t).stem}_mask.png"))
+                          for t in tiffs])
+    from_hub = np.stack([np.asarray(PIL.Image.open(tmp_path / "pred_hub" / f"{pathlib.Path(t).stem}_mask.png"))
+                         for t in tiffs])
+    np.testing.assert_array_equal(from_hub, predicted)
+    inter, union = np.sum((predicted == 1) & (masks == 1)), np.sum((predicted == 1) | (masks == 1))
+    assert inter / union == pytest.approx(evaluated["per_class"]["wet"]["IoU"], abs=1e-12)
