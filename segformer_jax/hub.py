@@ -55,8 +55,9 @@ class LoadReport:
     ``dropped``: checkpoint tensors the model has no use for (another task's head, or a
     classifier of another label count); ``initialised``: model tensors made fresh from the
     seed because the checkpoint lacks them; ``inflated``: the first patch embedding's RGB
-    kernel adapted to ``num_channels`` bands (``segformer_jax.inflate``; Hub names all three). A model whose task head is in
-    ``initialised`` predicts from random weights until it is fine-tuned.
+    kernel adapted to ``num_channels`` bands (``segformer_jax.inflate``). Hub names all
+    three. A model whose task head is in ``initialised`` predicts from random weights until
+    it is fine-tuned.
     """
 
     dropped: tuple[str, ...] = ()

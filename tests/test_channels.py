@@ -11,8 +11,8 @@ from __future__ import annotations
 import pathlib
 
 import jax
-import PIL.Image
 import numpy as np
+import PIL.Image
 import pytest
 from conftest import build_hf, random_images, torch_forward
 
@@ -190,10 +190,11 @@ def test_built_band_folder_keeps_the_bands_and_names_a_wrong_count(tmp_path):
 
 
 def test_per_band_normalisation_and_its_config_errors():
+    from test_binary import folder_config
+
     from segformer_jax.data.transforms import EvalTransform, TrainTransform
     from segformer_jax.errors import ConfigError
     from segformer_jax.run_config import normalisation, validate
-    from test_binary import folder_config
     image, mask = _band_example(0, 4)
     mean, std = (3000.0, 3000.0, 3000.0, 4000.0), (400.0, 400.0, 400.0, 1200.0)
     out = EvalTransform(img_scale=None, mean=mean, std=std)({"image": image, "label": mask})["image"]
