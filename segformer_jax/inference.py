@@ -234,6 +234,8 @@ class Inference:
             lambda variables, images, crop, stride, batch_windows: _slide(
                 apply_fn, variables, images, crop, stride, batch_windows, mesh),
             static_argnums=(2, 3, 4))
+        self._windows = jax.jit(lambda variables, crops: resize_bilinear(
+            apply_fn(variables, crops).astype(jnp.float32), crops.shape[1:3]))
         self._augmented = jax.jit(
             lambda variables, images, *static: _augmented_probs(apply_fn, variables, images,
                                                                 *static),
@@ -246,6 +248,11 @@ class Inference:
         mode='bilinear', align_corners=False)``.
         """
         return self._whole(variables, jnp.asarray(images))
+
+    def windows(self, variables: Any, crops: Any) -> jax.Array:
+        """Each crop's logits resized to the crop, as ``slide`` computes them: (n, h, w, C)
+        crops -> (n, h, w, K) float32 (``tiles.tiled_masks`` sums them on the host)."""
+        return self._windows(variables, jnp.asarray(crops))
 
     def slide(self, variables: Any, images: Any, crop: int | Sequence[int],
               stride: int | Sequence[int], num_classes: int | None = None,

@@ -1,7 +1,7 @@
 """Segments image files: a class-id mask and a coloured overlay with a legend per image.
 
     python -m segformer_jax.predict --checkpoint PATH IMAGE... --out DIR
-        [--size 512] [--mode auto|whole|slide] [--crop N] [--stride N]
+        [--size 512] [--mode auto|whole|slide|tiled] [--crop N] [--stride N]
         [--alpha 0.5] [--legend auto|right|bottom|none]
 
 For every ``IMAGE`` it writes ``DIR/<stem>_mask.png`` (the class id of each pixel at the
@@ -22,6 +22,18 @@ that scale one forward pass covers the whole image (``whole``), unless the image
 windows are run (``slide``; crop defaults to ``--size``, stride to 3/4 of the crop). The
 logits are resized back to the original resolution before the argmax.
 
+``--mode tiled`` is for images far larger than a crop (a 10000 × 10000 aerial scene): the
+image is run at its own resolution, in ``crop × crop`` windows (``--crop``, default
+``--size``; stride 3/4 of it), swept row by row in bounded memory (``tiles.tiled_masks``
+states the bound), with a progress bar; the mask is written as it is made, as
+``DIR/<stem>_mask.tif`` (tiled, deflate; no overlay). It equals ``--mode slide`` on an image
+already at its test size.
+
+K-band models (``model.num_channels``) read multi-band TIFFs, files of K bands and
+directories of band files (``images.read_bands``), normalised with the training run's
+``data.mean`` / ``data.std`` (``checkpoint.normalisation_of``); the overlay is drawn on the
+first three bands, stretched.
+
 Images in any mode PIL reads are accepted (grayscale, palette, RGBA composited onto white,
 16-bit scaled to 8 bit); EXIF orientation is applied, so the mask matches the image as
 viewers show it. A file that cannot be read is reported by name and skipped; the exit status
@@ -34,7 +46,8 @@ import argparse
 import os
 import pathlib
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,6 +61,7 @@ from segformer_jax.evaluation import logits_to_mask, scored_class_names
 from segformer_jax.inference import Inference, aligned_test_size
 
 MASK_SUFFIX, OVERLAY_SUFFIX = "_mask.png", "_overlay.png"
+TILED_MASK_SUFFIX = "_mask.tif"  # --mode tiled: written tile by tile
 
 
 # --------------------------------------------------------------------------------------
@@ -139,8 +153,8 @@ class Segmenter:
 
         from segformer_jax.models.segformer import SegformerForSemanticSegmentation
         from segformer_jax.processing import SegformerImageProcessor
-        if mode not in ("auto", "whole", "slide"):
-            raise InputError(f"mode must be auto, whole or slide; got {mode!r}")
+        if mode not in ("auto", "whole", "slide", "tiled"):
+            raise InputError(f"mode must be auto, whole, slide or tiled; got {mode!r}")
         if size < 1 or (crop is not None and crop < 1) or (stride is not None and stride < 1):
             raise InputError("size, crop and stride must be positive")
         if mode == "whole" and (crop is not None or stride is not None):
@@ -178,6 +192,22 @@ class Segmenter:
             return self.inference.whole(self.variables, pixels), mode
         return self.inference.slide(self.variables, pixels, crop, stride,
                                      batch_windows=self.batch_windows), mode
+
+    def prepare(self, crop: np.ndarray) -> np.ndarray:
+        """One window of an image as stored -> float32 normalised, at its own size."""
+        if self.stats is None:
+            return self.processor(crop, do_resize=False)["pixel_values"][0]
+        from segformer_jax.data.transforms import normalize
+        return normalize({"image": crop}, *self.stats)["image"]
+
+    def tiled(self, image: Any, progress: Any = None) -> Iterator[np.ndarray]:
+        """Class ids of a large (H, W, bands) image at its own resolution, block by block of
+        rows, in bounded memory (``tiles.tiled_masks``: the windows of ``slide``)."""
+        from segformer_jax.tiles import tiled_masks
+        crop = self.crop or self.size
+        stride = self.stride or max(1, crop * 3 // 4)
+        return tiled_masks(lambda x: self.inference.windows(self.variables, x), image, crop, stride,
+                           self.prepare, batch_windows=self.batch_windows, progress=progress)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """int32 (H, W) class ids of a uint8 (H, W, 3) RGB image (or of (H, W, K) bands)."""
@@ -232,7 +262,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--size", type=positive_int, default=512,
                         help="test-time short side (default 512; 1024 for Cityscapes models)")
-    parser.add_argument("--mode", choices=("auto", "whole", "slide"), default="auto",
+    parser.add_argument("--mode", choices=("auto", "whole", "slide", "tiled"), default="auto",
                         help="whole image, sliding window, or auto (default)")
     parser.add_argument("--crop", type=positive_int, help="sliding-window crop (default --size)")
     parser.add_argument("--stride", type=positive_int,
@@ -281,6 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     colours = visualize.palette_for(names)
     failures = 0
     for path, stem in zip(args.images, output_stems(args.images)):
+        if args.mode == "tiled":
+            failures += _predict_tiled(segmenter, path, out / f"{stem}{TILED_MASK_SUFFIX}", names)
+            continue
         try:
             image = read_image(path) if config.num_channels == 3 else read_band_image(
                 path, config.num_channels)
@@ -304,6 +337,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{path}: {rgb.shape[0]}x{rgb.shape[1]} ({mode}) -> {mask_path.name}, "
               f"{overlay_path.name}  [{summary}]", flush=True)
     return 1 if failures else 0
+
+
+def _predict_tiled(segmenter: Segmenter, path: str, mask_path: pathlib.Path,
+                   names: Sequence[str]) -> int:
+    """``--mode tiled`` of one image: the mask TIFF written block by block; 1 on failure."""
+    from segformer_jax.tiles import open_image, write_mask_tiff
+    try:
+        image = open_image(path, segmenter.config.num_channels)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    height, width = image.shape[:2]
+    start = time.perf_counter()
+    blocks = segmenter.tiled(image, progress_bar(f"{pathlib.Path(path).name}: windows"))
+    try:
+        write_mask_tiff(mask_path, blocks, height, width,
+                        np.uint16 if len(names) > 256 else np.uint8)
+    except OSError as e:
+        print(f"error: {mask_path}: cannot write the mask ({e.strerror or e})", file=sys.stderr)
+        return 1
+    print(f"{path}: {height}x{width} (tiled) -> {mask_path.name}  "
+          f"[{time.perf_counter() - start:.1f} s]", flush=True)
+    return 0
+
+
+def progress_bar(label: str, width: int = 30) -> Any:
+    """``report(done, total)`` drawing ``label [#####-----] 50% 10/20`` on stderr: in place
+    on a terminal, every tenth in a log."""
+    start = time.perf_counter()
+    tty = sys.stderr.isatty()
+
+    def report(done: int, total: int) -> None:
+        if not (tty or done == total or done % max(1, total // 10) == 0):
+            return
+        filled = width * done // max(total, 1)
+        rate = done / max(time.perf_counter() - start, 1e-9)
+        line = (f"{label} [{'#' * filled}{'-' * (width - filled)}] {100 * done // max(total, 1):3d}% "
+                f"{done}/{total} ({rate:.1f}/s)")
+        print(("\r" + line) if tty else line, end="\n" if not tty or done == total else "",
+              file=sys.stderr, flush=True)
+
+    return report
 
 
 if __name__ == "__main__":

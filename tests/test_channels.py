@@ -263,3 +263,21 @@ def test_four_band_folder_trains_on_the_fourth_band(tmp_path):
     np.testing.assert_array_equal(from_hub, predicted)
     inter, union = np.sum((predicted == 1) & (masks == 1)), np.sum((predicted == 1) | (masks == 1))
     assert inter / union == pytest.approx(evaluated["per_class"]["wet"]["IoU"], abs=1e-12)
+
+
+def test_check_reports_the_bands_and_the_line_to_train_with(tmp_path, capsys):
+    """data.check on a 4-band folder names the band count and prints the training images'
+    per-band mean/std in the verdict's line; a folder mixing band counts is an error."""
+    import tifffile
+
+    from segformer_jax.data import check
+    root = make_band_folder(tmp_path / "bands", bands=4, train=3, validation=1)
+    assert check.main(["--dataset", "folder", "--manual-dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    stack = np.concatenate([_band_example(i)[0].reshape(-1, 4) for i in range(3)]).astype(np.float64)
+    mean = tuple(round(float(v), 3) for v in stack.mean(0))
+    assert "4 band(s) uint16 4" in out and "[bands] 4-band images" in out
+    assert f"--config.model.num_channels=4 --config.data.mean='{mean}'" in out
+    tifffile.imwrite(root / "images/train/001.tif", _band_example(1, 13)[0])
+    assert check.main(["--dataset", "folder", "--manual-dir", str(root)]) == 1
+    assert "[band-count] the images differ in their bands: 4 band(s): 3" in capsys.readouterr().out

@@ -6,7 +6,8 @@ pairs and the files left unmatched, image sizes and modes, mask modes and dtypes
 or palette mask, a 16-bit mask), every label value with its share of the pixels against
 ``classes.txt``, values that are neither a class id nor 255 ("ignore"), masks whose size
 is not their image's, whether label 0 looks like an unlabelled background (and what
-``reduce_zero_label`` would do), and a verdict with the config lines to train with. The
+``reduce_zero_label`` would do), for TIFFs and band stacks their band count and per-band
+mean/std, and a verdict with the config lines to train with. The
 exit status is 1 when it finds an error, 0 otherwise.
 
 Any other dataset the trainer reads (``--dataset synthetic|ade20k|cityscapes``) is checked
@@ -31,6 +32,7 @@ import numpy as np
 
 from segformer_jax.constants import IGNORE_INDEX
 from segformer_jax.errors import DatasetError
+from segformer_jax.images import TIFF_SUFFIXES, read_bands
 
 ERROR, WARNING, NOTE = "error", "warning", "note"
 # Names that a dataset's class 0 has when it marks "no label" rather than a class.
@@ -109,6 +111,32 @@ def read_mask_file(path: Path) -> MaskFile:
 
 
 @dataclasses.dataclass
+class BandStatistics:
+    """Per-band sums over the training split's K-band images: ``data.mean`` / ``data.std``."""
+
+    counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # K -> images
+    files: dict[int, list[str]] = dataclasses.field(default_factory=dict)
+    pixels: int = 0
+    total: np.ndarray | None = None
+    squares: np.ndarray | None = None
+
+    def add(self, bands: np.ndarray, where: str, train: bool) -> None:
+        k = bands.shape[-1]
+        self.counts[k] += 1
+        self.files.setdefault(k, []).append(where)
+        if train and (self.total is None or len(self.total) == k):
+            values = bands.reshape(-1, k).astype(np.float64)
+            self.total = values.sum(0) + (0 if self.total is None else self.total)
+            self.squares = (values ** 2).sum(0) + (0 if self.squares is None else self.squares)
+            self.pixels += len(values)
+
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        mean = self.total / self.pixels
+        std = np.sqrt(np.maximum(self.squares / self.pixels - mean ** 2, 0.0))
+        return tuple(round(float(v), 3) for v in mean), tuple(round(float(v), 3) for v in std)
+
+
+@dataclasses.dataclass
 class Report:
     """What the check found; ``format_report`` prints it."""
 
@@ -123,6 +151,7 @@ class Report:
     files_with: dict[int, list[str]] = dataclasses.field(default_factory=dict)
     findings: list[Finding] = dataclasses.field(default_factory=list)
     config_lines: list[str] = dataclasses.field(default_factory=list)
+    bands: BandStatistics | None = None  # K-band images (TIFFs, band stacks): their statistics
 
     @property
     def errors(self) -> list[Finding]:
@@ -240,12 +269,19 @@ def check_folder(root: str | Path, reduce_zero_label: bool = False) -> Report:
         report.pairs[split] = len(items)
         for image_path, mask_path, _ in items:
             try:
-                with PIL.Image.open(image_path) as image:
-                    report.image_modes[image.mode] += 1
-                    image_size = image.size
+                if image_path.is_dir() or image_path.suffix.lower() in TIFF_SUFFIXES:
+                    bands = read_bands(image_path)   # a stack, or a TIFF of any band count
+                    report.bands = report.bands or BandStatistics()
+                    report.bands.add(bands, str(image_path), split == "train")
+                    report.image_modes[f"{bands.shape[-1]} band(s) {bands.dtype}"] += 1
+                    image_size = (bands.shape[1], bands.shape[0])
+                else:
+                    with PIL.Image.open(image_path) as image:
+                        report.image_modes[image.mode] += 1
+                        image_size = image.size
                 mask = read_mask_file(mask_path)
             except (OSError, SyntaxError, ValueError) as e:
-                unreadable.append(f"{e.filename or image_path} ({type(e).__name__})")
+                unreadable.append(f"{getattr(e, 'filename', None) or image_path} ({type(e).__name__})")
                 continue
             report.image_sizes.append(image_size)
             report.mask_modes[f"{mask.mode} ({mask.dtype})"] += 1
@@ -280,14 +316,40 @@ def check_folder(root: str | Path, reduce_zero_label: bool = False) -> Report:
             report.add(level, code, text.format(n=len(found_files), files=_files(found_files)))
     if not found.pairs:
         report.add(ERROR, "no-pairs", f"{root / 'images'}: no image with its mask")
+    judge_bands(report)
     judge_labels(report)
     report.config_lines = folder_config_lines(root, sorted(found.pairs), report)
     return report
 
 
+def judge_bands(report: Report) -> None:
+    """TIFFs and band stacks: one band count for all, and their per-band statistics."""
+    b = report.bands
+    if b is None:
+        return
+    rgb_files = sum(report.image_modes.values()) - sum(b.counts.values())
+    if len(b.counts) > 1 or rgb_files:
+        shown = "; ".join(f"{k} band(s): {n} ({_files(b.files[k])})" for k, n in b.counts.most_common())
+        report.add(ERROR, "band-count", f"the images differ in their bands: {shown}"
+                   + (f"; {rgb_files} other image file(s) read as RGB" if rgb_files else "")
+                   + ". A model takes one band count (model.num_channels)")
+        return
+    (k,) = b.counts
+    if b.pixels:
+        mean, std = b.mean_std()
+        report.add(NOTE, "bands", f"{k}-band images: train with model.num_channels={k}; the "
+                   f"training images' per-band mean {list(mean)} and std {list(std)} (in their "
+                   "stored units) are data.mean and data.std in the line below")
+
+
 def folder_config_lines(root: Path, splits: Sequence[str], report: Report) -> list[str]:
     """The command line that trains on this folder, with the settings the findings call for."""
     flags = [f"--config.data.manual_dir={root.resolve()}"]
+    if report.bands is not None and len(report.bands.counts) == 1 and report.bands.pixels:
+        (k,) = report.bands.counts
+        mean, std = report.bands.mean_std()
+        flags += [f"--config.model.num_channels={k}",
+                  f"--config.data.mean='{tuple(mean)}'", f"--config.data.std='{tuple(std)}'"]
     codes = report.codes()
     if report.reduce_zero_label or "off-by-one" in codes:
         flags.append("--config.data.reduce_zero_label=True")
