@@ -322,13 +322,14 @@ def normalisation_of(path: str | os.PathLike, num_channels: int
     start = path if path.is_dir() else path.parent
     for directory in (start, *list(start.parents)[:3]):
         run = directory / "config.json"
-        if run.is_file():
-            data = json.loads(run.read_text()).get("data")
-            if isinstance(data, dict) and (data.get("mean") or data.get("std")):
-                return _stats(tuple(data["mean"]), tuple(data["std"]), num_channels, run)
+        data = _json(run).get("data") if run.is_file() else None
+        if isinstance(data, dict):  # a training run's config: its data.mean/std or the default
+            if data.get("mean") or data.get("std"):
+                return _stats(tuple(data.get("mean", ())), tuple(data.get("std", ())), num_channels, run)
+            break
         pre = directory / "preprocessor_config.json"
         if pre.is_file():
-            d = json.loads(pre.read_text())
+            d = _json(pre)
             scale = 1.0 / float(d.get("rescale_factor", 1 / 255)) if d.get("do_rescale", True) else 1.0
             mean, std = d.get("image_mean", MEAN_RGB), d.get("image_std", STD_RGB)
             mean = (mean,) * num_channels if isinstance(mean, (int, float)) else mean
@@ -340,6 +341,14 @@ def normalisation_of(path: str | os.PathLike, num_channels: int
     raise CheckpointError(f"{path}: a {num_channels}-band model, but no per-band mean/std beside it "
                           "(a training workdir's config.json data.mean/std, or a "
                           "preprocessor_config.json with image_mean/image_std)")
+
+
+def _json(path: pathlib.Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read it as JSON ({e})") from None
+    return data if isinstance(data, dict) else {}
 
 
 def _stats(mean: tuple, std: tuple, num_channels: int, where: pathlib.Path

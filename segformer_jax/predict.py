@@ -200,14 +200,17 @@ class Segmenter:
         from segformer_jax.data.transforms import normalize
         return normalize({"image": crop}, *self.stats)["image"]
 
-    def tiled(self, image: Any, progress: Any = None) -> Iterator[np.ndarray]:
-        """Class ids of a large (H, W, bands) image at its own resolution, block by block of
-        rows, in bounded memory (``tiles.tiled_masks``: the windows of ``slide``)."""
-        from segformer_jax.tiles import tiled_masks
+    def tiled(self, image: Any, progress: Any = None, stripe: int | None = None
+              ) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Class ids of a large (H, W, bands) image at its own resolution, in ``(y0, x0,
+        ids)`` blocks, in bounded memory (``tiles.tiled_masks``: the windows of ``slide``;
+        ``stripe`` pixels wide, the memory knob)."""
+        from segformer_jax.tiles import STRIPE, tiled_masks
         crop = self.crop or self.size
         stride = self.stride or max(1, crop * 3 // 4)
         return tiled_masks(lambda x: self.inference.windows(self.variables, x), image, crop, stride,
-                           self.prepare, batch_windows=self.batch_windows, progress=progress)
+                           self.prepare, batch_windows=self.batch_windows, progress=progress,
+                           stripe=stripe or STRIPE)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """int32 (H, W) class ids of a uint8 (H, W, 3) RGB image (or of (H, W, K) bands)."""
@@ -269,6 +272,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="sliding-window stride (default 3/4 of the crop)")
     parser.add_argument("--batch-windows", type=positive_int, default=1,
                         help="sliding windows per forward pass (default 1)")
+    parser.add_argument("--stripe", type=positive_int, default=None,
+                        help="--mode tiled: the width in pixels swept at a time (default 4096; "
+                             "memory grows with it)")
     parser.add_argument("--alpha", type=_fraction, default=0.5,
                         help="opacity of the class colours in the overlay (default 0.5)")
     parser.add_argument("--legend", choices=("auto", "right", "bottom", "none"), default="auto",
@@ -276,6 +282,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.mode == "whole" and (args.crop or args.stride):
         parser.error("--crop/--stride are for sliding-window inference, not --mode whole")
+    if args.stripe and args.mode != "tiled":
+        parser.error("--stripe is for --mode tiled")
     return args
 
 
@@ -312,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures = 0
     for path, stem in zip(args.images, output_stems(args.images)):
         if args.mode == "tiled":
-            failures += _predict_tiled(segmenter, path, out / f"{stem}{TILED_MASK_SUFFIX}", names)
+            failures += _predict_tiled(segmenter, path, out / f"{stem}{TILED_MASK_SUFFIX}", names,
+                                       args.stripe)
             continue
         try:
             image = read_image(path) if config.num_channels == 3 else read_band_image(
@@ -340,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _predict_tiled(segmenter: Segmenter, path: str, mask_path: pathlib.Path,
-                   names: Sequence[str]) -> int:
+                   names: Sequence[str], stripe: int | None = None) -> int:
     """``--mode tiled`` of one image: the mask TIFF written block by block; 1 on failure."""
     from segformer_jax.tiles import open_image, write_mask_tiff
     try:
@@ -350,7 +359,7 @@ def _predict_tiled(segmenter: Segmenter, path: str, mask_path: pathlib.Path,
         return 1
     height, width = image.shape[:2]
     start = time.perf_counter()
-    blocks = segmenter.tiled(image, progress_bar(f"{pathlib.Path(path).name}: windows"))
+    blocks = segmenter.tiled(image, progress_bar(f"{pathlib.Path(path).name}: windows"), stripe)
     try:
         write_mask_tiff(mask_path, blocks, height, width,
                         np.uint16 if len(names) > 256 else np.uint8)

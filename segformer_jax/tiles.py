@@ -123,7 +123,7 @@ def _stripe(window_logits: Callable, image: Any, rows: list, js: list[int], x0: 
         if sums is not None and y1 > top:   # rows [top, y1): no later window reaches them
             shift = y1 - top
             yield finish(sums[:shift], top)
-            sums = np.concatenate([sums[shift:], np.zeros_like(sums[:shift])])
+            _shift_up(sums, shift)
             top = y1
         batch_list = [row[j] for j in js]
         for start in range(0, len(batch_list), batch_windows):
@@ -138,6 +138,17 @@ def _stripe(window_logits: Callable, image: Any, rows: list, js: list[int], x0: 
             if progress is not None:
                 progress(state["done"], state["total"])
     yield finish(sums[:len(count_y) - top], top)
+
+
+def _shift_up(sums: np.ndarray, shift: int) -> None:
+    """``sums[:-shift] = sums[shift:]`` and zeros below, in place, in chunks of at most
+    ``shift`` rows (so no chunk overlaps its source and numpy makes no temporary copy)."""
+    kept = len(sums) - shift
+    step = max(1, min(shift, 64))
+    for r in range(0, kept, step):
+        end = min(r + step, kept)
+        sums[r:end] = sums[r + shift:end + shift]
+    sums[kept:] = 0.0
 
 
 def write_mask_tiff(path: str | os.PathLike, blocks: Iterator[tuple[int, int, np.ndarray]],

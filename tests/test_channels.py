@@ -281,3 +281,29 @@ def test_check_reports_the_bands_and_the_line_to_train_with(tmp_path, capsys):
     tifffile.imwrite(root / "images/train/001.tif", _band_example(1, 13)[0])
     assert check.main(["--dataset", "folder", "--manual-dir", str(root)]) == 1
     assert "[band-count] the images differ in their bands: 4 band(s): 3" in capsys.readouterr().out
+
+
+def test_k_band_checkpoint_without_statistics_is_one_error(tmp_path, capsys):
+    """predict on a 4-band model checkpoint that carries no per-band mean/std stops with one
+    error naming it; a preprocessor_config.json beside it (0..1 units, do_rescale) is read."""
+    import json
+
+    import tifffile
+
+    from segformer_jax import predict
+    from segformer_jax.checkpoint import normalisation_of, save_model
+    config = sj.SegformerConfig.from_variant("b0", num_labels=2, num_channels=4, hidden_sizes=(8, 16, 24, 32),
+                                             num_attention_heads=(1, 2, 3, 4), depths=(1, 1, 1, 1),
+                                             decoder_hidden_size=16)
+    save_model(tmp_path / "model", config, sj.init_variables(config, seed=0))
+    tifffile.imwrite(tmp_path / "x.tif", _band_example(0)[0])
+    args = [str(tmp_path / "x.tif"), "--checkpoint", str(tmp_path / "model"), "--out", str(tmp_path / "o")]
+    assert predict.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "a 4-band model, but no per-band mean/std beside it" in err
+    (tmp_path / "model/preprocessor_config.json").write_text(json.dumps(
+        {"do_rescale": True, "rescale_factor": 1 / 65535, "image_mean": [0.5] * 4, "image_std": [0.25] * 4}))
+    mean, std = normalisation_of(tmp_path / "model", 4)
+    np.testing.assert_allclose(mean, [32767.5] * 4)
+    np.testing.assert_allclose(std, [16383.75] * 4)
+    assert predict.main(args) == 0
