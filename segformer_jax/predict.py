@@ -25,9 +25,9 @@ logits are resized back to the original resolution before the argmax.
 ``--mode tiled`` is for images far larger than a crop (a 10000 × 10000 aerial scene): the
 image is run at its own resolution, in ``crop × crop`` windows (``--crop``, default
 ``--size``; stride 3/4 of it), swept row by row in bounded memory (``tiles.tiled_masks``
-states the bound), with a progress bar; the mask is written as it is made, as
-``DIR/<stem>_mask.tif`` (tiled, deflate; no overlay). It equals ``--mode slide`` on an image
-already at its test size.
+states the bound; ``--stripe`` is its knob), with a progress bar; the mask is written as it
+is made into ``DIR/<stem>_mask.tif``, a memory-mapped uncompressed TIFF (no overlay). It
+equals ``--mode slide`` on an image already at its test size.
 
 K-band models (``model.num_channels``) read multi-band TIFFs, files of K bands and
 directories of band files (``images.read_bands``), normalised with the training run's
@@ -61,7 +61,7 @@ from segformer_jax.evaluation import logits_to_mask, scored_class_names
 from segformer_jax.inference import Inference, aligned_test_size
 
 MASK_SUFFIX, OVERLAY_SUFFIX = "_mask.png", "_overlay.png"
-TILED_MASK_SUFFIX = "_mask.tif"  # --mode tiled: written tile by tile
+TILED_MASK_SUFFIX = "_mask.tif"  # --mode tiled: written block by block
 
 
 # --------------------------------------------------------------------------------------
