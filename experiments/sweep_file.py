@@ -276,12 +276,14 @@ def _pretrain_base(value: Any, file: pathlib.Path) -> ml_collections.ConfigDict 
 def pretrain_config(pretrain: ml_collections.ConfigDict, config: ml_collections.ConfigDict
                     ) -> ml_collections.ConfigDict:
     """The first stage of ``config``'s point: ``pretrain`` with ``config``'s encoder (the
-    fields the fine-tune stage's ``model.init`` checks) and seed."""
+    fields the fine-tune stage's ``model.init`` checks) and seed. The input bands stay the
+    pretraining data's (RGB): a K-band fine-tune inflates the first kernel."""
     from segformer_jax.checkpoint import ENCODER_FIELDS
     stage = copy.deepcopy(pretrain)
     stage.model.variant = config.model.variant
     for key in ENCODER_FIELDS:
-        stage.model.overrides[key] = config.model.overrides[key]
+        if key != "num_channels":
+            stage.model.overrides[key] = config.model.overrides[key]
     stage.seed = config.seed
     return stage
 

@@ -136,7 +136,7 @@ def test_sweep_runs_two_points_and_a_restart_after_sigkill_runs_only_the_missing
 
 @pytest.mark.parametrize("body, message", [
     ("POINTS = [{'name': 'x', 'model.decoder_size': 128}]",
-     "model.decoder_size: unknown key; valid keys: model.dtype, model.init"),
+     "model.decoder_size: unknown key; valid keys: model.binary, model.dtype, model.init"),
     ("POINTS = [{'model.overrides.decoder_size': 128}]",
      "model.overrides.decoder_size: unknown key; valid keys: model.overrides."),
     ("POINTS = [{'name': 'x', 'model.overrides': {'decoder_size': 128}}]",
