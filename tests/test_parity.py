@@ -39,7 +39,10 @@ def test_semantic_segmentation_matches_transformers(variant, tmp_path):
     model = sj.SegformerForSemanticSegmentation(loaded_config)
     encoder = sj.MixTransformer(loaded_config)
     apply, encode = jax.jit(model.apply), jax.jit(encoder.apply)
-    for i, (h, w) in enumerate(SIZES):
+    # b3…b5 differ from b2 only in depth and width: the shape logic of the three sizes is
+    # b0…b2's to prove, and the deep variants run the odd size (and the scanned blocks).
+    sizes = SIZES if variant in ("b0", "b1", "b2") else SIZES[1:2]
+    for i, (h, w) in enumerate(sizes):
         images = random_images(2, h, w, seed=i)
         ref_logits, ref_hidden = torch_forward(torch_model, images, hidden_states=True)
         with jax.default_matmul_precision("highest"):
