@@ -389,6 +389,10 @@ def check_signature(fmt: Format, signature: Signature) -> None:
     if signature.size is not None and min(signature.size) < MIN_DYNAMIC_SIZE:
         raise InputError(f"--size {signature.size[0]},{signature.size[1]}: height and width "
                          f"must be at least {MIN_DYNAMIC_SIZE}")
+    if signature.with_preprocessing and signature.channels != 3:
+        raise InputError(f"--with-preprocessing takes uint8 RGB images with ImageNet's "
+                         f"normalisation; this model takes {signature.channels} bands: export its "
+                         "logits (without the flag) and normalise the bands before calling it")
 
 
 def export(config: SegformerConfig, variables: Mapping[str, Any], fmt_name: str,

@@ -64,6 +64,10 @@ class Page:
         from segformer_jax.evaluation import scored_class_names
         from segformer_jax.predict import Segmenter
         config, variables = load_for_inference(checkpoint)
+        if config.num_channels != 3:
+            from segformer_jax.errors import InputError
+            raise InputError(f"{checkpoint}: the demo page segments RGB uploads; this model takes "
+                             f"{config.num_channels} bands (python -m segformer_jax.predict reads them)")
         self.segmenter = Segmenter(config, variables, size)
         self.names = list(scored_class_names(config.num_labels,
                                              [config.id2label[i] for i in range(config.num_labels)]))

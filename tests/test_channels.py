@@ -307,3 +307,19 @@ def test_k_band_checkpoint_without_statistics_is_one_error(tmp_path, capsys):
     np.testing.assert_allclose(mean, [32767.5] * 4)
     np.testing.assert_allclose(std, [16383.75] * 4)
     assert predict.main(args) == 0
+
+
+def test_rgb_only_paths_refuse_a_k_band_model(tmp_path):
+    """The demo page (RGB uploads) and the export's uint8-RGB preprocessing name the band
+    count instead of failing inside the model."""
+    from segformer_jax import export, serve
+    from segformer_jax.checkpoint import save_model
+    from segformer_jax.errors import InputError
+    config = sj.SegformerConfig.from_variant("b0", num_labels=2, num_channels=4, hidden_sizes=(8, 16, 24, 32),
+                                             num_attention_heads=(1, 2, 3, 4), depths=(1, 1, 1, 1),
+                                             decoder_hidden_size=16)
+    save_model(tmp_path / "model", config, sj.init_variables(config, seed=0))
+    with pytest.raises(InputError, match="segments RGB uploads; this model takes 4 bands"):
+        serve.Page(str(tmp_path / "model"))
+    with pytest.raises(InputError, match="--with-preprocessing takes uint8 RGB images.*takes 4 bands"):
+        export.check_signature(export.FORMATS["stablehlo"], export.Signature(None, None, True, 4))
