@@ -21,14 +21,21 @@ from segformer_jax.run_config import model_config, parse_flags
 SIZE = 64
 
 
+def rectangles(rng: np.random.Generator, size: int, most: int, longest: int) -> np.ndarray:
+    """A uint8 (size, size) mask: 1 on one to ``most`` random rectangles of sides 10 to
+    ``longest - 1``."""
+    mask = np.zeros((size, size), np.uint8)
+    for _ in range(rng.integers(1, most + 1)):
+        h, w = rng.integers(10, longest, 2)
+        y, x = rng.integers(0, size - h), rng.integers(0, size - w)
+        mask[y:y + h, x:x + w] = 1
+    return mask
+
+
 def two_colour_example(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A dark textured ground with one to three bright rectangles; the mask is 1 on them."""
     rng = np.random.default_rng(seed)
-    mask = np.zeros((SIZE, SIZE), np.uint8)
-    for _ in range(rng.integers(1, 4)):
-        h, w = rng.integers(10, 28, 2)
-        y, x = rng.integers(0, SIZE - h), rng.integers(0, SIZE - w)
-        mask[y:y + h, x:x + w] = 1
+    mask = rectangles(rng, SIZE, 3, 28)
     ground = rng.normal((60, 70, 50), 18, (SIZE, SIZE, 3))
     blob = rng.normal((200, 170, 90), 18, (SIZE, SIZE, 3))
     image = np.where(mask[..., None] == 1, blob, ground)

@@ -120,12 +120,9 @@ def test_own_checkpoint_is_inflated_for_a_k_band_run(tmp_path, caplog):
 def _band_example(seed: int, bands: int = 4, size: int = 48):
     """uint16 bands of noise; the class ("wet") is bright in the last band only, so a model
     can find it only through that band."""
+    from test_binary import rectangles
     rng = np.random.default_rng(seed)
-    mask = np.zeros((size, size), np.uint8)
-    for _ in range(rng.integers(1, 3)):
-        h, w = rng.integers(10, 22, 2)
-        y, x = rng.integers(0, size - h), rng.integers(0, size - w)
-        mask[y:y + h, x:x + w] = 1
+    mask = rectangles(rng, size, 2, 22)
     image = rng.normal(3000, 400, (size, size, bands))
     image[..., -1] += 2500.0 * mask
     return np.clip(image, 0, 65535).astype(np.uint16), mask
