@@ -362,7 +362,7 @@ def _predict_tiled(segmenter: Segmenter, path: str, mask_path: pathlib.Path,
     blocks = segmenter.tiled(image, progress_bar(f"{pathlib.Path(path).name}: windows"), stripe)
     try:
         write_mask_tiff(mask_path, blocks, height, width,
-                        np.uint16 if len(names) > 256 else np.uint8)
+                        np.uint16 if len(names) > 255 else np.uint8)
     except OSError as e:
         print(f"error: {mask_path}: cannot write the mask ({e.strerror or e})", file=sys.stderr)
         return 1

@@ -78,7 +78,7 @@ def tiled_masks(window_logits: Callable[[np.ndarray], np.ndarray], image: Any,
     cut into vertical stripes ``stripe`` pixels wide, each swept top to bottom with every
     window that reaches it (a window across a stripe border runs for both stripes: about
     crop / stripe more work), so that a pixel sums exactly the windows, in exactly the
-    order, of the whole-image canvas. ``ids``: uint8 (uint16 above 256 classes) rows of one
+    order, of the whole-image canvas. ``ids``: uint8 (uint16 above 255 classes, as predict's PNGs) rows of one
     stripe; ``progress(done, total)`` after each batch of windows.
     """
     height, width = int(image.shape[0]), int(image.shape[1])
@@ -116,7 +116,7 @@ def _stripe(window_logits: Callable, image: Any, rows: list, js: list[int], x0: 
         count = (count_y[y0:y0 + len(block), None] * count_x[None, x0:x1]).astype(np.float32)
         logits = block / count[..., None]
         ids = (logits[..., 0] > 0) if logits.shape[-1] == 1 else logits.argmax(-1)
-        return y0, x0, ids.astype(np.uint16 if logits.shape[-1] > 256 else np.uint8)
+        return y0, x0, ids.astype(np.uint16 if logits.shape[-1] > 255 else np.uint8)
 
     for row in rows:
         y1 = row[0].y1

@@ -320,3 +320,28 @@ def test_rgb_only_paths_refuse_a_k_band_model(tmp_path):
         serve.Page(str(tmp_path / "model"))
     with pytest.raises(InputError, match="--with-preprocessing takes uint8 RGB images.*takes 4 bands"):
         export.check_signature(export.FORMATS["stablehlo"], export.Signature(None, None, True, 4))
+
+
+def test_rgb_folder_takes_three_band_stacks_and_tiffs(tmp_path, capsys):
+    """An RGB folder may hold its images as RGB TIFFs or as stacks of three band files: the
+    check finds nothing to say about bands and the builder stores the 8-bit RGB."""
+    import tifffile
+
+    from segformer_jax.data import check, load_split
+    root = tmp_path / "rgb"
+    (root / "images/train/000").mkdir(parents=True)
+    (root / "masks/train").mkdir(parents=True)
+    (root / "classes.txt").write_text("a\nb\n")
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 24, 3), np.uint8)
+    mask = (rgb[..., 0] > 127).astype(np.uint8)
+    for k, name in enumerate(("1_red.png", "2_green.png", "3_blue.png")):  # stacked in name order
+        PIL.Image.fromarray(rgb[..., k]).save(root / "images/train/000" / name)
+    tifffile.imwrite(root / "images/train/001.tif", rgb, photometric="rgb")
+    for i in range(2):
+        PIL.Image.fromarray(mask).save(root / "masks/train" / f"{i:03d}.png")
+    assert check.main(["--dataset", "folder", "--manual-dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "band-count" not in out and "num_channels" not in out
+    split = load_split("folder", "train", data_dir=tmp_path / "tfds", manual_dir=root)
+    for i in range(2):
+        np.testing.assert_array_equal(split[i]["image"], rgb)

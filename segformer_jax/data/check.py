@@ -325,7 +325,7 @@ def check_folder(root: str | Path, reduce_zero_label: bool = False) -> Report:
 def judge_bands(report: Report) -> None:
     """TIFFs and band stacks: one band count for all, and their per-band statistics."""
     b = report.bands
-    if b is None:
+    if b is None or set(b.counts) == {3}:  # RGB TIFFs and stacks: an RGB dataset
         return
     rgb_files = sum(report.image_modes.values()) - sum(b.counts.values())
     if len(b.counts) > 1 or rgb_files:
@@ -345,7 +345,8 @@ def judge_bands(report: Report) -> None:
 def folder_config_lines(root: Path, splits: Sequence[str], report: Report) -> list[str]:
     """The command line that trains on this folder, with the settings the findings call for."""
     flags = [f"--config.data.manual_dir={root.resolve()}"]
-    if report.bands is not None and len(report.bands.counts) == 1 and report.bands.pixels:
+    if report.bands is not None and len(report.bands.counts) == 1 and report.bands.pixels \
+            and set(report.bands.counts) != {3}:
         (k,) = report.bands.counts
         mean, std = report.bands.mean_std()
         flags += [f"--config.model.num_channels={k}",

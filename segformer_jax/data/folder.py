@@ -39,6 +39,7 @@ from segformer_jax.data.common import (
     band_features,
     check_labels,
     check_same_size,
+    encode_png,
     folder_name,
     make_example,
     read_image,
@@ -228,9 +229,12 @@ class Folder(SegmentationBuilder):
             try:
                 mask_data = mask_path.read_bytes()
                 image_data = image_path.read_bytes() if c.num_channels == 3 else None
-            except IsADirectoryError:
-                raise DatasetError(f"{image_path}: a band stack directory; stacks of band files "
-                                   "need model.num_channels (the bands they add up to)") from None
+            except IsADirectoryError:  # a stack of band files in an RGB folder: 8-bit RGB
+                rgb = _bands(image_path, 3)
+                if rgb.dtype != np.uint8:
+                    raise DatasetError(f"{image_path}: a stack of {rgb.dtype} bands; a stack in an "
+                                       "RGB folder must hold 8-bit bands") from None
+                image_data = encode_png(rgb)
             except OSError as e:
                 raise DatasetError(f"{e.filename}: cannot read the file ({e.strerror})") from None
             mask = read_mask(mask_data, str(mask_path))
