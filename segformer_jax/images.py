@@ -63,20 +63,23 @@ def to_rgb(image: PIL.Image.Image) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # Images of K bands (model.num_channels != 3): multi-band TIFFs and stacks of band files
 
-BAND_DTYPES = ("uint8", "uint16", "float32")
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 def _as_band_dtype(array: np.ndarray, where: str) -> np.ndarray:
+    """uint8 and uint16 as they are, floats as float32; other integers by their type (not
+    their values, so that every file of one kind gets one dtype): 1-byte ones as uint8, wider
+    ones as uint16 when their values fit."""
     if array.dtype == np.uint8 or array.dtype == np.uint16:
         return array
-    if array.dtype in (np.float16, np.float32, np.float64):
+    if np.issubdtype(array.dtype, np.floating):
         return array.astype(np.float32)
-    if array.dtype in (np.int8, np.int16, np.int32, np.uint32, np.int64, np.bool_):
-        if array.size and (array.min() < 0 or array.max() > 65535):
-            raise ValueError(f"{where}: {array.dtype} values outside 0..65535 cannot be stored "
+    if array.dtype == np.bool_ or np.issubdtype(array.dtype, np.integer):
+        top = 255 if array.dtype.itemsize == 1 else 65535
+        if array.size and (array.min() < 0 or array.max() > top):
+            raise ValueError(f"{where}: {array.dtype} values outside 0..{top} cannot be stored "
                              "as bands; save them as float32")
-        return array.astype(np.uint16 if array.size and array.max() > 255 else np.uint8)
+        return array.astype(np.uint8 if top == 255 else np.uint16)
     raise ValueError(f"{where}: unsupported band dtype {array.dtype}")
 
 
@@ -141,4 +144,4 @@ def read_bands(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(_as_band_dtype(array, str(path)))
 
 
-__all__ = ["SIXTEEN_BIT_MODES", "sixteen_to_eight", "to_rgb", "read_bands", "BAND_DTYPES"]
+__all__ = ["SIXTEEN_BIT_MODES", "sixteen_to_eight", "to_rgb", "read_bands"]

@@ -199,10 +199,12 @@ def make_example(image_bytes: bytes, mask: np.ndarray, file_name: str) -> dict[s
 # ----------------------------------------------------------------------------- base builder
 
 
-def segmentation_features() -> tfds.features.FeaturesDict:
+def segmentation_features(image: Any = None) -> tfds.features.FeaturesDict:
+    """The common features; ``image`` replaces the RGB image feature (``band_features``)."""
     return tfds.features.FeaturesDict({
         # No fixed encoding: stored JPEG stays JPEG, converted images are PNG.
-        "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
+        "image": image if image is not None else tfds.features.Image(shape=(None, None, 3),
+                                                                     dtype=np.uint8),
         "segmentation_mask": tfds.features.Image(shape=(None, None, 1), dtype=np.uint8,
                                                  encoding_format="png"),
         "file_name": tfds.features.Text(),
@@ -212,13 +214,8 @@ def segmentation_features() -> tfds.features.FeaturesDict:
 def band_features(num_channels: int, dtype: str) -> tfds.features.FeaturesDict:
     """The features of a folder of K-band images: ``image`` (H, W, K) of the bands' own dtype
     (uint8, uint16 or float32), zlib-compressed, lossless; the mask and name as usual."""
-    return tfds.features.FeaturesDict({
-        "image": tfds.features.Tensor(shape=(None, None, num_channels), dtype=np.dtype(dtype),
-                                      encoding=tfds.features.Encoding.ZLIB),
-        "segmentation_mask": tfds.features.Image(shape=(None, None, 1), dtype=np.uint8,
-                                                 encoding_format="png"),
-        "file_name": tfds.features.Text(),
-    })
+    return segmentation_features(tfds.features.Tensor(
+        shape=(None, None, num_channels), dtype=np.dtype(dtype), encoding=tfds.features.Encoding.ZLIB))
 
 
 class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
