@@ -4,6 +4,10 @@ The dataset builders store it, and ``predict`` segments it, so a file gives the 
 whether it was trained on or predicted. Only numpy and PIL are imported here (and tifffile
 for ``read_bands``, the reader of images of other band counts than RGB's).
 
+``open_image`` is the library's ``PIL.Image.open``: a file beyond PIL's pixel limit (a
+20000 x 20000 scene) becomes one error line naming the file, its size and what to do with
+such an image, instead of PIL's ``DecompressionBombError``.
+
 The processor (``processing.SegformerImageProcessor``) uses it for every PIL mode but ``I``
 and ``F``: for those two it follows transformers' array rules instead (see
 ``processing._to_rgb``), because its job is to give transformers' numbers.
@@ -11,13 +15,112 @@ and ``F``: for those two it follows transformers' array rules instead (see
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import PIL.Image
 
+from segformer_jax.errors import DatasetError, SegformerError  # errors imports nothing
+
 # PIL's 16-bit grayscale modes (PNG and TIFF files with 16 bits per sample open as these).
 SIXTEEN_BIT_MODES: tuple[str, ...] = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+# --------------------------------------------------------------------------------------
+# Opening a file: PIL's pixel limit as one line naming the file
+
+
+def pixel_limit() -> int | None:
+    """The most pixels ``PIL.Image.open`` accepts: twice ``PIL.Image.MAX_IMAGE_PIXELS``
+    (179 megapixels by default; PIL only warns between the two), None when it is lifted."""
+    limit = PIL.Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * int(limit)
+
+
+def declared_size(source: str | os.PathLike | IO[bytes]) -> tuple[int, int] | None:
+    """(W, H) as a file's header declares it, read as ``PIL.Image.open`` does but without its
+    pixel limit (and without decoding: only the header is read); None when no format of PIL
+    recognises the file. Changing ``MAX_IMAGE_PIXELS`` instead would lift the limit for every
+    thread that opens an image meanwhile."""
+    fp = open(source, "rb") if isinstance(source, (str, os.PathLike)) else source  # noqa: SIM115
+    try:
+        fp.seek(0)
+        prefix = fp.read(16)
+        PIL.Image.init()
+        for name in PIL.Image.ID:
+            factory, accept = PIL.Image.OPEN[name]
+            try:
+                result = accept is None or accept(prefix)
+                if result and not isinstance(result, str):  # a str: PIL's warning, no match
+                    fp.seek(0)
+                    return tuple(factory(fp, getattr(fp, "name", "")).size)  # type: ignore[return-value]
+            except Exception:  # noqa: BLE001,S112 - the next format, as Image.open tries them
+                continue
+        return None
+    except OSError:
+        return None
+    finally:
+        if fp is not source:
+            fp.close()
+
+
+def size_text(size: tuple[int, int] | None) -> str:
+    """``20000x20000 pixels (400 megapixels)`` of a (W, H), for the messages below."""
+    if size is None:
+        return "size unknown"
+    return f"{size[0]}x{size[1]} pixels ({size[0] * size[1] / 1e6:.0f} megapixels)"
+
+
+def too_large_advice(plural: bool = False) -> str:
+    """What is wrong with an image beyond PIL's pixel limit, and what to do with it here."""
+    limit = pixel_limit() or 0
+    it, tiff = ("them", "uncompressed TIFFs") if plural else ("it", "an uncompressed TIFF")
+    return (f"above the {limit / 1e6:.0f} megapixels PIL decodes (its decompression-bomb "
+            f"limit). To train on {it}, cut {it} into tiles (e.g. 1024x1024 image/mask pairs): "
+            f"training decodes every image whole. To segment {it}, save {it} as {tiff} and run "
+            f"predict --mode tiled, which memory-maps such a file")
+
+
+def too_large_message(where: str, size: tuple[int, int] | None) -> str:
+    """The one line for an image beyond PIL's pixel limit: the file, its size, what to do."""
+    return f"{where}: {size_text(size)}, {too_large_advice()}"
+
+
+# Formats whose compression changes pixel values: a mask stored so has lost its class ids.
+LOSSY_FORMATS: tuple[str, ...] = ("JPEG", "MPO")  # MPO: PIL's name for multi-picture JPEGs
+
+
+def lossy_mask_message(where: str, image_format: str) -> str:
+    """The one line for a mask stored with lossy compression (``LOSSY_FORMATS``)."""
+    disguise = " under a .png name" if where.lower().endswith(".png") else ""
+    return (f"{where}: the mask is a {image_format} file{disguise}: lossy compression changes "
+            f"label values along every edge, so its class ids are corrupted; re-export it "
+            f"losslessly (PNG) from the original labels (converting this file keeps the damage)")
+
+
+def open_image(source: str | os.PathLike | IO[bytes], where: str | None = None,
+               error: type[SegformerError] = DatasetError) -> PIL.Image.Image:
+    """``PIL.Image.open(source)``, decoded (``load``), or ``error`` with ``too_large_message``
+    naming ``where`` (default: the path) for an image beyond PIL's pixel limit, instead of
+    PIL's ``DecompressionBombError``. Any other failure of PIL is raised as it is (each caller
+    says what a truncated or foreign file means to it). Close the image when done."""
+    where = where or str(source)
+    try:
+        image = PIL.Image.open(source)
+    except PIL.Image.DecompressionBombError:
+        raise error(too_large_message(where, declared_size(source))) from None
+    try:
+        image.load()  # some formats check the limit again here (frames, tiles)
+    except PIL.Image.DecompressionBombError:
+        size = image.size
+        image.close()
+        raise error(too_large_message(where, size)) from None
+    except BaseException:
+        image.close()
+        raise
+    return image
 
 
 def sixteen_to_eight(values: np.ndarray) -> np.ndarray:
@@ -102,8 +205,7 @@ def _tiff_bands(path: Path) -> np.ndarray:
 def _pil_bands(path: Path) -> np.ndarray:
     """(H, W, K) of a file PIL reads, its bands as they are (L 1, LA 2, RGB 3, RGBA 4, a 16-bit
     or float image 1); a palette image's colours."""
-    with PIL.Image.open(path) as image:
-        image.load()
+    with open_image(path) as image:
         if image.mode in ("P", "PA", "CMYK", "YCbCr", "1"):
             image = image.convert("RGBA" if "A" in image.mode or "transparency" in image.info
                                   else "RGB")
@@ -117,7 +219,8 @@ def read_bands(path: str | Path) -> np.ndarray:
     ``path`` is a TIFF (read with tifffile: any band count, planar or interleaved), any file
     PIL reads (its own bands, e.g. RGBA = RGB + NIR), or a *directory* of such files, one or
     more bands each, stacked in file-name order (``1_rgb.png``, ``2_nir.tif`` -> 4 bands).
-    Raises ``ValueError`` naming the file when it cannot be read or the bands disagree.
+    Raises ``ValueError`` naming the file when it cannot be read or the bands disagree
+    (``DatasetError``, a ``ValueError``, for a file beyond PIL's pixel limit: ``open_image``).
     """
     path = Path(path)
     if path.is_dir():
@@ -135,7 +238,7 @@ def read_bands(path: str | Path) -> np.ndarray:
         array = _tiff_bands(path) if path.suffix.lower() in TIFF_SUFFIXES else _pil_bands(path)
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None
-    except ValueError:
+    except ValueError:  # ours (DatasetError for an image beyond PIL's pixel limit)
         raise
     except Exception as e:  # noqa: BLE001 - tifffile and PIL raise many kinds
         raise ValueError(f"{path}: cannot read its bands ({type(e).__name__}: {e})") from None
@@ -144,4 +247,6 @@ def read_bands(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(_as_band_dtype(array, str(path)))
 
 
-__all__ = ["SIXTEEN_BIT_MODES", "sixteen_to_eight", "to_rgb", "read_bands"]
+__all__ = ["SIXTEEN_BIT_MODES", "LOSSY_FORMATS", "sixteen_to_eight", "to_rgb", "read_bands",
+           "open_image", "too_large_message", "too_large_advice", "size_text",
+           "lossy_mask_message", "pixel_limit", "declared_size"]

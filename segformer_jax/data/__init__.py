@@ -21,7 +21,11 @@ and for image classification (``classification.py``; records ``{"image", "label"
 * ``"image_folder"``: ``manual_dir=ROOT`` with ``ROOT/<split>/<class>/*.jpg``.
 
 The first ``load_split`` of a dataset builds it into ``data_dir`` (TFDS's default when None);
-later calls read what was built. Then::
+later calls read what was built. Bad input stops it with one ``DatasetError`` line before
+anything is built: an option (``data.options``) a builder does not take or a value it does
+not accept, a ``data_dir`` that is a file; and a built copy that cannot be read (its
+``dataset_info.json`` garbled, a shard file missing or truncated) is named with the
+directory to delete (nothing is ever deleted here). Then::
 
     data = load_split("ade20k", "train", data_dir="~/tensorflow_datasets", manual_dir="~/ade")
     transform = train_transform("ade20k", reduce_zero_label=data.reduce_zero_label)
@@ -38,6 +42,7 @@ need numpy and PIL only; TensorFlow Datasets is imported when a builder is neede
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -105,8 +110,9 @@ def get_builder(name: str, data_dir: str | os.PathLike | None = None,
                 **options: Any) -> Any:
     """The TFDS builder of dataset ``name`` (one of ``DATASETS``); nothing is built yet.
 
-    ``options``: for ``"synthetic"``, ``num_train``, ``num_validation``, ``seed``,
-    ``size_range`` (see ``synthetic_builder.synthetic_config``); none for the others.
+    ``options``: for ``"synthetic"`` and ``"synthetic_classification"``, ``num_train``,
+    ``num_validation``, ``seed``, ``size_range`` (see ``synthetic_builder.check_options``:
+    each is checked here, before any builder exists); none for the others.
     ``manual_dir`` is needed by ``"folder"`` (it is the folder) to make the builder.
     ``num_channels`` other than 3: a ``"folder"`` of K-band images (``images.read_bands``).
     """
@@ -116,6 +122,12 @@ def get_builder(name: str, data_dir: str | os.PathLike | None = None,
     from segformer_jax.data.common import quiet_absl_warnings
     quiet_absl_warnings()
     data_dir = _expand(data_dir)
+    if name in ("synthetic", "synthetic_classification"):
+        from segformer_jax.data.synthetic_builder import check_options
+        check_options(name, options, min_side=16 if name == "synthetic_classification" else 1)
+    elif options:
+        raise DatasetError(f"data.options {dict(options)}: dataset {name!r} takes no options "
+                           "(only synthetic and synthetic_classification do)")
     if name == "synthetic":
         from segformer_jax.data.synthetic_builder import Synthetic, synthetic_config
         config = synthetic_config(**options)
@@ -131,8 +143,6 @@ def get_builder(name: str, data_dir: str | os.PathLike | None = None,
         default = SyntheticClassification.BUILDER_CONFIGS[0]
         return SyntheticClassification(data_dir=data_dir, config=default if config.name == default.name
                                        else config)
-    if options:
-        raise TypeError(f"dataset {name!r} takes no options; got {sorted(options)}")
     if name == "ade20k":
         from segformer_jax.data.ade20k import Ade20k
         return Ade20k(data_dir=data_dir)
@@ -156,13 +166,71 @@ def prepare(name: str, data_dir: str | os.PathLike | None = None,
             **options: Any) -> Any:
     """``get_builder``, then builds the dataset unless ``data_dir`` already holds it."""
     import tensorflow_datasets as tfds
+
+    from segformer_jax.data.common import damaged_message
+    check_data_dir(data_dir)
     builder = get_builder(name, data_dir, manual_dir, num_channels, **options)
     # Never look for a prepared copy on Google Cloud Storage: nothing is downloaded, ever
     # (and on a closed network the look-up can stall for a minute per build).
     config = tfds.download.DownloadConfig(manual_dir=_expand(manual_dir), try_download_gcs=False)
     tfds.disable_progress_bar()  # one bar per split and shard would swamp training logs
-    builder.download_and_prepare(download_config=config)
+    try:
+        builder.download_and_prepare(download_config=config)
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS:
+            raise
+        raise DatasetError(f"{e.filename or builder.data_dir}: cannot build dataset {name!r} "
+                           f"there ({e.strerror}); give a data_dir where it can be written") from None
+    if not builder.info.splits:  # TFDS reuses a version directory it cannot read the splits of
+        raise DatasetError(damaged_message(builder.data_dir, "no dataset_info.json with its splits"))
     return builder
+
+
+_WRITE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDIR)
+
+
+def check_data_dir(data_dir: str | os.PathLike | None) -> None:
+    """``data_dir`` must be a directory or not exist yet (it is then created), and so must the
+    first of its parents that exists; a file there is a ``DatasetError`` naming it."""
+    if data_dir is None:
+        return
+    path = Path(data_dir).expanduser()
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                what = "data_dir" if existing == path else f"a parent of data_dir {path}"
+                raise DatasetError(f"{existing}: {what} is a file, not a directory; give a "
+                                   "directory for the built datasets (it is created if missing)")
+            return
+
+
+def check_shards(builder: Any, split: str) -> None:
+    """Every shard file of ``split`` is there and opens: the first record of each is read
+    as stored bytes (nothing decoded; opening a shard reads its index, which a truncated
+    file lacks). A missing or unreadable file is a ``DatasetError`` naming it and the
+    directory to delete, before training starts."""
+    from segformer_jax.data.common import damaged_message
+    info = builder.info.splits[split]
+    paths = list(getattr(info, "filepaths", None) or [])
+    lengths = list(info.shard_lengths or [])
+    if len(paths) != len(lengths):
+        return  # a layout this check does not know: reading will tell
+    for path in paths:
+        if not Path(os.fspath(path)).is_file():
+            raise DatasetError(damaged_message(builder.data_dir, f"{Path(os.fspath(path)).name} "
+                                                                 "is missing"))
+    source = builder.as_data_source(split)
+    source = getattr(source, "data_source", source)  # ArrayRecord's own: bytes, not decoded
+    start = 0
+    for path, length in zip(paths, lengths):
+        if length:
+            try:
+                source[start]
+            except Exception as e:  # noqa: BLE001 - ArrayRecord raises RuntimeError, TFDS others
+                raise DatasetError(damaged_message(
+                    builder.data_dir, f"{Path(os.fspath(path)).name} cannot be read: "
+                                      f"{type(e).__name__}: {e}")) from None
+        start += int(length)
 
 
 def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
@@ -180,6 +248,7 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     if base not in builder.info.splits:
         raise DatasetError(f"dataset {name!r} has no split {base!r}; it has "
                            f"{sorted(builder.info.splits)}")
+    check_shards(builder, base)
     metadata = builder.info.metadata or {}
     task = task_of_dataset(name)
     if task == "image_classification":  # TFDS's ImageNet has no metadata: its label feature

@@ -6,16 +6,22 @@ pairs and the files left unmatched, image sizes and modes, mask modes and dtypes
 or palette mask, a 16-bit mask), every label value with its share of the pixels against
 ``classes.txt``, values that are neither a class id nor 255 ("ignore"), masks whose size
 is not their image's, whether label 0 looks like an unlabelled background (and what
-``reduce_zero_label`` would do), for TIFFs and band stacks their band count and per-band
-mean/std, and a verdict with the config lines to train with. The
-exit status is 1 when it finds an error, 0 otherwise.
+``reduce_zero_label`` would do), masks saved with lossy (JPEG) compression whatever their
+name, images beyond PIL's pixel limit, for TIFFs and band stacks their band count and
+per-band mean/std, and a verdict with the config lines to train with. It suggests
+``reduce_zero_label`` only for the one-based pattern (the lossless masks hold ids 1..K, with
+or without 0, for K classes); values it cannot explain are named with their files, and no
+config line is offered for them. The training split is ``train`` (or the one split named
+``train...``): without one, or with no pair in it, the verdict gives no command. The exit
+status is 1 when it finds an error, 0 otherwise.
 
 Any other dataset the trainer reads (``--dataset synthetic|ade20k|cityscapes``) is checked
 as built (``load_split``): the label values of its stored masks, after the dataset's own
 ``reduce_zero_label``.
 
-``label_problem`` is the one rule for an out-of-range label; the trainer applies it to the
-records of its first batches (``preflight``) and stops with the same message.
+``label_problem`` (in ``pipeline``) is the one rule for an out-of-range label; the trainer
+applies it to the records of its first batches (``preflight``) before its first step, and
+the input pipeline to every record it reads; both stop with the same message.
 """
 
 from __future__ import annotations
@@ -31,8 +37,17 @@ from typing import Any
 import numpy as np
 
 from segformer_jax.constants import IGNORE_INDEX
-from segformer_jax.errors import DatasetError
-from segformer_jax.images import TIFF_SUFFIXES, read_bands
+from segformer_jax.data.pipeline import label_problem, record_label_problem
+from segformer_jax.errors import DatasetError, SegformerError
+from segformer_jax.images import (
+    LOSSY_FORMATS,
+    TIFF_SUFFIXES,
+    open_image,
+    pixel_limit,
+    read_bands,
+    size_text,
+    too_large_advice,
+)
 
 ERROR, WARNING, NOTE = "error", "warning", "note"
 # Names that a dataset's class 0 has when it marks "no label" rather than a class.
@@ -50,28 +65,6 @@ class Finding:
     message: str
 
 
-def label_problem(values: Iterable[int], num_labels: int, where: str,
-                  reduce_zero_label: bool = False) -> str | None:
-    """The message for label values outside ``0..num_labels-1`` and not ``IGNORE_INDEX``, as
-    the model sees them (after ``reduce_zero_label``: 0 -> ignore, k -> k - 1); None when all
-    are fine. ``values`` are the stored values."""
-    values = np.unique(np.asarray(list(values), np.int64))
-    seen = values
-    if reduce_zero_label:  # mmseg's rule: 0 -> ignore, ignore stays, k -> k - 1
-        seen = np.where((values == 0) | (values == IGNORE_INDEX), IGNORE_INDEX, values - 1)
-    wrong = ((seen < 0) | (seen >= num_labels)) & (seen != IGNORE_INDEX)
-    if not wrong.any():
-        return None
-    stored, bad = values[wrong], seen[wrong]
-    reduced = " (stored; reduce_zero_label maps k to k - 1)" if reduce_zero_label else ""
-    hint = ""
-    if not reduce_zero_label and bad.max() == num_labels and values.min() == 0:
-        hint = ("; the labels look 1-based with 0 = unlabelled: set data.reduce_zero_label=True "
-                "(0 is then ignored and k trains as class k - 1)")
-    return (f"{where}: label value(s) {stored[:10].tolist()}{reduced} out of range: {num_labels} "
-            f"classes, so labels must be 0..{num_labels - 1} or {IGNORE_INDEX} (ignore){hint}")
-
-
 # --------------------------------------------------------------------------------------
 # Reading one file: what it is, without refusing it
 
@@ -83,27 +76,42 @@ class MaskFile:
     size: tuple[int, int]                 # (W, H)
     values: np.ndarray | None             # (H, W) int64 ids; None for a colour mask
     colours: int = 0                      # distinct colours of a colour mask
+    format: str | None = None             # PIL's name of the file's format (JPEG: lossy)
+
+    @property
+    def lossy(self) -> bool:
+        return self.format in LOSSY_FORMATS
 
 
 def read_mask_file(path: Path) -> MaskFile:
-    import PIL.Image
-
+    """The mask as it is; ``DatasetError`` for one beyond PIL's pixel limit."""
     from segformer_jax.images import SIXTEEN_BIT_MODES
-    with PIL.Image.open(path) as image:
-        image.load()
-        mode, size = image.mode, image.size
+    with open_image(path) as image:
+        mode, size, fmt = image.mode, image.size, image.format
         array = np.asarray(image)
     if mode in ("RGB", "RGBA"):
         rgb = array[..., :3]
         if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all():
-            return MaskFile(mode, str(array.dtype), size, rgb[..., 0].astype(np.int64))
+            return MaskFile(mode, str(array.dtype), size, rgb[..., 0].astype(np.int64), format=fmt)
         colours = len(np.unique(rgb.reshape(-1, 3), axis=0))
-        return MaskFile(mode, str(array.dtype), size, None, colours)
+        return MaskFile(mode, str(array.dtype), size, None, colours, format=fmt)
     if mode in ("LA", "PA"):
         array = array[..., 0]
     elif mode not in ("L", "P", "I", "1", "F") and mode not in SIXTEEN_BIT_MODES:
-        return MaskFile(mode, str(array.dtype), size, None, 0)
-    return MaskFile(mode, str(array.dtype), size, array.astype(np.int64))
+        return MaskFile(mode, str(array.dtype), size, None, 0, format=fmt)
+    return MaskFile(mode, str(array.dtype), size, array.astype(np.int64), format=fmt)
+
+
+def _tiff_size(path: Path) -> tuple[int, int] | None:
+    """(W, H) of a TIFF's first series from its header (nothing decoded); None if unread."""
+    import tifffile
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            series = tiff.series[0]
+            shape, axes = series.shape, series.axes
+        return shape[axes.index("X")], shape[axes.index("Y")]
+    except Exception:  # noqa: BLE001 - read_bands names what is wrong with the file
+        return None
 
 
 # --------------------------------------------------------------------------------------
@@ -148,7 +156,10 @@ class Report:
     image_sizes: list[tuple[int, int]] = dataclasses.field(default_factory=list)   # (W, H)
     mask_modes: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     counts: dict[str, collections.Counter] = dataclasses.field(default_factory=dict)
+    # value -> the first files of *lossless* masks holding it (its keys: the values that no
+    # lossy compression can have made)
     files_with: dict[int, list[str]] = dataclasses.field(default_factory=dict)
+    lossy: list[str] = dataclasses.field(default_factory=list)   # masks saved lossily
     findings: list[Finding] = dataclasses.field(default_factory=list)
     config_lines: list[str] = dataclasses.field(default_factory=list)
     bands: BandStatistics | None = None  # K-band images (TIFFs, band stacks): their statistics
@@ -160,13 +171,15 @@ class Report:
     def add(self, level: str, code: str, message: str) -> None:
         self.findings.append(Finding(level, code, message))
 
-    def count(self, split: str, mask: np.ndarray, where: str) -> None:
-        """Adds one mask's label values to ``split``'s pixel counts (and ``where`` to the
-        first files holding each value)."""
+    def count(self, split: str, mask: np.ndarray, where: str, lossy: bool = False) -> None:
+        """Adds one mask's label values to ``split``'s pixel counts (and, for a lossless
+        mask, ``where`` to the first files holding each value)."""
         counts = self.counts.setdefault(split, collections.Counter())
         values, pixels = np.unique(mask, return_counts=True)
         for v, n in zip(values.tolist(), pixels.tolist()):
             counts[v] += n
+            if lossy:
+                continue
             files = self.files_with.setdefault(v, [])
             if len(files) < SHOWN_FILES:
                 files.append(where)
@@ -208,28 +221,56 @@ def label_counts(counts: Mapping[str, collections.Counter]) -> collections.Count
     return total
 
 
+def one_based(values: Iterable[int], num_labels: int) -> bool:
+    """The one pattern ``reduce_zero_label`` explains: ids 1..K for K classes. Value K is
+    there, nothing else is above K but 255; 0 (unlabelled) may be there or not."""
+    values = set(values)
+    return num_labels in values and all(0 <= v <= num_labels or v == IGNORE_INDEX for v in values)
+
+
 def judge_labels(report: Report) -> None:
-    """The findings about label values, from the pixel counts of every split."""
+    """The findings about label values, from the pixel counts of every split.
+
+    Only the values of lossless masks are evidence: a value that only lossy masks hold was
+    made by their compression, and no setting explains it."""
     names, k = report.class_names, len(report.class_names)
     total = label_counts(report.counts)
+    reduce = report.reduce_zero_label
+    values = sorted(total)
+    bad = [v for v in values if label_problem([v], k, "", reduce)]
+    clean = sorted(report.files_with)  # the values of the lossless masks
+    made = [v for v in bad if v not in report.files_with]
+    if report.lossy:
+        report.add(ERROR, "lossy-mask",
+                   f"{len(report.lossy)} mask(s) saved with lossy (JPEG) compression, which "
+                   f"changes label values along every edge: their class ids are corrupted"
+                   + (f" (the out-of-range value(s) {made[:10]} appear only in them)" if made else "")
+                   + f". Re-export them losslessly (PNG) from the original labels (converting "
+                   f"these files keeps the damage): {_files(report.lossy)}")
     if not total:
         return
-    values = sorted(total)
-    problem = label_problem(values, k, "masks", report.reduce_zero_label)
-    if problem is not None:
-        bad = [v for v in values if label_problem([v], k, "", report.reduce_zero_label)]
-        files = sorted({f for v in bad for f in report.files_with.get(v, [])})
-        if (not report.reduce_zero_label and max(bad) == k and min(values) == 0
-                and all(v <= k or v == IGNORE_INDEX for v in values)):
+    wrong = [v for v in bad if v in report.files_with]
+    if wrong:
+        files = sorted({f for v in wrong for f in report.files_with[v]})
+        if not reduce and one_based(clean, k) and 0 in report.files_with:
             report.add(ERROR, "off-by-one",
                        f"the masks hold 0..{k} and classes.txt names {k} classes: label 0 marks "
                        f"unlabelled pixels and the ids start at 1 (value {k} in "
                        f"{_files(files)}). data.reduce_zero_label=True ignores 0 and trains stored "
                        f"value k as class k - 1, the name on line k of classes.txt")
+        elif not reduce and one_based(clean, k):
+            report.add(ERROR, "off-by-one",
+                       f"the masks hold 1..{k} (no 0 at all) and classes.txt names {k} classes: "
+                       f"the ids are 1-based, every label value shifted up by one (value {k} in "
+                       f"{_files(files)}). data.reduce_zero_label=True trains stored value k as "
+                       f"class k - 1, the name on line k of classes.txt")
         else:
-            report.add(ERROR, "out-of-range", f"{problem}; in {_files(files)}")
+            problem = label_problem(clean, k, "masks", reduce)
+            report.add(ERROR, "out-of-range",
+                       f"{problem}; in {_files(files)}. No setting explains these values: find "
+                       f"out what they mean in those masks and correct them")
     first = names[0].strip().lower() if names else ""
-    if (not report.reduce_zero_label and first in BACKGROUND_NAMES and 0 in total
+    if (not reduce and first in BACKGROUND_NAMES and 0 in total
             and "off-by-one" not in report.codes()):  # there 0 is not class 0 at all
         share = total[0] / sum(total.values())
         report.add(NOTE, "zero-background",
@@ -237,7 +278,7 @@ def judge_labels(report: Report) -> None:
                    f"scored as a class. If it marks pixels without a label, drop its line from "
                    f"classes.txt and set data.reduce_zero_label=True: 0 becomes {IGNORE_INDEX} "
                    f"(ignored) and every k becomes k - 1")
-    if report.reduce_zero_label:
+    if reduce or "off-by-one" in report.codes():  # as the verdict's line trains them
         present = {v - 1 for v in values if 0 < v <= k}
     else:
         present = {v for v in values if 0 <= v < k}
@@ -248,28 +289,74 @@ def judge_labels(report: Report) -> None:
                    f"{', '.join(absent[:10])}{' …' if len(absent) > 10 else ''}")
 
 
+def _lossy_named(expected: Path) -> Path | None:
+    """A ``NAME.jpg`` / ``NAME.jpeg`` beside the ``NAME.png`` mask that was looked for."""
+    if not expected.parent.is_dir():
+        return None
+    stem = expected.name[:-len(".png")]
+    for path in sorted(expected.parent.iterdir()):
+        if path.is_file() and path.stem == stem and path.suffix.lower() in (".jpg", ".jpeg"):
+            return path
+    return None
+
+
+def training_split(images_dir: Path, splits: Sequence[str], paired: Sequence[str]
+                   ) -> tuple[str | None, str | None]:
+    """(the split a run trains on, None), or (None, why there is none): ``train``, else the
+    one split named ``train...`` (``training``, ``trainval``). A folder ``images/train``
+    without a pair is no training split: the verdict never trains on another split."""
+    if "train" in paired:
+        return "train", None
+    layout = "put the training images in images/train/ and their masks in masks/train/"
+    if "train" in splits:
+        return None, (f"{images_dir / 'train'}: the training split holds no image with its mask, "
+                      f"so there is nothing to train on (a run never trains on another split): "
+                      f"{layout}")
+    named = [s for s in paired if s.lower().startswith("train")]
+    if len(named) == 1:
+        return named[0], None
+    return None, (f"{images_dir}: no training split (images/train/): the splits are "
+                  f"{', '.join(paired)}; {layout}" if len(named) == 0 else
+                  f"{images_dir}: several training splits ({', '.join(named)}): name the one to "
+                  f"train on with --config.data.train_split=NAME")
+
+
 def check_folder(root: str | Path, reduce_zero_label: bool = False) -> Report:
     """Everything in the module doc, for the folder dataset at ``root``."""
     import PIL.Image
 
     from segformer_jax.data.folder import find_pairs, read_class_names
-    from segformer_jax.images import SIXTEEN_BIT_MODES
+    from segformer_jax.images import SIXTEEN_BIT_MODES, declared_size
     root = Path(root).expanduser()
     report = Report("folder", read_class_names(root), reduce_zero_label)
     found = find_pairs(root)
     for split, missing in found.missing_masks.items():
-        report.add(ERROR, "unmatched-image",
-                   f"{split}: {len(missing)} image(s) without a mask: "
-                   f"{_files([f'{i} (expected {m})' for i, m in missing])}")
+        unmatched = []
+        for image, mask in missing:
+            jpeg = _lossy_named(mask)
+            if jpeg is not None:  # a mask, but a lossy one (and never read: masks are NAME.png)
+                report.lossy.append(f"{jpeg} (JPEG; the mask of {image.name} is read from {mask.name})")
+            else:
+                unmatched.append(f"{image} (expected {mask})")
+        if unmatched:
+            report.add(ERROR, "unmatched-image",
+                       f"{split}: {len(unmatched)} image(s) without a mask: {_files(unmatched)}")
     for split, orphans in found.orphan_masks.items():
         report.add(WARNING, "unmatched-mask",
                    f"{split}: {len(orphans)} mask(s) without an image (left out): {_files(orphans)}")
     bad_size, colour, sixteen, palette, unreadable, other_mode = [], [], [], [], [], []
+    too_large: list[str] = []
+    limit = pixel_limit()
     for split, items in found.pairs.items():
         report.pairs[split] = len(items)
         for image_path, mask_path, _ in items:
+            current = image_path
             try:
                 if image_path.is_dir() or image_path.suffix.lower() in TIFF_SUFFIXES:
+                    size = None if image_path.is_dir() else _tiff_size(image_path)
+                    if limit is not None and size is not None and size[0] * size[1] > limit:
+                        too_large.append(f"{image_path} is {size_text(size)}")
+                        continue  # not decoded: its statistics alone would take ~10 GB
                     bands = read_bands(image_path)   # a stack, or a TIFF of any band count
                     report.bands = report.bands or BandStatistics()
                     report.bands.add(bands, str(image_path), split == "train")
@@ -279,12 +366,20 @@ def check_folder(root: str | Path, reduce_zero_label: bool = False) -> Report:
                     with PIL.Image.open(image_path) as image:
                         report.image_modes[image.mode] += 1
                         image_size = image.size
+                current = mask_path
                 mask = read_mask_file(mask_path)
+            except (DatasetError, PIL.Image.DecompressionBombError):  # beyond PIL's pixel limit
+                size = declared_size(current) if current.is_file() else None
+                too_large.append(f"{current} is {size_text(size)}")
+                continue
             except (OSError, SyntaxError, ValueError) as e:
-                unreadable.append(f"{getattr(e, 'filename', None) or image_path} ({type(e).__name__})")
+                unreadable.append(f"{getattr(e, 'filename', None) or current} ({type(e).__name__})")
                 continue
             report.image_sizes.append(image_size)
             report.mask_modes[f"{mask.mode} ({mask.dtype})"] += 1
+            if mask.lossy:
+                report.lossy.append(f"{mask_path} ({mask.format}"
+                                    + (" under a .png name)" if mask_path.suffix == ".png" else ")"))
             if mask.size != image_size:
                 bad_size.append(f"{mask_path} is {mask.size[0]}x{mask.size[1]}, its image "
                                 f"{image_size[0]}x{image_size[1]}")
@@ -296,9 +391,10 @@ def check_folder(root: str | Path, reduce_zero_label: bool = False) -> Report:
                 (colour if mask.colours else other_mode).append(
                     f"{mask_path} ({mask.mode}" + (f", {mask.colours} colours)" if mask.colours else ")"))
                 continue
-            report.count(split, mask.values, str(mask_path))
+            report.count(split, mask.values, str(mask_path), lossy=mask.lossy)
     for found_files, level, code, text in (
         (unreadable, ERROR, "unreadable", "{n} file(s) cannot be decoded: {files}"),
+        (too_large, ERROR, "too-large", "{files}: " + too_large_advice(len(too_large) > 1)),
         (colour, ERROR, "colour-mask",
          "{n} mask(s) are colour images, read as colours, not class ids: {files}. Save each as "
          "a single-channel PNG whose pixel values are the class ids (mode L, or P with the ids "
@@ -314,11 +410,16 @@ def check_folder(root: str | Path, reduce_zero_label: bool = False) -> Report:
     ):
         if found_files:
             report.add(level, code, text.format(n=len(found_files), files=_files(found_files)))
+    splits = sorted(p.name for p in (root / "images").iterdir() if p.is_dir())
+    train, why = training_split(root / "images", splits, sorted(found.pairs))
     if not found.pairs:
         report.add(ERROR, "no-pairs", f"{root / 'images'}: no image with its mask")
+    elif why is not None:
+        report.add(ERROR, "no-train-split", why)
     judge_bands(report)
     judge_labels(report)
-    report.config_lines = folder_config_lines(root, sorted(found.pairs), report)
+    report.config_lines = ([] if train is None else
+                           folder_config_lines(root, sorted(found.pairs), report, train))
     return report
 
 
@@ -342,8 +443,10 @@ def judge_bands(report: Report) -> None:
                    "stored units) are data.mean and data.std in the line below")
 
 
-def folder_config_lines(root: Path, splits: Sequence[str], report: Report) -> list[str]:
-    """The command line that trains on this folder, with the settings the findings call for."""
+def folder_config_lines(root: Path, splits: Sequence[str], report: Report,
+                        train: str = "train") -> list[str]:
+    """The command line that trains on split ``train`` of this folder, with the settings the
+    findings call for."""
     flags = [f"--config.data.manual_dir={root.resolve()}"]
     if report.bands is not None and len(report.bands.counts) == 1 and report.bands.pixels \
             and set(report.bands.counts) != {3}:
@@ -354,7 +457,6 @@ def folder_config_lines(root: Path, splits: Sequence[str], report: Report) -> li
     codes = report.codes()
     if report.reduce_zero_label or "off-by-one" in codes:
         flags.append("--config.data.reduce_zero_label=True")
-    train = "train" if "train" in splits else (splits[0] if splits else "train")
     if train != "train":
         flags.append(f"--config.data.train_split={train}")
     evals = [s for s in splits if s != train]
@@ -373,6 +475,8 @@ def check_built(name: str, split: str, reduce_zero_label: bool | None = None,
     reduce = loaded.reduce_zero_label if reduce_zero_label is None else reduce_zero_label
     report = Report(name, loaded.class_names, reduce)
     report.pairs[split] = len(loaded)
+    if not len(loaded):
+        report.add(ERROR, "empty-split", f"dataset {name!r}: split {split!r} holds no example")
     for i in range(len(loaded)):
         record = loaded[i]
         image = np.asarray(record["image"])
@@ -471,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = check_built(args.dataset, args.split,
                                  True if args.reduce_zero_label else None,
                                  data_dir=args.data_dir, manual_dir=args.manual_dir)
-    except DatasetError as e:
+    except SegformerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(format_report(report))
@@ -481,16 +585,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def preflight(source: Any, indices: Iterable[int], num_labels: int,
               reduce_zero_label: bool) -> None:
     """The trainer's cheap check: the stored masks of records ``indices`` (its first
-    batches) hold no out-of-range label; raises ``DatasetError`` naming the file and value."""
+    batches) hold no out-of-range label; raises ``DatasetError`` naming the file and value.
+    (The input pipeline applies the same rule to every record it reads afterwards.)"""
     for i in indices:
-        record = source[int(i)]
-        values = np.unique(np.asarray(record["segmentation_mask"]))
-        problem = label_problem(values.tolist(), num_labels,
-                                f"record {int(i)} ({record['file_name'].decode()})",
-                                reduce_zero_label)
+        problem = record_label_problem(source[int(i)], int(i), num_labels, reduce_zero_label)
         if problem is not None:
-            raise DatasetError(problem + "; run python -m segformer_jax.data.check for the "
-                               "whole dataset")
+            raise DatasetError(problem)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,14 @@ import PIL.Image
 import tensorflow_datasets as tfds
 
 from segformer_jax.constants import IGNORE_INDEX
-from segformer_jax.errors import DatasetError
-from segformer_jax.images import SIXTEEN_BIT_MODES, to_rgb
+from segformer_jax.errors import DatasetError, SegformerError
+from segformer_jax.images import (
+    LOSSY_FORMATS,
+    SIXTEEN_BIT_MODES,
+    lossy_mask_message,
+    open_image,
+    to_rgb,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif")
 
@@ -105,10 +111,11 @@ def manual_dir_of(dl_manager: Any, dataset: str, instructions: Callable[[Any], s
 
 
 def _open(data: bytes, where: str, what: str) -> PIL.Image.Image:
-    try:
-        image = PIL.Image.open(io.BytesIO(data))
-        image.load()  # decodes everything: a truncated file fails here, not at training time
-    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
+    try:  # open_image decodes everything: a truncated file fails here, not at training time
+        image = open_image(io.BytesIO(data), where)  # beyond PIL's pixel limit: our one line
+    except DatasetError:
+        raise
+    except (OSError, SyntaxError, ValueError) as e:
         raise DatasetError(f"{where}: cannot decode the {what} ({type(e).__name__}: {e}); the "
                            f"file is truncated or not an image") from None
     if image.width == 0 or image.height == 0:
@@ -138,8 +145,11 @@ def read_image(data: bytes, where: str) -> tuple[bytes, tuple[int, int]]:
 
 
 def read_mask(data: bytes, where: str) -> np.ndarray:
-    """(H, W) int64 class ids of a mask file (L, P, 1, I, I;16; or RGB with equal channels)."""
+    """(H, W) int64 class ids of a mask file (L, P, 1, I, I;16; or RGB with equal channels).
+    A JPEG mask (whatever its name) is refused: its compression has changed the ids."""
     image = _open(data, where, "mask")
+    if image.format in LOSSY_FORMATS:
+        raise DatasetError(lossy_mask_message(where, image.format))
     mode = image.mode
     if mode in ("L", "P", "I", "1") or mode in SIXTEEN_BIT_MODES:
         return np.asarray(image).astype(np.int64)  # P: the palette indices, not the colours
@@ -199,6 +209,13 @@ def make_example(image_bytes: bytes, mask: np.ndarray, file_name: str) -> dict[s
 # ----------------------------------------------------------------------------- base builder
 
 
+def damaged_message(directory: str | os.PathLike, what: str) -> str:
+    """The one line for a built copy of a dataset that cannot be read: what is wrong, and the
+    fix (the library never deletes anything itself)."""
+    return (f"{directory}: the built dataset is damaged ({what}); delete this directory and the "
+            f"next run rebuilds it")
+
+
 def segmentation_features(image: Any = None) -> tfds.features.FeaturesDict:
     """The common features; ``image`` replaces the RGB image feature (``band_features``)."""
     return tfds.features.FeaturesDict({
@@ -234,7 +251,17 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 
     def __init__(self, **kwargs: Any):
         kwargs.setdefault("file_format", "array_record")
-        super().__init__(**kwargs)
+        try:
+            super().__init__(**kwargs)
+        except SegformerError:
+            raise
+        except Exception as e:  # noqa: BLE001 - protobuf, json, OSError: a damaged dataset_info.json
+            # TFDS sets the version directory before it reads the dataset_info.json in it
+            directory = getattr(self, "_data_dir", None)
+            if directory is None or not os.path.isdir(directory):
+                raise
+            raise DatasetError(damaged_message(directory, f"its dataset_info.json cannot be read: "
+                                                          f"{type(e).__name__}: {e}")) from None
 
     @property
     def class_names(self) -> tuple[str, ...]:

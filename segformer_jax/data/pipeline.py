@@ -14,6 +14,15 @@ A thread pool decodes and augments the examples of the next ``prefetch`` batches
 current one is used (PIL's decoding and resampling, and numpy's big array operations, release
 the GIL).
 
+Given ``num_labels``, every record's stored mask is checked as it is read (one ``max``, and
+the distinct values only when the max is out of range): a label outside the classes, in any
+batch, stops the run with ``DatasetError`` naming the record and its file (``label_problem``,
+the one rule that ``data.check`` and the trainer's preflight apply too), instead of training
+it silently as ignored pixels. The batches themselves are not changed.
+
+A record that cannot be read (a damaged built dataset) raises ``DatasetError`` naming the
+record and the dataset's directory.
+
 Evaluation (:func:`eval_batches`): every example once, in order, transformed without
 randomness; batch size 1 by default since image sizes differ.
 """
@@ -24,12 +33,13 @@ import collections
 import concurrent.futures
 import functools
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from segformer_jax.data.transforms import IGNORE_INDEX, EvalTransform, as_example
+from segformer_jax.errors import DatasetError, SegformerError
 
 Transform = Callable[..., Mapping[str, Any]]
 
@@ -67,10 +77,87 @@ def process_rows(global_batch_size: int, process_index: int = 0,
     return range(process_index * per_process, (process_index + 1) * per_process)
 
 
+# --------------------------------------------------------------------------------------
+# Labels out of range, records that cannot be read
+
+
+def label_problem(values: Iterable[int], num_labels: int, where: str,
+                  reduce_zero_label: bool = False) -> str | None:
+    """The message for label values outside ``0..num_labels-1`` and not ``IGNORE_INDEX``, as
+    the model sees them (after ``reduce_zero_label``: 0 -> ignore, k -> k - 1); None when all
+    are fine. ``values`` are the stored values."""
+    values = np.unique(np.asarray(list(values), np.int64))
+    seen = values
+    if reduce_zero_label:  # mmseg's rule: 0 -> ignore, ignore stays, k -> k - 1
+        seen = np.where((values == 0) | (values == IGNORE_INDEX), IGNORE_INDEX, values - 1)
+    wrong = ((seen < 0) | (seen >= num_labels)) & (seen != IGNORE_INDEX)
+    if not wrong.any():
+        return None
+    stored, bad = values[wrong], seen[wrong]
+    reduced = " (stored; reduce_zero_label maps k to k - 1)" if reduce_zero_label else ""
+    hint = ""
+    if not reduce_zero_label and set(bad.tolist()) == {num_labels}:  # only K itself: maybe 1..K
+        # one record is no proof: a stray K in 0-based masks looks the same, and this setting
+        # would shift every correct label (data.check judges from all the masks)
+        hint = ("; if the ids are 1-based with 0 = unlabelled, set data.reduce_zero_label=True "
+                "(0 is then ignored and k trains as class k - 1)" if values.min() == 0 else
+                "; if the ids are 1-based, set data.reduce_zero_label=True (k trains as class "
+                "k - 1)")
+    return (f"{where}: label value(s) {stored[:10].tolist()}{reduced} out of range: {num_labels} "
+            f"classes, so labels must be 0..{num_labels - 1} or {IGNORE_INDEX} (ignore){hint}")
+
+
+def record_label_problem(record: Mapping[str, Any], index: int, num_labels: int,
+                         reduce_zero_label: bool) -> str | None:
+    """``label_problem`` of one record's stored mask, naming the record and its file; None
+    for a record without a mask (classification) or with every label in range. Costs one
+    ``max`` of the mask when all is well."""
+    mask = record.get("segmentation_mask") if isinstance(record, Mapping) else None
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    top = num_labels if reduce_zero_label else num_labels - 1  # the largest good stored value
+    if mask.size == 0 or (mask.max() <= top and (mask.dtype.kind == "u" or mask.min() >= 0)):
+        return None
+    name = record.get("file_name", b"")
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    problem = label_problem(np.unique(mask).tolist(), num_labels, f"record {int(index)} ({name})",
+                            reduce_zero_label)
+    return None if problem is None else (problem + "; run python -m segformer_jax.data.check "
+                                         "for the whole dataset")
+
+
+def _dataset_directory(source: Any) -> str | None:
+    """The directory a TFDS data source reads (``dataset_info.data_dir``), if it is one."""
+    info = getattr(source, "dataset_info", None)
+    directory = getattr(info, "data_dir", None)
+    return None if directory is None else str(directory)
+
+
+def read_record(source: Any, index: int) -> Mapping[str, Any]:
+    """``source[index]``; a record that cannot be read (a truncated or corrupted file of a
+    built dataset) raises ``DatasetError`` naming the record and the dataset's directory."""
+    try:
+        return source[int(index)]
+    except SegformerError:
+        raise
+    except Exception as e:  # noqa: BLE001 - ArrayRecord and TFDS raise RuntimeError, OSError, ...
+        directory = _dataset_directory(source)
+        where = f"record {int(index)}" + (f" of the built dataset {directory}" if directory else "")
+        advice = (f"; the built dataset is damaged: delete the directory {directory} and the next "
+                  "run rebuilds it" if directory else "")
+        raise DatasetError(f"{where}: cannot be read ({type(e).__name__}: {e}){advice}") from None
+
+
 def _train_example(source: Any, transform: Transform, index: int, seed: int, step: int,
-                   position: int) -> Mapping[str, Any]:
+                   position: int, labels: tuple[int, bool] | None = None) -> Mapping[str, Any]:
     rng = np.random.default_rng([seed, step, position])
-    return transform(as_example(source[int(index)]), rng)
+    record = read_record(source, index)
+    if labels is not None:
+        problem = record_label_problem(record, index, *labels)
+        if problem is not None:
+            raise DatasetError(problem)
+    return transform(as_example(record), rng)
 
 
 def _collate(examples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
@@ -95,12 +182,18 @@ class TrainBatches:
     ``num_steps`` batches (endless if None); ``next_step`` is the step of the next batch (what
     a checkpoint stores). ``batch(step)`` computes any batch directly, without the pool.
     Close the iterator (or use it as a context manager) to stop its threads.
+
+    ``num_labels`` (None: no check) and ``reduce_zero_label`` (how the stored values are
+    read): every record's stored mask is checked against the classes as it is read, and a
+    label out of range raises ``DatasetError`` (``record_label_problem``) when its batch is
+    taken; the batches are the same with or without the check.
     """
 
     def __init__(self, source: Any, transform: Transform, global_batch_size: int, *,
                  seed: int = 0, start_step: int = 0, num_steps: int | None = None,
                  process_index: int = 0, process_count: int = 1, rows: range | None = None,
-                 num_threads: int | None = None, prefetch: int = 2):
+                 num_threads: int | None = None, prefetch: int = 2,
+                 num_labels: int | None = None, reduce_zero_label: bool = False):
         if global_batch_size < 1:
             raise ValueError(f"global_batch_size must be positive; got {global_batch_size}")
         if len(source) < 1:
@@ -114,6 +207,9 @@ class TrainBatches:
                      if rows is None else rows)
         if not 0 <= self.rows.start < self.rows.stop <= self.global_batch_size:
             raise ValueError(f"rows {self.rows} are not inside a batch of {self.global_batch_size}")
+        if num_labels is not None and int(num_labels) < 1:
+            raise ValueError(f"num_labels must be positive; got {num_labels}")
+        self._labels = None if num_labels is None else (int(num_labels), bool(reduce_zero_label))
         self.next_step = int(start_step)
         self._stop = None if num_steps is None else int(start_step) + int(num_steps)
         self._prefetch = max(0, int(prefetch))
@@ -135,7 +231,7 @@ class TrainBatches:
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """Batch ``step`` of this process, computed in the calling thread."""
         examples = [_train_example(self.source, self.transform, index, self.seed, step,
-                                   position)
+                                   position, self._labels)
                     for position, index in zip(self.rows, self.indices(step))]
         return _collate(examples)
 
@@ -144,7 +240,7 @@ class TrainBatches:
                and (self._stop is None or self._scheduled < self._stop)):
             step = self._scheduled
             futures = [self._pool.submit(_train_example, self.source, self.transform, index,
-                                         self.seed, step, position)
+                                         self.seed, step, position, self._labels)
                        for position, index in zip(self.rows, self.indices(step))]
             self._pending.append((step, futures))
             self._scheduled += 1
@@ -194,16 +290,18 @@ class TrainBatches:
 def train_batches(source: Any, transform: Transform, global_batch_size: int, *,
                   seed: int = 0, start_step: int = 0, num_steps: int | None = None,
                   process_index: int = 0, process_count: int = 1,
-                  num_threads: int | None = None, prefetch: int = 2) -> TrainBatches:
+                  num_threads: int | None = None, prefetch: int = 2,
+                  num_labels: int | None = None, reduce_zero_label: bool = False) -> TrainBatches:
     """Training batches from ``start_step`` on; see :class:`TrainBatches` and the module doc."""
     return TrainBatches(source, transform, global_batch_size, seed=seed, start_step=start_step,
                         num_steps=num_steps, process_index=process_index,
                         process_count=process_count, num_threads=num_threads,
-                        prefetch=prefetch)
+                        prefetch=prefetch, num_labels=num_labels,
+                        reduce_zero_label=reduce_zero_label)
 
 
 def _eval_example(source: Any, transform: Transform, index: int) -> dict[str, Any]:
-    record = source[int(index)]
+    record = read_record(source, index)
     out = dict(transform(as_example(record)))
     name = record.get("file_name", b"")
     out["file_name"] = name.decode() if isinstance(name, bytes) else str(name)

@@ -9,13 +9,47 @@ PNG (lossless): example ``i`` of the built ``train`` split equals ``generate_exa
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import numbers
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import tensorflow_datasets as tfds
 
 from segformer_jax.data.common import SegmentationBuilder, encode_png, make_example
 from segformer_jax.data.synthetic import CLASS_NAMES, generate_example
+from segformer_jax.errors import DatasetError
+
+OPTIONS = ("num_train", "num_validation", "seed", "size_range")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_options(dataset: str, options: Mapping[str, Any], min_side: int = 1) -> None:
+    """The options (``data.options``) of a synthetic builder, each checked before anything
+    is built: ``DatasetError`` naming ``data.options.KEY``, the value and what is accepted.
+    ``min_side``: the smallest image side the builder draws."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise DatasetError(f"data.options.{unknown[0]}: the {dataset} dataset has no such option; "
+                           f"its options are {', '.join(OPTIONS)}")
+    rules = {"num_train": (1, "an integer >= 1 (the training examples)"),
+             "num_validation": (0, "an integer >= 0 (the validation examples; 0: no validation "
+                                   "split)"),
+             "seed": (0, "an integer >= 0")}
+    for key, (low, accepted) in rules.items():
+        if key in options and not (_is_int(options[key]) and options[key] >= low):
+            raise DatasetError(f"data.options.{key}={options[key]!r}: the {dataset} dataset needs "
+                               f"{accepted}")
+    if "size_range" in options:
+        value = options["size_range"]
+        ok = (not isinstance(value, (str, bytes)) and hasattr(value, "__len__") and len(value) == 2
+              and all(_is_int(v) for v in value) and min_side <= value[0] <= value[1])
+        if not ok:
+            raise DatasetError(f"data.options.size_range={value!r}: the {dataset} dataset needs two "
+                               f"integers (low, high) with {min_side} <= low <= high, the range of "
+                               f"the image sides in pixels, e.g. (96, 160)")
 
 
 @dataclasses.dataclass(eq=False)
@@ -28,11 +62,9 @@ class SyntheticConfig(tfds.core.BuilderConfig):
 
 def synthetic_config(num_train: int = 1000, num_validation: int = 100, seed: int = 0,
                      size_range: tuple[int, int] = (96, 160)) -> SyntheticConfig:
+    check_options("synthetic", {"num_train": num_train, "num_validation": num_validation,
+                                "seed": seed, "size_range": size_range})
     lo, hi = (int(v) for v in size_range)
-    if num_train < 1 or num_validation < 0 or not 1 <= lo <= hi:
-        raise ValueError(f"synthetic dataset: need num_train >= 1, num_validation >= 0 and "
-                         f"1 <= size_range[0] <= size_range[1]; got {num_train}, "
-                         f"{num_validation}, {size_range}")
     return SyntheticConfig(name=f"train{num_train}_val{num_validation}_seed{seed}_{lo}-{hi}",
                            num_train=int(num_train), num_validation=int(num_validation),
                            seed=int(seed), size_range=(lo, hi),
