@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -75,9 +76,15 @@ class SegformerConfig:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
         for name in _PER_STAGE:
             value = getattr(self, name)
-            if isinstance(value, int) or not all(isinstance(v, (int, float)) for v in value):
+            if isinstance(value, (int, str)) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
                 raise ConfigError(f"config field {name!r} must be a list of {self.num_encoder_blocks} "
                                   f"numbers, one per stage; got {value!r}")
+            if name != "mlp_ratios":  # counts and sizes: whole numbers (2.0 is taken as 2)
+                if not all(float(v).is_integer() for v in value):
+                    raise ConfigError(f"config field {name!r} must be whole numbers, one per "
+                                      f"stage; got {list(value)!r}")
+                value = [int(v) for v in value]
             set_(name, tuple(value))
             if len(value) != self.num_encoder_blocks:
                 raise ConfigError(f"config field {name!r} has {len(value)} entries but "
@@ -103,7 +110,12 @@ class SegformerConfig:
         if self.id2label is None:
             labels = {i: f"LABEL_{i}" for i in range(self.num_labels)}
         else:
-            labels = {int(k): str(v) for k, v in dict(self.id2label).items()}
+            labels = {}
+            for k, v in dict(self.id2label).items():
+                try:
+                    labels[int(k)] = str(v)
+                except (TypeError, ValueError):
+                    raise ConfigError(f"id2label key {k!r} is not a class id (an integer)") from None
             if sorted(labels) != list(range(self.num_labels)):
                 raise ConfigError(f"id2label must have the ids 0..{self.num_labels - 1} "
                                   f"(num_labels={self.num_labels}); got ids {sorted(labels)[:10]}…")
@@ -140,8 +152,10 @@ class SegformerConfig:
             raise ConfigError(f"{source}: model_type is {data.get('model_type')!r}, not 'segformer'")
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in fields and v is not None}
+        for key, value in kwargs.items():
+            _check_json_type(key, value, source)
         if data.get("id2label"):
-            kwargs["id2label"] = {int(k): v for k, v in data["id2label"].items()}
+            kwargs["id2label"] = _id2label(data["id2label"], source)
             kwargs["num_labels"] = len(kwargs["id2label"])
         try:
             return cls(**kwargs)
@@ -197,3 +211,67 @@ class SegformerConfig:
             out.append(rates[start:start + depth])
             start += depth
         return out
+
+
+# The JSON types of transformers' SegformerConfig fields (a strict dataclass there): integers
+# are JSON integers (transformers refuses 2.0 as well as 2.5, and true), floats may be
+# written as integers. ``mlp_ratios`` also takes floats, because this class does (an MLP of
+# ``int(hidden × ratio)`` units) and its own files must read back.
+_INT_FIELDS = ("num_channels", "num_encoder_blocks", "decoder_hidden_size",
+               "semantic_loss_ignore_index", "num_labels")
+_FLOAT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob",
+                 "initializer_range", "drop_path_rate", "layer_norm_eps")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _json(value: Any, limit: int = 80) -> str:
+    """``value`` as the file writes it, cut to ``limit`` characters."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _check_json_type(key: str, value: Any, source: str) -> None:
+    """Refuses a ``config.json`` value of another type than transformers reads, naming the
+    file, the key and the value (``ConfigError``)."""
+    if key in _PER_STAGE:
+        fits = _is_number if key == "mlp_ratios" else _is_int
+        if not isinstance(value, (list, tuple)) or not all(fits(v) for v in value):
+            kind = "numbers" if key == "mlp_ratios" else "integers"
+            raise ConfigError(f"{source}: config field {key!r} must be a list of {kind}, one "
+                              f"per stage (as transformers reads it); got {_json(value)}")
+    elif key in _INT_FIELDS and not _is_int(value):
+        raise ConfigError(f"{source}: config field {key!r} must be an integer (as transformers "
+                          f"reads it); got {_json(value)}")
+    elif key in _FLOAT_FIELDS and not _is_number(value):
+        raise ConfigError(f"{source}: config field {key!r} must be a number; got {_json(value)}")
+    elif key == "hidden_act" and not isinstance(value, str):
+        raise ConfigError(f"{source}: config field 'hidden_act' must be a string such as "
+                          f"\"gelu\"; got {_json(value)}")
+
+
+def _id2label(value: Any, source: str) -> dict[int, Any]:
+    """``id2label`` of a ``config.json``: an object of class ids to names, its keys read with
+    ``int()`` as transformers' ``PretrainedConfig`` reads them ("0", " 1"; not "a" or "1.0")."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: id2label must be an object of class ids to names, e.g. "
+                          f"{{\"0\": \"road\", \"1\": \"car\"}}; got a {type(value).__name__} "
+                          f"({_json(value)})")
+    labels: dict[int, Any] = {}
+    for key, name in value.items():
+        try:
+            labels[int(key)] = name
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: id2label key {_json(key)} (for {_json(name)}) "
+                              "is not a class id; the keys are integers written as strings, "
+                              "\"0\", \"1\", ...") from None
+    return labels

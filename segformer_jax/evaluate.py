@@ -19,7 +19,12 @@ accumulated exactly (int64) over the whole split, so the scores are those of the
 means over images. ``--scales`` / ``--flip`` run mmseg's multi-scale (+ flip) test instead:
 softmax averaged over the augmentations, each scale ratio applied to the preset's image
 scale. ``--crop`` alone switches to sliding-window inference; ``--stride`` defaults to 3/4
-of the crop.
+of the crop and may not exceed it (pixels between the windows would be in none).
+
+``--data-option KEY=VALUE`` sets a builder option of the synthetic sets (``num_train``,
+``num_validation``, ``seed``, ``size_range``), typed as the option's default (``8``,
+``48,64``); an unknown option or a value the builder refuses is one error, before anything
+is built.
 
 A classification checkpoint (a pretraining run, or a Hub ``SegformerForImageClassification``)
 is scored on a classification dataset (``synthetic_classification``, ``imagenet2012``,
@@ -37,7 +42,6 @@ the SegFormer paper's 16 (with ``--severities paper``: its noises at 1-3 only).
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
 import math
@@ -95,15 +99,56 @@ def _divisor(text: str) -> Any:
             from None
 
 
-def _data_option(text: str) -> tuple[str, Any]:
+def _data_option(text: str) -> tuple[str, str]:
+    """``KEY=VALUE``, the value as written: it is typed by the dataset's option
+    (``_typed_data_options``) once the dataset is known."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip().isidentifier():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def _builder_options(dataset: str) -> tuple[Callable[..., Any] | None, dict[str, Any]]:
+    """The function that checks a dataset's builder options and their defaults (the synthetic
+    sets have some; the others none)."""
+    import inspect
+    if dataset == "synthetic":
+        from segformer_jax.data.synthetic_builder import synthetic_config as options
+    elif dataset == "synthetic_classification":
+        from segformer_jax.data.classification import synthetic_classification_config as options
+    else:
+        return None, {}
+    return options, {name: p.default for name, p in inspect.signature(options).parameters.items()
+                     if p.default is not inspect.Parameter.empty}
+
+
+def _typed_data_options(dataset: str, given: Sequence[tuple[str, str]]) -> list[tuple[str, Any]]:
+    """``--data-option`` values typed as the builder's options (``cli.typed_value``) and
+    checked by the builder's own rule, before anything is built: an unknown option, a value
+    of another type or one the builder refuses raises ``EvaluationError`` naming it."""
+    from segformer_jax.cli import typed_value
+    if not given:
+        return []
+    check, defaults = _builder_options(dataset)
+    typed = []
+    for key, text in given:
+        if key not in defaults:
+            takes = (f"its options are {', '.join(defaults)}" if defaults
+                     else "it takes no options")
+            raise EvaluationError(f"--data-option {key}={text}: dataset {dataset!r} has no "
+                                  f"option {key!r}; {takes}")
+        try:
+            typed.append((key, typed_value(text, defaults[key])))
+        except ValueError as e:
+            raise EvaluationError(f"--data-option {key}={text}: {e} (the default is "
+                                  f"{defaults[key]!r})") from None
     try:
-        parsed = ast.literal_eval(value.strip())
-    except (ValueError, SyntaxError):
-        parsed = value.strip()
-    return key.strip(), parsed
+        check(**dict(typed))
+    except (ValueError, TypeError) as e:  # DatasetError / ConfigError are ValueErrors too
+        named = [(key, text) for key, text in given if key in str(e)] or given
+        shown = " ".join(f"{key}={text}" for key, text in named)
+        raise EvaluationError(f"--data-option {shown}: {e}") from None
+    return typed
 
 
 def _crop_pct(text: str) -> float:
@@ -200,6 +245,7 @@ def parse_args(argv: Sequence[str]):
     try:
         eval_settings(args.dataset, args.mode, args.crop, args.stride, args.img_scale,
                       args.size_divisor)
+        args.data_option = _typed_data_options(args.dataset, args.data_option)
     except EvaluationError as e:
         parser.error(str(e))
     for flag in ("manual_dir",):

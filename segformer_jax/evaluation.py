@@ -105,6 +105,7 @@ def eval_settings(dataset: str, mode: str | None = None, crop: int | None = None
             raise EvaluationError("crop and stride are for sliding-window inference "
                                   "(mode 'slide'), not mode 'whole'")
     else:
+        given_crop = crop is not None
         if crop is None:
             crop, stride = preset.test_crop, stride or preset.test_stride
         if crop is None:
@@ -113,6 +114,11 @@ def eval_settings(dataset: str, mode: str | None = None, crop: int | None = None
         stride = stride or max(1, crop * 3 // 4)
         if min(crop, stride) < 1:
             raise EvaluationError(f"crop and stride must be positive; got {crop}, {stride}")
+        if stride > crop:  # the pixels between two windows would be divided by a count of 0
+            raise EvaluationError(f"--stride {stride} is larger than --crop {crop}"
+                                  + ("" if given_crop else f" (the {dataset} preset's)")
+                                  + ": the pixels between two sliding windows would be covered "
+                                  "by none; give a stride of at most the crop")
     if isinstance(img_scale, str) and img_scale == PRESET:
         img_scale = preset.test_scale
     if isinstance(size_divisor, str) and size_divisor == PRESET:

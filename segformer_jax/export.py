@@ -21,7 +21,10 @@ onnx          model.onnx               dynamic or fixed  fixed              onnx
   ``Exported.serialize``; ``jax.export.deserialize(open(f, "rb").read()).call(x)`` runs it
   with nothing from this package. Dynamic sizes are symbolic dimensions with the
   constraint height, width >= 32 (the smallest input whose first stage still has a key and
-  value after its 8 × 8 sequence reduction).
+  value after its 8 × 8 sequence reduction); any size from 32 up, not only multiples of 32.
+  Called with a smaller image, the bare artefact only says "Error refining shapes", so
+  ``export.json`` records the rule (``input.min_size``, ``input.size_rule``) and
+  ``load_runner`` refuses such an input with a message that states it.
 * **savedmodel**: ``jax2tf`` (native serialization: the same StableHLO inside an
   ``XlaCallModule`` op), weights as ``tf.Variable``s; signature ``serving_default``.
 * **tflite**: the TFLite converter on a fixed-shape SavedModel (it lowers the StableHLO to
@@ -38,6 +41,13 @@ format lets the image size vary (stablehlo, savedmodel; bilinear as torch's
 segmented, and the logits are resized to (h, w) before the argmax (threshold 0 for a
 one-channel binary model). With ``--size dynamic`` the model runs at the image's own
 resolution. Formats with a fixed size take images of exactly that size.
+
+``DIR/export.json`` describes the artefact for a server: the input's name, dtype, shape
+(``null`` where dynamic) and ``min_size`` ([height, width]: 32 where the model sees the
+image's own size, 1 where the image is resized to a fixed ``--size`` first, the fixed size
+otherwise) with ``size_rule`` in words, the output, the labels and the normalisation.
+``load_runner(format, DIR)`` runs an artefact and checks each input against it first
+(rank, bands, dtype, fixed sizes, the minimum): one ``InputError`` naming what is wrong.
 
 The parity gate (``--check``, on by default) runs the written file in its own runtime on
 random inputs, odd sizes among them where the size is dynamic (97 × 45 and 64 × 80), and
@@ -128,6 +138,23 @@ class Signature:
         if self.image_dims_dynamic(fmt) and self.size is None:
             return (f"h >= {MIN_DYNAMIC_SIZE}", f"w >= {MIN_DYNAMIC_SIZE}")
         return ()
+
+    def min_size(self, fmt: Format) -> tuple[int, int]:
+        """The smallest (height, width) the exported function takes: the fixed size, 32
+        where the model sees the image's own dynamic size, 1 behind a resize to a fixed size."""
+        if not self.image_dims_dynamic(fmt):
+            return self.size  # type: ignore[return-value]
+        return (1, 1) if self.size is not None else (MIN_DYNAMIC_SIZE, MIN_DYNAMIC_SIZE)
+
+    def size_rule(self, fmt: Format) -> str:
+        """``min_size`` in words, as ``export.json`` records it."""
+        if not self.image_dims_dynamic(fmt):
+            return f"height and width exactly {self.size[0]} x {self.size[1]}"
+        if self.size is not None:
+            return (f"any height and width (the image is resized to {self.size[0]} x "
+                    f"{self.size[1]} inside)")
+        return (f"height and width at least {MIN_DYNAMIC_SIZE} (any size from there, not only "
+                f"multiples of 32)")
 
     @property
     def input_name(self) -> str:
@@ -285,10 +312,67 @@ def write_onnx(fn: Callable, spec: Any, signature: Signature, out: pathlib.Path,
 # Runners: an exported file run in its own runtime, numpy in, numpy out
 
 
-def load_runner(fmt: str, out: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
+def load_runner(fmt: str, out: str | os.PathLike,
+                meta: Mapping[str, Any] | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """A function running the artefact ``export`` wrote in ``out``, in its own runtime
-    (nothing of this package's model code is used)."""
+    (nothing of this package's model code is used).
+
+    Each input is checked first against ``meta`` (by default ``out/export.json``; none for
+    an artefact without one): its rank, bands, dtype, fixed dimensions and ``min_size``. A
+    mismatch is one ``InputError`` saying what the artefact takes, where the runtimes would
+    say only "Error refining shapes" or worse.
+    """
     out = pathlib.Path(out)
+    if meta is None and (out / "export.json").is_file():
+        try:
+            meta = json.loads((out / "export.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise InputError(f"{out / 'export.json'}: cannot read the export's record ({e})") \
+                from None
+    run = _runtime(fmt, out)
+    if not meta:
+        return run
+    where = str(out)
+
+    def checked(x: np.ndarray) -> np.ndarray:
+        check_input(meta, x, where)
+        return run(x)
+    return checked
+
+
+def check_input(meta: Mapping[str, Any], x: Any, where: str = "the export") -> None:
+    """Refuses an input the artefact described by ``meta`` (``export.json``) cannot take,
+    with one ``InputError`` naming the artefact, the input's shape and the rule."""
+    spec = meta.get("input") or {}
+    shape = [None if s is None else int(s) for s in spec.get("shape") or []]
+    x = np.asarray(x) if not hasattr(x, "shape") else x
+    got = "x".join(map(str, x.shape))
+    want = "x".join("?" if s is None else str(s) for s in shape)
+    if len(shape) != 4:
+        return
+    if len(x.shape) != 4:
+        raise InputError(f"{where}: an input of shape {got}; the export takes {spec.get('name')} "
+                         f"of shape {want} (N, H, W, bands)")
+    for axis, (size, fixed) in enumerate(zip(x.shape, shape)):
+        if fixed is not None and size != fixed:
+            what = ("batch", "height", "width", "band count")[axis]
+            raise InputError(f"{where}: an input of shape {got}; the export takes {want}: its "
+                             f"{what} is fixed at {fixed}")
+    minimum = spec.get("min_size")
+    if minimum is None and shape[1] is None and not meta.get("model_size"):
+        minimum = (MIN_DYNAMIC_SIZE, MIN_DYNAMIC_SIZE)  # an export.json older than min_size
+    if minimum is not None and (x.shape[1] < minimum[0] or x.shape[2] < minimum[1]):
+        rule = spec.get("size_rule") or f"height and width at least {minimum[0]}"
+        raise InputError(f"{where}: an input of {x.shape[1]} x {x.shape[2]} pixels is too small "
+                         f"for this export: {rule}; resize or pad the image first")
+    dtype = spec.get("dtype")
+    if dtype and np.dtype(x.dtype) != np.dtype(dtype):
+        raise InputError(f"{where}: an input of dtype {np.dtype(x.dtype).name}; the export takes "
+                         f"{dtype}")
+
+
+def _runtime(fmt: str, out: pathlib.Path) -> Callable[[np.ndarray], np.ndarray]:
+    """The artefact in ``out`` as a numpy function, in its own runtime, unchecked."""
     if fmt == "stablehlo":
         from jax import export
         exported = export.deserialize(bytearray((out / FORMATS[fmt].file).read_bytes()))
@@ -422,8 +506,8 @@ def export(config: SegformerConfig, variables: Mapping[str, Any], fmt_name: str,
             write_onnx(fn, abstract_input(signature, fmt), signature, staging, opset)
         meta = metadata(config, fmt, signature, opset)
         if check:
-            rows = parity(jax.jit(fn), load_runner(fmt_name, staging), check_inputs(signature, fmt),
-                          signature.with_preprocessing)
+            rows = parity(jax.jit(fn), load_runner(fmt_name, staging, meta),
+                          check_inputs(signature, fmt), signature.with_preprocessing)
             meta["parity"] = rows
             for row in rows:
                 log(f"parity {fmt_name} {describe(row)}: {'ok' if row['passed'] else 'FAILED'}")
@@ -447,7 +531,8 @@ def metadata(config: SegformerConfig, fmt: Format, signature: Signature, opset: 
     meta: dict[str, Any] = {
         "format": fmt.name, "file": fmt.file or ".",
         "input": {"name": signature.input_name, "dtype": np.dtype(signature.input_dtype).name,
-                  "shape": shape, "layout": "NHWC"},
+                  "shape": shape, "layout": "NHWC",
+                  "min_size": list(signature.min_size(fmt)), "size_rule": signature.size_rule(fmt)},
         "output": {"name": signature.output_name,
                    "dtype": "int32" if signature.with_preprocessing else "float32",
                    "shape": (shape[:3] if signature.with_preprocessing
@@ -545,7 +630,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     shape = "x".join("?" if s is None else str(s) for s in meta["input"]["shape"])
     verdict = "parity checked" if args.check else "not checked (--no-check)"
     print(f"wrote {pathlib.Path(args.out) / (fmt.file or '')}: {meta['input']['name']} "
-          f"{meta['input']['dtype']}[{shape}] -> {meta['output']['name']}; {verdict}")
+          f"{meta['input']['dtype']}[{shape}] -> {meta['output']['name']}; "
+          f"{meta['input']['size_rule']}; {verdict}")
     return 0
 
 

@@ -34,6 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from segformer_jax.constants import round_up
 from segformer_jax.data.transforms import rescale_size  # mmcv's imrescale rule, one copy
+from segformer_jax.errors import InputError
 from segformer_jax.models.ops import resize_bilinear
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -47,6 +48,36 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     if len(pair) != 2 or min(pair) < 1:
         raise ValueError(f"{name} must be a positive int or (height, width), got {value!r}")
     return pair  # type: ignore[return-value]
+
+
+def check_windows(crop: int | Sequence[int], stride: int | Sequence[int]) -> None:
+    """Refuses a stride larger than the crop (``InputError``, naming both).
+
+    The windows would leave the pixels between them uncovered: their window count is 0 and
+    mmseg's division by it gives NaN logits, argmax class 0 (mmseg asserts against it).
+    A stride equal to the crop tiles without overlap; smaller overlaps.
+    """
+    ch, cw = _pair(crop, "crop")
+    sh, sw = _pair(stride, "stride")
+    if sh > ch or sw > cw:
+        raise InputError(f"sliding-window stride {_shown(sh, sw)} is larger than the crop "
+                         f"{_shown(ch, cw)} (--stride > --crop): the pixels between two windows "
+                         "would be covered by none; give a stride of at most the crop (the "
+                         "default is 3/4 of it)")
+
+
+def _shown(h: int, w: int) -> str:
+    return str(h) if h == w else f"{h}x{w}"
+
+
+def check_covered(count: np.ndarray, crop: Any, stride: Any) -> None:
+    """Every pixel must lie in a window before a canvas is divided by ``count``: raises
+    ``InputError`` (the first uncovered pixel) instead of dividing by zero."""
+    if count.size and count.min() < 1:
+        y, x = np.argwhere(count < 1)[0]
+        raise InputError(f"sliding windows (crop {crop}, stride {stride}) leave pixel "
+                         f"({y}, {x}) of a {count.shape[0]}x{count.shape[1]} image uncovered; "
+                         "use a stride of at most the crop")
 
 
 # ----------------------------------------------------------------------------- whole image
@@ -85,6 +116,7 @@ def slide_windows(height: int, width: int, crop: int | Sequence[int],
     """
     ch, cw = _pair(crop, "crop")
     sh, sw = _pair(stride, "stride")
+    check_windows((ch, cw), (sh, sw))
     h, w = int(height), int(width)
     h_grids = max(h - ch + sh - 1, 0) // sh + 1
     w_grids = max(w - cw + sw - 1, 0) // sw + 1
@@ -101,7 +133,8 @@ def window_count(height: int, width: int, crop: int | Sequence[int],
                  stride: int | Sequence[int]) -> np.ndarray:
     """How many sliding windows cover each pixel: int32 (H, W), mmseg's ``count_mat``.
 
-    ``Inference.slide`` divides its canvas by this; it is >= 1 everywhere for any size.
+    ``Inference.slide`` divides its canvas by this; it is >= 1 everywhere for any size
+    (``slide_windows`` refuses a stride larger than the crop, which would leave gaps).
     """
     count = np.zeros((int(height), int(width)), dtype=np.int32)
     for win in slide_windows(height, width, crop, stride):
@@ -134,7 +167,9 @@ def _slide(apply_fn: ApplyFn, variables: Any, images: jax.Array, crop: tuple[int
     canvas = jnp.zeros((n, h, w, logits.shape[-1]), jnp.float32)
     for i, win in enumerate(windows):  # mmseg's order of additions
         canvas = canvas.at[:, win.y1:win.y2, win.x1:win.x2].add(logits[i])
-    count = window_count(h, w, crop, stride).astype(np.float32)
+    count = window_count(h, w, crop, stride)
+    check_covered(count, crop, stride)  # static (numpy, at trace time): never a NaN canvas
+    count = count.astype(np.float32)
     return canvas / jnp.asarray(count)[None, :, :, None]
 
 
@@ -270,6 +305,7 @@ class Inference:
           batch_windows: crops per forward pass (× N images). 1 keeps memory at one crop's
             activations; more uses a large accelerator better.
         """
+        check_windows(crop, stride)
         logits = self._slide(variables, jnp.asarray(images), _pair(crop, "crop"),
                              _pair(stride, "stride"), int(batch_windows))
         _check_classes(logits, num_classes)
@@ -310,6 +346,7 @@ class Inference:
             if crop is None or stride is None:
                 raise ValueError("mode='slide' needs crop and stride")
             crop, stride = _pair(crop, "crop"), _pair(stride, "stride")
+            check_windows(crop, stride)
         else:
             crop = stride = None
         if not scales:

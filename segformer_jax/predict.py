@@ -19,7 +19,8 @@ to fit into ``(4 × size, size)`` (short side ``--size`` unless the long side wo
 and normalised like ``SegformerImageProcessor`` (ImageNet mean/std). At
 that scale one forward pass covers the whole image (``whole``), unless the image is more than
 ``2 × size`` long (a panorama) or ``--crop`` is given: then overlapping ``crop × crop``
-windows are run (``slide``; crop defaults to ``--size``, stride to 3/4 of the crop). The
+windows are run (``slide``; crop defaults to ``--size``, stride to 3/4 of the crop; a
+stride larger than the crop is refused, as it would leave pixels in no window). The
 logits are resized back to the original resolution before the argmax.
 
 ``--mode tiled`` is for images far larger than a crop (a 10000 × 10000 aerial scene): the
@@ -58,7 +59,7 @@ from segformer_jax.config import SegformerConfig
 from segformer_jax.constants import SIZE_DIVISOR
 from segformer_jax.errors import InputError, SegformerError
 from segformer_jax.evaluation import logits_to_mask, scored_class_names
-from segformer_jax.inference import Inference, aligned_test_size
+from segformer_jax.inference import Inference, aligned_test_size, check_windows
 
 MASK_SUFFIX, OVERLAY_SUFFIX = "_mask.png", "_overlay.png"
 TILED_MASK_SUFFIX = "_mask.tif"  # --mode tiled: written block by block
@@ -160,6 +161,8 @@ class Segmenter:
         if mode == "whole" and (crop is not None or stride is not None):
             raise InputError("crop and stride are for sliding-window inference; not with "
                              "mode 'whole'")
+        if mode != "whole":   # before any work: a gap between windows would divide by zero
+            check_windows(crop or size, stride or max(1, (crop or size) * 3 // 4))
         self.config, self.size, self.mode = config, int(size), mode
         self.crop = int(crop) if crop is not None else None
         self.stride = int(stride) if stride is not None else None
@@ -284,6 +287,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--crop/--stride are for sliding-window inference, not --mode whole")
     if args.stripe and args.mode != "tiled":
         parser.error("--stripe is for --mode tiled")
+    if args.stride and args.mode != "whole":
+        crop = args.crop or args.size
+        if args.stride > crop:
+            parser.error(f"--stride {args.stride} is larger than --crop {crop}"
+                         + ("" if args.crop else " (the crop defaults to --size)")
+                         + ": the pixels between two sliding windows would be covered by none; "
+                         "give a stride of at most the crop (the default is 3/4 of it)")
     return args
 
 
@@ -363,6 +373,9 @@ def _predict_tiled(segmenter: Segmenter, path: str, mask_path: pathlib.Path,
     try:
         write_mask_tiff(mask_path, blocks, height, width,
                         np.uint16 if len(names) > 255 else np.uint8)
+    except SegformerError as e:  # pixels the processor refuses: no mask file is left
+        print(f"error: {path}: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         print(f"error: {mask_path}: cannot write the mask ({e.strerror or e})", file=sys.stderr)
         return 1

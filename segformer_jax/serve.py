@@ -168,7 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     try:
-        build(page).launch(server_name=args.host, server_port=args.port, show_api=False)
+        # No "Use via API" link in the footer (gradio 6's footer_links; gradio 5 called it
+        # show_api=False). The /segment endpoint stays callable, as gradio_client needs it.
+        build(page).launch(server_name=args.host, server_port=args.port,
+                           footer_links=["gradio", "settings"])
     except OSError as e:  # the port is taken, the address is not this machine's
         print(f"error: cannot serve on {args.host}:{args.port} ({e})", file=sys.stderr)
         return 1

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from segformer_jax.errors import InputError
 from segformer_jax.inference import slide_windows
 
 STRIPE = 4096  # pixels: the width of the canvas rows held at a time
@@ -41,13 +42,32 @@ STRIPE = 4096  # pixels: the width of the canvas rows held at a time
 def open_image(path: str | os.PathLike, num_channels: int) -> Any:
     """An (H, W, bands) array-like of ``path`` for ``tiled_masks``: memory-mapped when the
     file allows it (an uncompressed TIFF of interleaved bands, an ``.npy``), else decoded
-    (``predict.read_image`` for RGB, ``images.read_bands`` otherwise)."""
-    from segformer_jax.errors import InputError
+    (``predict.read_image`` for RGB, ``images.read_bands`` otherwise).
+
+    Raises ``InputError`` naming the file when it is not an (H, W, ``num_channels``) array
+    of integers or floats (a damaged or pickled ``.npy``, another shape, a dtype that is not
+    a number), before any window runs.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     image = None
+    expected = f"an (H, W, {num_channels}) array of integers or floats"
     if suffix == ".npy":
-        image = np.load(path, mmap_mode="r")
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(6)
+            if magic != b"\x93NUMPY":   # numpy would take it for a pickle
+                raise InputError(f"{path}: not a .npy file (no numpy header); expected "
+                                 f"{expected} saved with numpy.save")
+            image = np.load(path, mmap_mode="r")
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+        except InputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - numpy raises ValueError, OSError, EOFError, ...
+            raise InputError(f"{path}: cannot read it as a .npy array ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else 'damaged'}); expected "
+                             f"{expected} saved with numpy.save") from None
     elif suffix in (".tif", ".tiff"):
         import tifffile
         try:
@@ -59,9 +79,13 @@ def open_image(path: str | os.PathLike, num_channels: int) -> Any:
     if image is None:
         from segformer_jax.predict import read_band_image, read_image
         image = read_image(path) if num_channels == 3 else read_band_image(path, num_channels)
-    if image.ndim != 3 or image.shape[-1] != num_channels:
+    if image.ndim != 3 or image.shape[-1] != num_channels or 0 in image.shape:
         raise InputError(f"{path}: an image of shape {image.shape}; the model takes (H, W, "
                          f"{num_channels})")
+    dtype = image.dtype
+    if dtype == np.bool_ or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise InputError(f"{path}: an array of dtype {dtype}; expected {expected} (uint8 or "
+                         "uint16 for an image)")
     return image
 
 
@@ -92,6 +116,12 @@ def tiled_masks(window_logits: Callable[[np.ndarray], np.ndarray], image: Any,
         count_y[row[0].y1:row[0].y2] += 1
     for w in rows[0]:
         count_x[w.x1:w.x2] += 1
+    # A pixel's count is count_y * count_x: a zero along either axis would divide by zero.
+    for axis, count in (("row", count_y), ("column", count_x)):
+        if count.size and count.min() < 1:
+            raise InputError(f"sliding windows (crop {crop}, stride {stride}) leave {axis} "
+                             f"{int(np.argmin(count))} of a {height}x{width} image uncovered; "
+                             "use a stride of at most the crop")
     bounds = [(x0, min(x0 + int(stripe), width)) for x0 in range(0, width, int(stripe))]
     reaching = [[j for j, w in enumerate(rows[0]) if w.x1 < x1 and w.x2 > x0] for x0, x1 in bounds]
     state = {"done": 0, "total": len(rows) * sum(len(r) for r in reaching)}

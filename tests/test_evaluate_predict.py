@@ -456,3 +456,92 @@ def test_evaluate_refuses_classification_options_for_a_segmentation_model(tiny, 
     assert "a model of the semantic_segmentation task, and --dataset synthetic_classification" \
         in capsys.readouterr().err
     assert not (tmp_path / "d").exists()  # refused before any dataset is built
+
+
+def test_a_stride_larger_than_the_crop_is_refused_before_any_work(tiny, images, tmp_path, capsys):
+    """``--crop 32 --stride 60`` left pixels in no sliding window: predict wrote them as class
+    0 and evaluate scored them so (exit status 0). Both commands now refuse it while parsing
+    their arguments: one error line naming --stride and --crop with their values, exit 2,
+    nothing read or written."""
+    _, _, hub_dir, _ = tiny
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "segformer_jax.predict", str(images["wide"]),
+                             "--checkpoint", str(hub_dir), "--out", str(out), "--size", "32",
+                             "--crop", "32", "--stride", "60"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: --stride 60 is larger than --crop 32: ")
+    assert not out.exists()
+    cases = [  # the command, its arguments, the message
+        (pr.main, [str(images["rgb"]), "--checkpoint", str(hub_dir), "--out", str(out),
+                   "--mode", "tiled", "--crop", "32", "--stride", "60"],
+         "--stride 60 is larger than --crop 32: "),
+        (pr.main, [str(images["rgb"]), "--checkpoint", str(hub_dir), "--out", str(out),
+                   "--size", "32", "--stride", "40"],
+         "--stride 40 is larger than --crop 32 (the crop defaults to --size): "),
+        (ev.main, ["--checkpoint", str(hub_dir), "--dataset", "synthetic", "--data-dir",
+                   str(tmp_path / "tfds"), "--crop", "32", "--stride", "60"],
+         "--stride 60 is larger than --crop 32: "),
+        (ev.main, ["--checkpoint", str(hub_dir), "--dataset", "cityscapes", "--data-dir",
+                   str(tmp_path / "tfds"), "--stride", "2000"],
+         "--stride 2000 is larger than --crop 1024 (the cityscapes preset's): "),
+    ]
+    for main, argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: " + message), err
+    assert not out.exists() and not (tmp_path / "tfds").exists()
+    with pytest.raises(InputError, match="stride 60 is larger than the crop 32"):
+        pr.Segmenter(*tiny[:2], size=64, crop=32, stride=60)
+    with pytest.raises(EvaluationError, match="--stride 60 is larger than --crop 32"):
+        evaluation.eval_settings("synthetic", crop=32, stride=60)
+
+
+def test_data_options_are_typed_and_checked_before_any_work(tiny, tmp_path, capsys):
+    """``--data-option num_train=abc`` compared a str with an int inside the builder; each
+    option is now typed as the builder's option (int, float, bool, str, a pair) and checked
+    before anything is built: one error line naming the option and the value, exit 2."""
+    _, _, hub_dir, _ = tiny
+    common = ["--checkpoint", str(hub_dir), "--data-dir", str(tmp_path / "tfds")]
+    cases = [
+        (["--dataset", "synthetic", "--data-option", "num_train=abc"],
+         "--data-option num_train=abc: expected an integer"),
+        (["--dataset", "synthetic", "--data-option", "num_validation=2.5"],
+         "--data-option num_validation=2.5: expected an integer"),
+        (["--dataset", "synthetic", "--data-option", "size_range=48"],
+         "--data-option size_range=48: expected 2 values"),
+        (["--dataset", "synthetic", "--data-option", "size_range=(48,x)"],
+         "--data-option size_range=(48,x): expected an integer in each place"),
+        (["--dataset", "synthetic", "--data-option", "colour=red"],
+         "--data-option colour=red: dataset 'synthetic' has no option 'colour'; its options are"),
+        (["--dataset", "synthetic", "--data-option", "num_train=0"], "--data-option num_train=0: "),
+        (["--dataset", "folder", "--manual-dir", str(tmp_path), "--data-option", "num_train=3"],
+         "--data-option num_train=3: dataset 'folder' has no option 'num_train'; it takes no options"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            ev.main([*common, *argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1, (argv, err)
+        assert err[0].startswith("error: " + message), (argv, err)
+    assert not (tmp_path / "tfds").exists()
+    # Typed as the builder's options: the same numbers as Python literals gave before.
+    args = ev.parse_args([*common, "--dataset", "synthetic", "--data-option", "num_train=4",
+                          "--data-option", "size_range=(48,64)", "--data-option", "seed=3"])
+    assert args.data_option == [("num_train", 4), ("size_range", (48, 64)), ("seed", 3)]
+    assert ev.parse_args([*common, "--dataset", "synthetic", "--data-option",
+                          "size_range=48,64"]).data_option == [("size_range", (48, 64))]
+
+
+def test_typed_values():
+    from segformer_jax.cli import typed_value
+    assert typed_value(" 8 ", 1000) == 8 and typed_value("8", 0.5) == 8.0
+    assert typed_value("yes", False) is True and typed_value("0", True) is False
+    assert typed_value("abc", "x") == "abc" and typed_value("[1, 2]", (0, 0)) == (1, 2)
+    assert typed_value("(1, 2)", None) == (1, 2) and typed_value("abc", None) == "abc"
+    for text, default in (("abc", 1), ("1.5", 1), ("maybe", True), ("x", 0.5), ("1,2,3", (0, 0))):
+        with pytest.raises(ValueError):
+            typed_value(text, default)

@@ -109,8 +109,12 @@ def test_preprocessing_export_gives_the_models_masks(tiny, tmp_path, fmt, flags,
     out = tmp_path / fmt
     assert run(path, fmt, out, "--with-preprocessing", *flags) == 0
     meta = json.loads((out / "export.json").read_text())
+    # Behind a resize to a fixed size any image size goes in; at the image's own size, 32 up.
+    dynamic = export.FORMATS[fmt].dynamic_size
+    minimum = (1, 1) if size and dynamic else size or (export.MIN_DYNAMIC_SIZE,) * 2
     assert meta["input"] == {"name": "images", "dtype": "uint8", "layout": "NHWC",
-                             "shape": meta["input"]["shape"]}
+                             "shape": meta["input"]["shape"], "min_size": list(minimum),
+                             "size_rule": meta["input"]["size_rule"]}
     assert all(r["passed"] and r["mismatched_pixels"] == 0 for r in meta["parity"])
     runner = export.load_runner(fmt, out)
     rng = np.random.default_rng(11)
@@ -143,6 +147,33 @@ def test_stablehlo_runs_without_this_package(tiny, tmp_path):
                                rtol=0, atol=export.LOGIT_TOLERANCE)
 
 
+def test_stablehlo_records_and_enforces_its_minimum_size(tiny, tmp_path, capsys):
+    """A dynamic-size StableHLO export called below 32 px failed with only "Error refining
+    shapes" (the constraint h, w >= 32 is inside the artefact, nowhere else): export.json now
+    records it, the command prints it, and load_runner refuses a smaller image by name."""
+    config, variables, path = tiny
+    out = tmp_path / "hlo"
+    assert run(path, "stablehlo", out) == 0
+    assert "height and width at least 32" in capsys.readouterr().out
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["input"]["min_size"] == [32, 32]
+    assert "at least 32" in meta["input"]["size_rule"] and "not only multiples" in meta["input"]["size_rule"]
+    runner = export.load_runner("stablehlo", out)
+    x = np.random.default_rng(1).standard_normal((1, 32, 33, 3), dtype=np.float32)  # the smallest
+    np.testing.assert_allclose(runner(x), model_logits(config, variables, x), rtol=0,
+                               atol=export.LOGIT_TOLERANCE)
+    small = np.zeros((1, 16, 40, 3), np.float32)
+    with pytest.raises(InputError, match=r"16 x 40 pixels is too small.*at least 32"):
+        runner(small)
+    with pytest.raises(InputError, match=r"1x40x40x4.*band count is fixed at 3"):
+        runner(np.zeros((1, 40, 40, 4), np.float32))
+    # An export.json written before min_size existed: the rule of its dynamic shape still holds.
+    del meta["input"]["min_size"], meta["input"]["size_rule"]
+    (out / "export.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"31 x 40 pixels is too small.*at least 32"):
+        export.load_runner("stablehlo", out)(np.zeros((1, 31, 40, 3), np.float32))
+
+
 def test_savedmodel_serving_signature(tiny, tmp_path):
     import tensorflow as tf
     config, variables, path = tiny
@@ -162,7 +193,7 @@ def test_the_gate_fails_and_nothing_is_written(tiny, tmp_path, monkeypatch):
     signature = export.Signature(None, None, False)
     real = export.load_runner
     monkeypatch.setattr(export, "load_runner",
-                        lambda fmt, out: (lambda x, run=real(fmt, out): run(x) + 2e-4))
+                        lambda fmt, out, meta=None: (lambda x, run=real(fmt, out, meta): run(x) + 2e-4))
     out = tmp_path / "off"
     lines = []
     with pytest.raises(InputError, match="does not match the model.*nothing written"):

@@ -274,3 +274,83 @@ def test_save_keeps_existing_checkpoint_on_error(b0_hub_dir, tmp_path):
     with pytest.raises(sj.CheckpointError, match="variables lack"):
         sj.save_pretrained(tmp_path, config, broken)
     assert (tmp_path / "model.safetensors").read_bytes() == before
+
+
+# -- bad config.json values -------------------------------------------------------------
+
+TINY_NAMES = ("road", "tree", "sky")
+# What a Hub config.json may hold that transformers' SegformerConfig refuses as well: each is
+# one ConfigError naming the file, the key and the value (they were tracebacks).
+BAD_CONFIGS = {
+    "id2label-list": ({"id2label": ["road", "tree", "sky"]}, r"id2label must be an object.*got a list"),
+    "id2label-name-key": ({"id2label": {"a": "cat", "1": "tree", "2": "sky"}},
+                          r'id2label key "a" \(for "cat"\) is not a class id'),
+    "depths-2.0": ({"depths": [2.0, 1, 1, 1]}, r"config field 'depths' must be a list of integers.*\[2\.0, 1, 1, 1\]"),
+    "depths-2.5": ({"depths": [2.5, 1, 1, 1]}, r"config field 'depths' must be a list of integers.*\[2\.5, 1, 1, 1\]"),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_hub(tmp_path_factory):
+    config = sj.SegformerConfig.from_variant(
+        "b0", num_labels=len(TINY_NAMES), hidden_sizes=(8, 16, 24, 32), num_attention_heads=(1, 2, 3, 4),
+        depths=(1, 1, 1, 1), decoder_hidden_size=16, id2label=dict(enumerate(TINY_NAMES)))
+    return sj.save_pretrained(tmp_path_factory.mktemp("tiny_hub") / "hub", config,
+                              sj.init_variables(config, seed=2))
+
+
+def _hub_with(hub, directory, change):
+    directory.mkdir()
+    (directory / "model.safetensors").write_bytes((hub / "model.safetensors").read_bytes())
+    data = json.loads((hub / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**data, **change}, indent=2))
+    return directory
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_json_values_are_one_config_error(tiny_hub, tmp_path, case):
+    import transformers
+    change, message = BAD_CONFIGS[case]
+    hub = _hub_with(tiny_hub, tmp_path / case, change)
+    data = json.loads((hub / "config.json").read_text())
+    with pytest.raises(Exception):  # noqa: B017 - the oracle: transformers refuses it too
+        transformers.SegformerConfig.from_dict(data)
+    for read in (sj.SegformerConfig.from_json_file, lambda _: sj.from_pretrained(hub)):
+        with pytest.raises(sj.ConfigError, match=message) as err:
+            read(hub / "config.json")
+        assert str(hub / "config.json") in str(err.value)
+
+
+def test_config_json_keys_read_as_transformers_reads_them(tiny_hub, tmp_path):
+    """transformers reads id2label keys with int(): " 1" is class 1; so does this."""
+    import transformers
+    hub = _hub_with(tiny_hub, tmp_path / "spaced",
+                    {"id2label": {"0": "road", " 1": "tree", "2 ": "sky"}})
+    data = json.loads((hub / "config.json").read_text())
+    theirs = transformers.SegformerConfig.from_dict(data).id2label
+    config, _ = sj.from_pretrained(hub)
+    assert dict(config.id2label) == dict(theirs) == dict(enumerate(TINY_NAMES))
+
+
+def test_bad_config_json_through_predict(tiny_hub, tmp_path):
+    """The way it was met: ``python -m segformer_jax.predict --checkpoint HUBDIR`` printed a
+    traceback; now one error line naming the file and the key, exit status 1, nothing written."""
+    import os
+    import subprocess
+    import sys
+
+    import PIL.Image
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    image = tmp_path / "image.png"
+    PIL.Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(image)
+    env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
+    for case in ("id2label-list", "depths-2.0"):
+        hub = _hub_with(tiny_hub, tmp_path / case, BAD_CONFIGS[case][0])
+        result = subprocess.run([sys.executable, "-m", "segformer_jax.predict", "--checkpoint",
+                                 str(hub), str(image), "--out", str(tmp_path / "out")],
+                                capture_output=True, text=True, env=env, timeout=300)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 1 and len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"error: {hub / 'config.json'}: ")
+        assert re.search(BAD_CONFIGS[case][1], lines[0]), lines[0]
+        assert not (tmp_path / "out").exists()

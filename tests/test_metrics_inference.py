@@ -273,6 +273,37 @@ def test_multiscale_slide_mode_and_aligned_sizes():
         FAKE_INFERENCE.multiscale_flip(FAKE, images, mode="slide")
 
 
+def test_a_stride_larger_than_the_crop_is_refused():
+    """Crop 32, stride 60 on a 90-pixel side: windows at 0-32 and 58-90 leave 32-58 to no
+    window; the canvas was divided by a count of 0 there (NaN logits, argmax class 0, and a
+    silently wrong mIoU). Every entry point refuses it, naming both values."""
+    images = random_images(1, 90, 130, seed=8)
+    message = r"stride 60 is larger than the crop 32 \(--stride > --crop\)"
+    with pytest.raises(sj.errors.InputError, match=message):
+        inference.slide_windows(90, 130, 32, 60)
+    with pytest.raises(sj.errors.InputError, match=message):
+        inference.window_count(90, 130, 32, 60)
+    with pytest.raises(sj.errors.InputError, match=message):
+        FAKE_INFERENCE.slide(FAKE, images, crop=32, stride=60)
+    with pytest.raises(sj.errors.InputError, match=message):
+        FAKE_INFERENCE.multiscale_flip(FAKE, images, mode="slide", crop=32, stride=60)
+    with pytest.raises(sj.errors.InputError, match=r"stride 20x60 is larger than the crop 32"):
+        FAKE_INFERENCE.slide(FAKE, images, crop=32, stride=(20, 60))
+    # Equal to the crop: windows side by side, every pixel once (mmseg allows it).
+    assert inference.window_count(90, 130, 32, 32).min() == 1
+
+
+def test_an_uncovered_pixel_is_an_error_not_a_division_by_zero(monkeypatch):
+    """Whatever produces the windows, ``slide`` checks every pixel's count before dividing:
+    windows that leave a gap (here from a stand-in for slide_windows) raise, naming the pixel."""
+    gappy = [Window(0, 0, 32, 32), Window(0, 40, 32, 72)]   # columns 32-39 in no window
+    monkeypatch.setattr(inference, "slide_windows", lambda *args: gappy)
+    with pytest.raises(sj.errors.InputError, match=r"leave pixel \(0, 32\) of a 32x72 image uncovered"):
+        inference.Inference(fake_apply).slide(FAKE, random_images(1, 32, 72, seed=9), 32, 32)
+    with pytest.raises(sj.errors.InputError, match="uncovered"):
+        inference.check_covered(np.array([[1, 0], [1, 1]]), 32, 32)
+
+
 def test_aligned_test_size():
     # 512×683: factor min(2048/683, 512/512) = 1 → 512×683;
     # then 683 → ceil(683/32)·32 = 22·32 = 704 (21·32 = 672 < 683).

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import PIL.Image
@@ -24,6 +29,7 @@ serve = pytest.importorskip("segformer_jax.serve")
 
 pytestmark = pytest.mark.slow
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 NAMES = ("road", "tree", "sky", "car", "person", "bicycle")
 # .ci/run sets this after installing Chromium: there the browser test must run, not skip.
 BROWSER_REQUIRED = os.environ.get("SEGFORMER_BROWSER_TESTS") == "1"
@@ -95,6 +101,74 @@ def test_bad_checkpoint_one_error(tmp_path, capsys):
     assert serve.main(["--checkpoint", str(tmp_path / "nothing")]) == 1
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "nothing" in err
+
+
+def _command_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "GRADIO_ANALYTICS_ENABLED": "False",
+            "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def _wait_listening(url: str, process: subprocess.Popen, log: pathlib.Path,
+                    timeout_s: float = 120) -> None:
+    """Until ``url`` answers 200; fails with the command's output if it exits first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"serve exited with {process.returncode} before listening:\n"
+                        f"{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"serve did not listen on {url} within {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+def test_serve_command_serves_and_segments(model_dir, image_file, predicted, tmp_path):
+    """``python -m segformer_jax.serve`` as a user starts it: it listens (gradio 6 refused
+    the old ``launch(show_api=False)`` with a TypeError), its page has no API link in the
+    footer, and a request through gradio_client segments an image into predict's mask."""
+    from gradio_client import Client, handle_file
+    port = serve_screenshot.free_port()
+    url = f"http://127.0.0.1:{port}/"
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "segformer_jax.serve", "--checkpoint", str(model_dir),
+             "--port", str(port), "--size", "64"],
+            stdout=out, stderr=subprocess.STDOUT, env=_command_env(), cwd=tmp_path)
+    try:
+        _wait_listening(url, process, log)
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            page = answer.read().decode("utf-8", "replace")
+        assert '"footer_links":["gradio","settings"]' in page.replace(" ", "")
+        client = Client(url, verbose=False)
+        overlay, legend, mask_file, timing = client.predict(handle_file(str(image_file)),
+                                                            api_name="/segment")
+        np.testing.assert_array_equal(np.asarray(PIL.Image.open(mask_file)), predicted[0])
+        assert sorted(n for n in NAMES if f'class="legend-name">{n}<' in legend) \
+            == sorted(predicted[1])
+        assert timing.startswith("inference ")
+        assert process.poll() is None, log.read_text()
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=20)
+    assert "Traceback" not in log.read_text()
+
+
+def test_serve_command_bad_checkpoint(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "segformer_jax.serve", "--checkpoint",
+                             str(tmp_path / "nothing"), "--port", str(serve_screenshot.free_port())],
+                            capture_output=True, text=True, env=_command_env(), timeout=300)
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "nothing" in lines[0], lines
 
 
 @pytest.mark.skipif(not BROWSER_REQUIRED and serve_screenshot.chromium() is None,

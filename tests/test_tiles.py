@@ -109,3 +109,67 @@ def test_write_mask_tiff_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(RuntimeError):
         write_mask_tiff(tmp_path / "m.tif", blocks(), 8, 8)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stride_larger_than_the_crop_is_refused(tmp_path, monkeypatch):
+    """``predict --mode tiled --crop 32 --stride 60`` wrote class 0 wherever no window
+    reached (a division by a count of 0) and exited 0. The command refuses it before it reads
+    the checkpoint; ``tiled_masks`` itself refuses it, and any windows that leave a gap."""
+    from segformer_jax import predict, tiles
+    from segformer_jax.errors import InputError
+    from segformer_jax.inference import Window
+    image = _image(90, 130)
+    np.save(tmp_path / "scene.npy", image)
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(tmp_path / "scene.npy"), "--checkpoint", str(tmp_path / "absent"),
+                      "--out", str(tmp_path / "out"), "--mode", "tiled", "--crop", "32",
+                      "--stride", "60"])
+    assert exit_info.value.code == 2 and not (tmp_path / "out").exists()
+
+    def never(x):
+        raise AssertionError("no window may run")
+
+    with pytest.raises(InputError, match=r"stride 60 is larger than the crop 32"):
+        list(tiles.tiled_masks(never, image, 32, 60, lambda c: c.astype(np.float32)))
+    gappy = [Window(0, 0, 32, 32), Window(0, 40, 32, 72)]   # columns 32-39 in no window
+    monkeypatch.setattr(tiles, "slide_windows", lambda *args: gappy)
+    with pytest.raises(InputError, match=r"leave column 32 of a 32x72 image uncovered"):
+        list(tiles.tiled_masks(never, image[:32, :72], 32, 40, lambda c: c.astype(np.float32)))
+
+
+def test_predict_tiled_reports_bad_npy_files_and_goes_on(tmp_path, capsys):
+    """Junk ``.npy`` files (random bytes, a truncated file, pickled objects, the wrong shape,
+    strings, complex numbers) each give one error line naming the file and what was expected;
+    the good image among them is still segmented, and the exit status is 1."""
+    import tifffile
+
+    from segformer_jax import predict
+    from segformer_jax.checkpoint import save_model
+    config = sj.SegformerConfig.from_variant("b0", num_labels=5, **TINY)
+    save_model(tmp_path / "model", config, sj.init_variables(config, seed=0))
+    good = tmp_path / "good.npy"
+    np.save(good, _image(64, 96))
+    bad = {"random.npy": "not a .npy file (no numpy header)",
+           "truncated.npy": "cannot read it as a .npy array",
+           "objects.npy": "cannot read it as a .npy array",
+           "flat.npy": "an image of shape (5,); the model takes (H, W, 3)",
+           "text.npy": "an array of dtype <U1; expected an (H, W, 3) array of integers or floats",
+           "complex.npy": "an array of dtype complex64; expected an (H, W, 3) array"}
+    (tmp_path / "random.npy").write_bytes(np.random.default_rng(0).bytes(3000))
+    (tmp_path / "truncated.npy").write_bytes(good.read_bytes()[:100])
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None], dtype=object))
+    np.save(tmp_path / "flat.npy", np.zeros(5, np.uint8))
+    np.save(tmp_path / "text.npy", np.full((8, 8, 3), "a"))
+    np.save(tmp_path / "complex.npy", np.zeros((8, 8, 3), np.complex64))
+    out = tmp_path / "out"
+    rc = predict.main([*(str(tmp_path / name) for name in bad), str(good), "--checkpoint",
+                       str(tmp_path / "model"), "--out", str(out), "--size", "64", "--mode", "tiled"])
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert rc == 1
+    assert len(errors) == len(bad), captured.err
+    for line, (name, expected) in zip(errors, bad.items()):
+        assert line.startswith(f"error: {tmp_path / name}: ") and expected in line, line
+    assert "Traceback" not in captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["good_mask.tif"]
+    assert tifffile.imread(out / "good_mask.tif").shape == (64, 96)
