@@ -28,8 +28,8 @@ from segformer_jax.config import SegformerConfig
 from segformer_jax.data.presets import settings as dataset_settings
 from segformer_jax.errors import ConfigError
 from segformer_jax.optim import Recipe
+from segformer_jax.workdir import CONFIG_JSON, atomic_write_text
 
-CONFIG_JSON = "config.json"
 # Set by the dataset (its classes, with model.binary), by model.num_channels, or by the run
 # (total_steps), never by model.overrides.
 _NOT_OVERRIDABLE = ("num_labels", "id2label", "num_channels")
@@ -311,6 +311,9 @@ def validate(config: ml_collections.ConfigDict, process_count: int = 1) -> None:
             continue
         if not _positive_pair(value):
             raise ConfigError(f"data.{key} must be two positive numbers; got {value!r}")
+    if int(config.data.num_workers) < 0:
+        raise ConfigError(f"data.num_workers must be >= 0 (the input threads; 0: one per core, "
+                          f"at most 8); got {config.data.num_workers}")
     _validate_task(config)
     _validate_loss(config)
     if config.model.binary and config.task != "semantic_segmentation":
@@ -382,8 +385,15 @@ def _positive_pair(value: Any) -> bool:
 
 
 def _flag_values(argv: Sequence[str], lock: bool = True) -> Any:
+    """Absl flags with ``--config``. ml_collections loads the file as the module
+    ``config_config`` with importlib's ``load_module``, which executes it into the module
+    already of that name: a second file loaded in the same process (a sweep, the tests)
+    would keep the first file's ``get_config`` if it lacks one. The old module is dropped."""
+    import sys
+
     from absl import flags
     from ml_collections import config_flags
+    sys.modules.pop("config_config", None)
     values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "FILE.py[:ARG] defining get_config(arg)",
                                     flag_values=values, lock_config=lock, sys_argv=list(argv))
@@ -399,18 +409,18 @@ def parse_flags(argv: Sequence[str], define: Any = None) -> tuple[ml_collections
     """``argv`` (program name first) -> (config, absl FlagValues).
 
     ``define(flag_values)`` adds the command's own flags (``--workdir``, ...). Every problem
-    with the config file or an override (missing file, unknown key, wrong type) is one
-    ``ConfigError`` naming it.
+    with the config file (missing, a syntax error, no ``get_config``, an exception inside it)
+    or with an override (unknown key, wrong type) is one ``ConfigError`` naming it. The file
+    is loaded on its own first, so a mistake in it is never reported as one of the overrides.
     """
     from absl import flags
-    values = _flag_values(argv)
-    if define is not None:
-        define(values)
     spec = _config_spec(argv)
     if spec is None:
         raise ConfigError("--config FILE.py[:ARG] is required")
-    if not pathlib.Path(spec.split(":", 1)[0]).expanduser().is_file():
-        raise ConfigError(f"--config {spec}: no such file {spec.split(':', 1)[0]!r}")
+    plain = load_file(spec)
+    values = _flag_values(argv)
+    if define is not None:
+        define(values)
     try:
         values(list(argv))
         config = values.config
@@ -418,13 +428,50 @@ def parse_flags(argv: Sequence[str], define: Any = None) -> tuple[ml_collections
         raise ConfigError(f"unrecognised flag --{e.flagname} (config overrides look like "
                           "--config.key=value)") from None
     except (KeyError, AttributeError, flags.Error) as e:  # a missing key, or a wrong type
-        raise ConfigError(_bad_override(argv, e)) from None
+        raise ConfigError(_bad_override(argv, e, plain)) from None
     except (TypeError, ValueError, OSError) as e:
         raise ConfigError(f"--config {spec}: {_one_line(e)}") from None
+    return config, values
+
+
+def load_file(spec: str) -> ml_collections.ConfigDict:
+    """``get_config(ARG)`` of ``FILE.py[:ARG]`` without overrides; any failure of the file is
+    one ``ConfigError`` naming the file, the line and what went wrong there."""
+    path = pathlib.Path(spec.split(":", 1)[0]).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"--config {spec}: no such file {str(path)!r}")
+    values = _flag_values(["load", f"--config={spec}"])
+    try:
+        values(["load", f"--config={spec}"])
+        config = values.config
+    except Exception as e:  # noqa: BLE001 - the file is arbitrary Python: anything can fail
+        raise ConfigError(_file_error(spec, path, e)) from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"--config {spec}: get_config() returned a {type(config).__name__}, "
                           "not an ml_collections.ConfigDict")
-    return config, values
+    return config
+
+
+def _file_error(spec: str, path: pathlib.Path, error: BaseException) -> str:
+    """What went wrong in a config file: its line and the exception, in one line."""
+    import traceback
+    if isinstance(error, SyntaxError) and error.lineno:
+        text = (error.text or "").strip()
+        return (f"--config {spec}: line {error.lineno}: {error.msg}"
+                + (f" ({text})" if text else "") + "; the file is not valid Python")
+    if isinstance(error, AttributeError) and "get_config" in str(error):
+        return (f"--config {spec}: the file defines no get_config(arg=None); a config file "
+                "returns its ml_collections.ConfigDict from get_config (see configs/quickstart.py)")
+    here = [frame for frame in traceback.extract_tb(error.__traceback__)
+            if pathlib.Path(frame.filename).resolve() == path.resolve()]
+    cause = error.args[0] if isinstance(error, AttributeError) and error.args else error
+    if isinstance(error, KeyError) and error.args:
+        cause = repr(error.args[0])
+    what = f"{type(error).__name__}: {_one_line(cause) if isinstance(cause, BaseException) else cause}"
+    if here:
+        line = here[-1]
+        return f"--config {spec}: line {line.lineno} ({(line.line or '').strip()}) raised {what}"
+    return f"--config {spec}: loading it raised {what}"
 
 
 def _config_spec(argv: Sequence[str]) -> str | None:
@@ -437,16 +484,12 @@ def _config_spec(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _bad_override(argv: Sequence[str], error: BaseException) -> str:
+def _bad_override(argv: Sequence[str], error: BaseException, config: ml_collections.ConfigDict) -> str:
     """The message for the first ``--config.KEY=VALUE`` of ``argv`` that the config file's
-    own config refuses: an unknown key (with the valid ones), or a value of another type."""
+    own ``config`` refuses: an unknown key (with the valid ones), or a value of another type."""
     from absl import flags
-    try:
-        config, _ = parse_flags(["load", f"--config={_config_spec(argv)}"])
-    except ConfigError:
-        config = None
     for arg in argv:
-        if config is None or not arg.startswith("--config."):
+        if not arg.startswith("--config."):
             continue
         key, _, text = arg[len("--config."):].partition("=")
         try:
@@ -507,7 +550,7 @@ def load(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collection
     """``get_config(ARG)`` of ``FILE.py[:ARG]``, then ``overrides`` ({dotted key: value}) set
     on the locked config: ml_collections types them (an int for a float is fine, a string for
     an int is not) and refuses unknown keys. Errors are ``ConfigError`` naming the key."""
-    config, _ = parse_flags(["load", f"--config={spec}"])
+    config = load_file(spec)
     for key, value in (overrides or {}).items():
         set_key(config, key, value)
     return config
@@ -559,7 +602,5 @@ def to_json_data(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def write_json(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> pathlib.Path:
     """``workdir/config.json``: what produced the run (written atomically)."""
     path = pathlib.Path(workdir) / CONFIG_JSON
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(to_json_data(config), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(to_json_data(config), indent=2) + "\n")
     return path
