@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from segformer_jax.config import SegformerConfig
-from segformer_jax.errors import CheckpointError, ConfigError
+from segformer_jax.errors import CheckpointError, ConfigError, DamagedCheckpointError, NonFiniteError, one_line
 from segformer_jax.hub import ARCHITECTURES, SEMSEG, WEIGHT_FILES, task_of
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,120 @@ def load_model(path: str | os.PathLike) -> tuple[SegformerConfig, dict[str, Any]
 
 
 # --------------------------------------------------------------------------------------
+# Fingerprints: what a training step's arrays were when they were saved
+#
+# Per leaf, two sums of its 32-bit words, wrapping modulo 2**32: the plain sum and the sum
+# weighted by each word's (odd-mixed) position. Integer addition is exact in any order, so
+# the device computes them on the sharded state when saving and again on whatever mesh
+# restores it (or numpy on the host, for inference) and gets the same two numbers; a
+# missing, truncated or changed file that Orbax still reads shows as a different fingerprint.
+
+_MIX = np.uint32(0x9E3779B1)  # Knuth's multiplicative hash constant: odd, so a bijection
+
+
+def leaf_name(path: Any) -> str:
+    """A pytree path as ``opt_state/inner_states/default/0/mu/...``: the same for the live
+    state (optax's named tuples) and the tree Orbax restores (dicts and lists)."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _words_device(x: jax.Array) -> jax.Array:
+    import jax.numpy as jnp
+    size = np.dtype(x.dtype).itemsize
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    if size == 4:
+        return jax.lax.bitcast_convert_type(x, jnp.uint32)
+    if size < 4:
+        kind = {1: jnp.uint8, 2: jnp.uint16}[size]
+        return jax.lax.bitcast_convert_type(x, kind).astype(jnp.uint32)
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)  # 8 bytes: (..., 2) words
+
+
+def _leaf_print_device(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    import jax.numpy as jnp
+    words = _words_device(x)
+    index = jnp.zeros(words.shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(words.ndim)):  # the C-order position, without a reshape
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis) * np.uint32(stride % 2**32)
+        stride *= words.shape[axis]
+    sums = jnp.stack([jnp.sum(words, dtype=jnp.uint32),
+                      jnp.sum(words * (index * _MIX + np.uint32(1)), dtype=jnp.uint32)])
+    finite = (jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact)
+              else jnp.array(True))
+    return sums, finite
+
+
+def _leaf_print_host(x: np.ndarray) -> tuple[np.ndarray, bool]:
+    x = np.ascontiguousarray(x)
+    if x.dtype == np.bool_:
+        words = x.astype(np.uint32)
+    elif x.dtype.itemsize < 4:
+        words = x.view({1: np.uint8, 2: np.uint16}[x.dtype.itemsize]).astype(np.uint32)
+    else:
+        words = x.reshape(-1).view(np.uint32)
+    words = words.reshape(-1)
+    index = np.arange(words.size, dtype=np.uint32)
+    with np.errstate(over="ignore"):
+        sums = np.array([np.sum(words, dtype=np.uint32),
+                         np.sum(words * (index * _MIX + np.uint32(1)), dtype=np.uint32)], np.uint32)
+    finite = bool(np.all(np.isfinite(x))) if np.issubdtype(x.dtype, np.inexact) else True
+    return sums, finite
+
+
+def fingerprint(tree: Any) -> tuple[dict[str, list[int]], list[str]]:
+    """``({leaf name: [sum, weighted sum]}, [names of leaves holding NaN or Inf])`` of a
+    pytree of arrays: computed on the devices for ``jax.Array`` leaves (one small program,
+    its result replicated), with numpy for host arrays."""
+    named = jax.tree_util.tree_flatten_with_path(tree)[0]
+    names = [leaf_name(path) for path, _ in named]
+    leaves = [leaf for _, leaf in named]
+    if leaves and all(isinstance(leaf, jax.Array) for leaf in leaves):
+        import jax.numpy as jnp
+
+        def program(xs: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
+            prints = [_leaf_print_device(x) for x in xs]
+            return jnp.stack([p[0] for p in prints]), jnp.stack([p[1] for p in prints])
+
+        mesh = next((leaf.sharding.mesh for leaf in leaves
+                     if isinstance(leaf.sharding, jax.sharding.NamedSharding)), None)
+        out = (None if mesh is None else
+               jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+        sums, finite = jax.device_get(jax.jit(program, out_shardings=out)(leaves))
+    else:
+        prints = [_leaf_print_host(np.asarray(leaf)) for leaf in leaves]
+        sums = np.stack([p[0] for p in prints]) if prints else np.zeros((0, 2), np.uint32)
+        finite = np.array([p[1] for p in prints], bool)
+    return ({n: [int(a), int(b)] for n, (a, b) in zip(names, np.asarray(sums))},
+            [n for n, ok in zip(names, np.asarray(finite)) if not ok])
+
+
+def check_fingerprint(tree: Any, saved: Mapping[str, Any] | None, where: str,
+                      prefixes: tuple[str, ...] = ("",)) -> None:
+    """Raises ``DamagedCheckpointError`` when a leaf of ``tree`` (under ``prefixes``) differs
+    from the fingerprint saved with it, or holds NaN or Inf; ``saved`` None (a checkpoint
+    from before fingerprints were kept) checks finiteness only."""
+    prints, non_finite = fingerprint(tree)
+    non_finite = [n for n in non_finite if n.startswith(prefixes)]
+    if non_finite:
+        raise DamagedCheckpointError(f"{where}: {len(non_finite)} array(s) hold NaN or Inf "
+                                     f"({', '.join(non_finite[:3])}{', …' if len(non_finite) > 3 else ''})")
+    if not saved:
+        return
+    differ = [n for n, p in prints.items() if n.startswith(prefixes) and n in saved
+              and list(saved[n]) != p]
+    missing = [n for n in saved if n.startswith(prefixes) and n not in prints]
+    if differ or missing:
+        shown = ", ".join((differ + missing)[:3])
+        raise DamagedCheckpointError(
+            f"{where}: {len(differ)} array(s) differ from the fingerprint saved with them"
+            + (f" and {len(missing)} are missing" if missing else "")
+            + f" ({shown}{', …' if len(differ) + len(missing) > 3 else ''}): its files were "
+            "changed after they were written")
+
+
+# --------------------------------------------------------------------------------------
 # Training checkpoints: the train state + a JSON record, managed by Orbax
 
 
@@ -99,8 +213,13 @@ class TrainCheckpoints:
     Saves asynchronously every ``every`` steps (and whenever ``force`` is given: the end of
     a run, a preemption), keeps the latest ``keep`` and the one with the best ``best_metric``.
     Each checkpoint holds two items: ``state`` (the train-state pytree) and ``meta`` (JSON:
-    the step, the run's model config and the metrics at that step). The input pipeline's
-    position is the step itself: batches are a pure function of (seed, step).
+    the step, the run's model config, the metrics at that step and the state's
+    ``fingerprint``). The input pipeline's position is the step itself: batches are a pure
+    function of (seed, step).
+
+    A state holding NaN or Inf is never saved (``NonFiniteError``); ``restore`` checks what
+    it reads against the fingerprint and raises ``DamagedCheckpointError`` for a step whose
+    files were lost or changed, ``CheckpointError`` for one of another model or optimiser.
     """
 
     def __init__(self, workdir: str | os.PathLike, every: int, keep: int = 3,
@@ -114,8 +233,10 @@ class TrainCheckpoints:
         options = ocp.CheckpointManagerOptions(
             save_decision_policy=policies.FixedIntervalPolicy(max(every, 1)),
             preservation_policy=policies.AnyPreservationPolicy(preserve),
-            enable_async_checkpointing=True)
-        self.directory = pathlib.Path(workdir).absolute() / CHECKPOINTS
+            enable_async_checkpointing=True,
+            cleanup_tmp_directories=True)  # what a save cut short (a full disk) left behind
+        self.workdir = pathlib.Path(workdir).absolute()
+        self.directory = self.workdir / CHECKPOINTS
         self._ocp = ocp
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "meta"))
@@ -123,10 +244,22 @@ class TrainCheckpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        """The finished steps, oldest first."""
+        return sorted(self.manager.all_steps())
+
     def save(self, step: int, state: Any, meta: Mapping[str, Any],
              metrics: Mapping[str, float] | None = None, force: bool = False) -> bool:
-        args = self._ocp.args.Composite(state=self._ocp.args.StandardSave(state),
-                                        meta=self._ocp.args.JsonSave(dict(meta)))
+        """Starts writing ``state`` as ``step`` (asynchronously), its fingerprint in ``meta``;
+        ``NonFiniteError`` naming the arrays if it holds NaN or Inf (nothing is written)."""
+        prints, non_finite = fingerprint(state)
+        if non_finite:
+            raise NonFiniteError(f"the state after step {step} holds NaN or Inf in "
+                                 f"{len(non_finite)} of {len(prints)} arrays "
+                                 f"({', '.join(non_finite[:3])}{', …' if len(non_finite) > 3 else ''})")
+        args = self._ocp.args.Composite(
+            state=self._ocp.args.StandardSave(state),
+            meta=self._ocp.args.JsonSave({**meta, "fingerprint": prints}))
         return self.manager.save(step, args=args, metrics=dict(metrics) if metrics else None,
                                  force=force)
 
@@ -134,20 +267,54 @@ class TrainCheckpoints:
         """The JSON record of ``step``: read it to check a checkpoint before restoring it."""
         ocp = self._ocp
         try:
-            return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            with _quiet_orbax():
+                meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files
-            raise CheckpointError(f"{self.directory / str(step)}: cannot read its meta record ({e})") from None
+            raise DamagedCheckpointError(f"{self.directory / str(step)}: cannot read its meta record "
+                                         f"({one_line(e)})") from None
+        if not isinstance(meta, Mapping):
+            raise DamagedCheckpointError(f"{self.directory / str(step)}: its meta record is not a "
+                                         "JSON object")
+        return dict(meta)
 
-    def restore(self, step: int, abstract_state: Any) -> Any:
-        """The state at ``step``, laid out (dtypes, shardings) as ``abstract_state``."""
+    def restore(self, step: int, abstract_state: Any, meta: Mapping[str, Any] | None = None) -> Any:
+        """The state at ``step``, laid out (dtypes, shardings) as ``abstract_state``, checked
+        against the fingerprint in ``meta`` (read when not given)."""
         ocp = self._ocp
+        where = self.directory / str(step)
+        meta = self.meta(step) if meta is None else meta
+        check_layout(where / "state", abstract_state)
         try:
-            restored = self.manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-        except Exception as e:  # noqa: BLE001 - orbax raises many types for mismatches
-            raise CheckpointError(f"{self.directory / str(step)}: does not fit this run's model and "
-                                  f"optimiser: {str(e).splitlines()[0]}") from None
+            with _quiet_orbax():
+                restored = self.manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        except Exception as e:  # noqa: BLE001 - its layout fits: the files are what failed
+            raise DamagedCheckpointError(f"{where}: its files cannot be read back, a data file is "
+                                         f"missing, cut short or changed ({one_line(e)})") from None
+        check_fingerprint(restored["state"], meta.get("fingerprint"), str(where))
         return restored["state"]
+
+    def set_aside(self, step: int) -> pathlib.Path:
+        """Moves a damaged ``step`` out of the manager's sight, to
+        ``workdir/damaged_checkpoints/<step>`` (kept, never deleted), and returns where."""
+        aside = self.workdir / DAMAGED
+        target = aside / str(step)
+        if jax.process_index() == 0:
+            aside.mkdir(exist_ok=True)
+            k = 0
+            while target.exists():
+                k += 1
+                target = aside / f"{step}-{k}"
+            os.replace(self.directory / str(step), target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"segformer_jax set aside {step}")
+        self.manager.reload()
+        return target
+
+    def check_for_errors(self) -> None:
+        """Raises the error of an asynchronous save that failed since the last call."""
+        self.manager.check_for_errors()
 
     def reached_preemption(self, step: int) -> bool:
         """True on every process at the same step once any was told to stop (multi-process
@@ -161,6 +328,52 @@ class TrainCheckpoints:
         self.manager.close()
 
 
+DAMAGED = "damaged_checkpoints"  # a workdir's damaged steps, moved out of checkpoints/
+
+
+def _is_array(m: Any) -> bool:
+    return hasattr(m, "shape") and hasattr(m, "dtype")
+
+
+def saved_layout(state_dir: pathlib.Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """``{leaf name: (shape, dtype)}`` of a saved state, from its metadata;
+    ``DamagedCheckpointError`` when that cannot be read."""
+    import orbax.checkpoint as ocp
+    if any(state_dir.glob("ocdbt.process_*")) and not (state_dir / "manifest.ocdbt").is_file():
+        # Checked first: TensorStore's reads of a missing index leave callbacks that print
+        # tracebacks at exit.
+        raise DamagedCheckpointError(f"{state_dir}: its index of arrays (manifest.ocdbt) is missing")
+    try:
+        with _quiet_orbax(), ocp.StandardCheckpointer() as checkpointer:
+            tree = checkpointer.metadata(state_dir)
+    except Exception as e:  # noqa: BLE001
+        raise DamagedCheckpointError(f"{state_dir}: its metadata cannot be read ({one_line(e)})") from None
+    tree = getattr(getattr(tree, "item_metadata", None), "tree", tree)
+    named = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_array)[0]
+    if not named or not all(_is_array(m) for _, m in named):
+        raise DamagedCheckpointError(f"{state_dir}: its metadata lists no arrays")
+    return {leaf_name(path): (tuple(m.shape), np.dtype(m.dtype)) for path, m in named}
+
+
+def check_layout(state_dir: pathlib.Path, abstract_state: Any) -> None:
+    """``CheckpointError`` naming the arrays when the saved state is not laid out as
+    ``abstract_state`` (another model or optimiser), before anything is read."""
+    saved = saved_layout(state_dir)
+    wanted = {leaf_name(path): (tuple(x.shape), np.dtype(x.dtype))
+              for path, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+    if saved == wanted:
+        return
+    only_saved = sorted(set(saved) - set(wanted))
+    only_wanted = sorted(set(wanted) - set(saved))
+    other = [f"{n} {saved[n][0]} vs {wanted[n][0]}" for n in sorted(set(saved) & set(wanted))
+             if saved[n] != wanted[n]]
+    parts = ([f"only in the checkpoint: {', '.join(only_saved[:3])}"] if only_saved else []) \
+        + ([f"only in this run: {', '.join(only_wanted[:3])}"] if only_wanted else []) \
+        + ([f"other shapes: {', '.join(other[:3])}"] if other else [])
+    raise CheckpointError(f"{state_dir.parent}: does not fit this run's model and optimiser "
+                          f"({'; '.join(parts)})")
+
+
 # --------------------------------------------------------------------------------------
 # Reading a training run's checkpoints back (for inference, evaluation, conversion)
 
@@ -169,7 +382,7 @@ def finished_steps(checkpoints: str | os.PathLike) -> list[int]:
     """The steps Orbax's ``CheckpointManager`` has finished in ``checkpoints``, oldest first
     (a step still being written, or interrupted, is not one)."""
     import orbax.checkpoint as ocp
-    with _quiet_absl():
+    with _quiet_orbax():
         options = ocp.CheckpointManagerOptions(read_only=True, create=False)
         with ocp.CheckpointManager(pathlib.Path(checkpoints).absolute(), options=options,
                                    item_names=("state", "meta")) as manager:
@@ -177,16 +390,46 @@ def finished_steps(checkpoints: str | os.PathLike) -> list[int]:
 
 
 @contextlib.contextmanager
-def _quiet_absl() -> Iterator[None]:
-    """Orbax's absl warnings about what reading on purpose does (a read-only manager, a
-    step item without step metadata) are hidden while we read."""
-    absl = logging.getLogger("absl")
+def _quiet_orbax() -> Iterator[None]:
+    """Orbax's logs while we read are hidden: its absl warnings about what reading on purpose
+    does (a read-only manager, a step item without step metadata), and the errors of a
+    damaged step, which the reader turns into one ``DamagedCheckpointError`` (Orbax's tasks
+    log theirs again, with kilobytes of TensorStore spec, when they are collected: that
+    happens here, before the filter goes)."""
+    import gc
+
+    def ours(record: logging.LogRecord) -> bool:
+        return not ("never retrieved" in record.getMessage() and "orbax" in record.getMessage())
+    absl, tasks = logging.getLogger("absl"), logging.getLogger("asyncio")
     level = absl.level
-    absl.setLevel(logging.ERROR)
+    absl.setLevel(logging.CRITICAL)
+    tasks.addFilter(ours)
     try:
         yield
     finally:
+        gc.collect()
+        tasks.removeFilter(ours)
         absl.setLevel(level)
+
+
+def _training_steps(path: pathlib.Path) -> tuple[pathlib.Path, list[int]] | None:
+    """``(checkpoints directory, finished steps oldest first)`` of a workdir or its
+    ``checkpoints/``; None when ``path`` is neither."""
+    if (path / CHECKPOINTS).is_dir():
+        checkpoints = path / CHECKPOINTS
+    elif path.name == CHECKPOINTS and path.is_dir():
+        checkpoints = path
+    else:
+        return None
+    steps = finished_steps(checkpoints)
+    if not steps:
+        raise CheckpointError(f"{path}: a training workdir without a finished checkpoint in "
+                              f"{checkpoints} (the run has saved none yet)")
+    return checkpoints, steps
+
+
+def _is_step_dir(path: pathlib.Path) -> bool:
+    return path.name.isdigit() and (path / "state").is_dir() and (path / "meta").is_dir()
 
 
 def training_step_dir(path: str | os.PathLike) -> pathlib.Path | None:
@@ -198,19 +441,39 @@ def training_step_dir(path: str | os.PathLike) -> pathlib.Path | None:
     path = pathlib.Path(path)
     if not path.is_dir():
         return None
-    if path.name.isdigit() and (path / "state").is_dir() and (path / "meta").is_dir():
+    if _is_step_dir(path):
         return path
-    if (path / CHECKPOINTS).is_dir():
-        checkpoints = path / CHECKPOINTS
-    elif path.name == CHECKPOINTS:
-        checkpoints = path
-    else:
+    found = _training_steps(path)
+    return None if found is None else found[0] / str(found[1][-1])
+
+
+def load_training_run(path: str | os.PathLike
+                      ) -> tuple[SegformerConfig, dict[str, Any], pathlib.Path] | None:
+    """``(config, variables, step directory)`` of a training-run path (None if it is not
+    one): a step directory as it is; for a workdir, its newest intact step. A damaged newest
+    step (files lost or changed, NaN weights) is reported by a warning naming it and the
+    step used instead; ``DamagedCheckpointError`` when no step is intact."""
+    path = pathlib.Path(path).absolute()
+    if not path.is_dir():
         return None
-    steps = finished_steps(checkpoints)
-    if not steps:
-        raise CheckpointError(f"{path}: a training workdir without a finished checkpoint in "
-                              f"{checkpoints} (the run has saved none yet)")
-    return checkpoints / str(steps[-1])
+    if _is_step_dir(path):
+        return (*load_training_checkpoint(path), path)
+    found = _training_steps(path)
+    if found is None:
+        return None
+    checkpoints, steps = found
+    damaged: list[str] = []
+    for step in reversed(steps):
+        try:
+            config, variables = load_training_checkpoint(checkpoints / str(step))
+        except DamagedCheckpointError as e:
+            damaged.append(str(e))
+            continue
+        if damaged:
+            log.warning("%s; using step %d (%s), the newest intact one", "; ".join(damaged), step,
+                        checkpoints / str(step))
+        return config, variables, checkpoints / str(step)
+    raise DamagedCheckpointError(f"{checkpoints}: no intact checkpoint: {'; '.join(damaged)}")
 
 
 def local_target(metadata_tree: Any) -> Any:
@@ -220,39 +483,41 @@ def local_target(metadata_tree: Any) -> Any:
     (trained on a GPU, read on a CPU); this puts every array on ``jax.devices()[0]``.
     """
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-
-    def is_array(m: Any) -> bool:
-        return hasattr(m, "shape") and hasattr(m, "dtype")
-
     return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device)
-                        if is_array(m) else m, metadata_tree, is_leaf=is_array)
+                        if _is_array(m) else m, metadata_tree, is_leaf=_is_array)
 
 
 def load_training_checkpoint(step_dir: str | os.PathLike) -> tuple[SegformerConfig, dict[str, Any]]:
-    """``(config, {'params', 'batch_stats'})`` of a ``TrainCheckpoints`` step directory."""
+    """``(config, {'params', 'batch_stats'})`` of a ``TrainCheckpoints`` step directory, the
+    weights checked against the fingerprint saved with them (``DamagedCheckpointError``)."""
     import orbax.checkpoint as ocp
     step_dir = pathlib.Path(step_dir).absolute()
     try:
-        meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "meta")
+        with _quiet_orbax():
+            meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "meta")
     except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files
-        raise CheckpointError(f"{step_dir / 'meta'}: cannot read the run's record ({e})") from None
+        raise DamagedCheckpointError(f"{step_dir / 'meta'}: cannot read the run's record "
+                                     f"({one_line(e)})") from None
     if not isinstance(meta, Mapping) or not isinstance(meta.get("model"), Mapping):
         raise CheckpointError(f"{step_dir / 'meta'}: holds no 'model' config; not written by "
                               "segformer_jax.train")
     config = SegformerConfig.from_dict(meta["model"], source=str(step_dir / "meta"))
+    layout = saved_layout(step_dir / "state")
+    if not any(name.startswith("params/") for name in layout):
+        raise CheckpointError(f"{step_dir / 'state'}: not a training state (expected params "
+                              "and batch_stats)")
     try:
-        with _quiet_absl(), ocp.StandardCheckpointer() as checkpointer:
+        with _quiet_orbax(), ocp.StandardCheckpointer() as checkpointer:
             tree = checkpointer.metadata(step_dir / "state")
             tree = getattr(getattr(tree, "item_metadata", None), "tree", tree)
             state = checkpointer.restore(step_dir / "state", local_target(tree))
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{step_dir / 'state'}: cannot be restored "
-                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    if not isinstance(state, Mapping) or "params" not in state:
-        raise CheckpointError(f"{step_dir / 'state'}: not a training state (expected params "
-                              "and batch_stats)")
+        raise DamagedCheckpointError(f"{step_dir}: its files cannot be read back, a data file is "
+                                     f"missing, cut short or changed ({one_line(e)})") from None
     # A classification state has no BatchNorm: its empty batch_stats may not be stored.
-    return config, {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+    variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+    check_fingerprint(variables, meta.get("fingerprint"), str(step_dir), ("params/", "batch_stats/"))
+    return config, variables
 
 
 ENCODER_FIELDS = ("num_channels", "num_encoder_blocks", "depths", "sr_ratios", "hidden_sizes",
@@ -271,11 +536,10 @@ def encoder_init(path: str | os.PathLike, config: SegformerConfig, task: str,
     if path.is_dir() and is_model_checkpoint(path):
         saved, variables, _ = load_model(path)
     else:
-        step_dir = training_step_dir(path) if path.is_dir() else None
-        if step_dir is None:
+        run = load_training_run(path)
+        if run is None:
             return None
-        saved, variables = load_training_checkpoint(step_dir)
-        path = step_dir
+        saved, variables, path = run
     different = [f"{f}: checkpoint {getattr(saved, f)!r} vs config {getattr(config, f)!r}"
                  for f in ENCODER_FIELDS if getattr(saved, f) != getattr(config, f)
                  and f != "num_channels"]
@@ -310,32 +574,52 @@ def _inflated(variables: dict[str, Any], num_channels: int, path: pathlib.Path) 
     return {**variables, "params": params}
 
 
+def _run_workdir(path: pathlib.Path) -> pathlib.Path | None:
+    """The workdir of a training-run path (the workdir, its ``checkpoints/`` or one step)."""
+    if _is_step_dir(path) and path.parent.name == CHECKPOINTS:
+        return path.parent.parent
+    if path.name == CHECKPOINTS and path.is_dir():
+        return path.parent
+    if (path / CHECKPOINTS).is_dir():
+        return path
+    return None
+
+
 def normalisation_of(path: str | os.PathLike, num_channels: int
                      ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The per-band ``(mean, std)`` a checkpoint's model was trained with, in the units its
-    images are stored in: a training run's ``data.mean`` / ``data.std`` (its workdir's
-    ``config.json``), or a ``preprocessor_config.json`` beside the weights (transformers'
-    ``image_mean`` / ``image_std``, divided by ``rescale_factor`` when ``do_rescale``); for
-    RGB, ImageNet's when neither says otherwise. A K-band model without them is an error."""
+    images are stored in: for a training run, its workdir's ``config.json`` (``data.mean`` /
+    ``data.std``); for any other checkpoint, a ``preprocessor_config.json`` in its own
+    directory (transformers' ``image_mean`` / ``image_std``, divided by ``rescale_factor``
+    when ``do_rescale``); for RGB, ImageNet's when neither says otherwise. Nothing outside
+    the checkpoint's own directory is read: a config.json above it belongs to something
+    else. A K-band model without them is an error."""
     from segformer_jax.constants import MEAN_RGB, STD_RGB
-    path = pathlib.Path(path).expanduser()
-    start = path if path.is_dir() else path.parent
-    for directory in (start, *list(start.parents)[:3]):
-        run = directory / "config.json"
-        data = _json(run).get("data") if run.is_file() else None
-        if isinstance(data, dict):  # a training run's config: its data.mean/std or the default
-            if data.get("mean") or data.get("std"):
-                return _stats(tuple(data.get("mean", ())), tuple(data.get("std", ())), num_channels, run)
-            break
-        pre = directory / "preprocessor_config.json"
+    path = pathlib.Path(path).expanduser().absolute()
+    workdir = _run_workdir(path) if path.is_dir() else None
+    if workdir is not None and (workdir / "config.json").is_file():
+        run = workdir / "config.json"
+        data = _json(run).get("data")
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{run}: the run's config has no data section (its data.mean "
+                                  "and data.std normalise the images)")
+        if data.get("mean") or data.get("std"):
+            return _stats(tuple(data.get("mean", ())), tuple(data.get("std", ())), num_channels, run)
+    elif workdir is None:
+        pre = (path if path.is_dir() else path.parent) / "preprocessor_config.json"
         if pre.is_file():
             d = _json(pre)
-            scale = 1.0 / float(d.get("rescale_factor", 1 / 255)) if d.get("do_rescale", True) else 1.0
-            mean, std = d.get("image_mean", MEAN_RGB), d.get("image_std", STD_RGB)
-            mean = (mean,) * num_channels if isinstance(mean, (int, float)) else mean
-            std = (std,) * num_channels if isinstance(std, (int, float)) else std
-            return _stats(tuple(m * scale for m in mean), tuple(v * scale for v in std),
-                          num_channels, pre)
+            try:
+                scale = 1.0 / float(d.get("rescale_factor", 1 / 255)) if d.get("do_rescale", True) else 1.0
+                mean, std = d.get("image_mean", MEAN_RGB), d.get("image_std", STD_RGB)
+                mean = (mean,) * num_channels if isinstance(mean, (int, float)) else mean
+                std = (std,) * num_channels if isinstance(std, (int, float)) else std
+                mean, std = tuple(float(m) * scale for m in mean), tuple(float(v) * scale for v in std)
+            except (TypeError, ValueError, ZeroDivisionError):
+                raise CheckpointError(f"{pre}: image_mean, image_std and rescale_factor must be "
+                                      f"numbers; got {d.get('image_mean')!r}, {d.get('image_std')!r}, "
+                                      f"{d.get('rescale_factor')!r}") from None
+            return _stats(mean, std, num_channels, pre)
     if num_channels == 3:
         return MEAN_RGB, STD_RGB
     raise CheckpointError(f"{path}: a {num_channels}-band model, but no per-band mean/std beside it "
@@ -398,9 +682,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[SegformerConfig, dict[str,
                               f"{', '.join(WEIGHT_SUFFIXES)}) nor a checkpoint directory")
     if path.is_file() or any((path / n).is_file() for n in WEIGHT_FILES):
         return _load_hub(path)
-    step_dir = training_step_dir(path)
-    if step_dir is not None:
-        config, variables = load_training_checkpoint(step_dir)
+    run = load_training_run(path)
+    if run is not None:
+        config, variables, _ = run
         return config, variables, task_of(variables)
     if len(list(path.glob("*.pth")) + list(path.glob("*.pt"))) == 1:  # an NVlabs checkpoint
         return _load_hub(path)

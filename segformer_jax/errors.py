@@ -20,6 +20,11 @@ class CheckpointError(SegformerError, ValueError):
     """A checkpoint or weight file that cannot be read as, or does not fit, the model."""
 
 
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint whose files on disk cannot be read back as they were written (missing,
+    truncated or changed files; arrays that differ from the fingerprint saved with them)."""
+
+
 class DatasetError(SegformerError, ValueError):
     """A dataset that cannot be built or read: a missing archive, a bad image, mask or label."""
 
@@ -38,3 +43,15 @@ class EvaluationError(SegformerError, ValueError):
 
 class TrainingError(SegformerError, RuntimeError):
     """A run that cannot start or continue; the message says why and what was kept."""
+
+
+class NonFiniteError(TrainingError):
+    """A training state holding NaN or Inf: never saved as a checkpoint."""
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception from another library as one short line: its type and the first line of
+    its message (TensorStore's carry kilobytes of JSON after it)."""
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    text = text.split(" [source locations=")[0].split(" See full TensorStore details")[0]
+    return f"{type(error).__name__}: {text[:limit]}{'…' if len(text) > limit else ''}"

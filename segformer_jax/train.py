@@ -19,11 +19,12 @@ checkpoints together with the others; only process 0 writes logs and metrics.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import logging
 import math
 import os
 import pathlib
-import shutil
 import signal
 import sys
 import time
@@ -38,9 +39,10 @@ import optax
 from jax.sharding import Mesh
 
 from segformer_jax import run_config, sharding, tasks
+from segformer_jax import workdir as workdirs
 from segformer_jax.checkpoint import TrainCheckpoints
 from segformer_jax.config import SegformerConfig
-from segformer_jax.errors import SegformerError, TrainingError
+from segformer_jax.errors import DamagedCheckpointError, NonFiniteError, SegformerError, TrainingError, one_line
 from segformer_jax.evaluation import Evaluator
 from segformer_jax.models.segformer import TASKS, init_variables
 from segformer_jax.optim import learning_rate, make_optimizer
@@ -255,8 +257,9 @@ class Run:
         return jax.process_index() == 0
 
 
-def check_workdir(workdir: pathlib.Path, needed_bytes: int) -> None:
-    """Unwritable or full work directories are reported before any training happens."""
+def check_workdir(workdir: pathlib.Path, needed_bytes: int, already_held: int = 0) -> None:
+    """Unwritable or full work directories are reported before any training happens
+    (``already_held``: what the run's own checkpoints hold on the disk now)."""
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         probe = workdir / f".write-test-{jax.process_index()}"
@@ -264,10 +267,63 @@ def check_workdir(workdir: pathlib.Path, needed_bytes: int) -> None:
         probe.unlink()
     except OSError as e:
         raise TrainingError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
-    free = shutil.disk_usage(workdir).free
-    if free < needed_bytes:
-        raise TrainingError(f"workdir {workdir} has {free / 2**20:.0f} MiB free; checkpoints of "
-                            f"this run need at least {needed_bytes / 2**20:.0f} MiB")
+    workdirs.check_space(workdir, needed_bytes, already_held)
+
+
+def lock_workdir(workdir: pathlib.Path) -> workdirs.WorkdirLock | None:
+    """``WORKDIR/train.lock`` taken by process 0 before anything is written; every process
+    of a multi-process run stops when it could not be (None on the other processes)."""
+    lock = None
+    error: SegformerError | None = None
+    if jax.process_index() == 0:
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            lock = workdirs.WorkdirLock(workdir)
+            note = lock.acquire()
+            if note:
+                print(note, flush=True)
+        except OSError as e:
+            error = TrainingError(f"workdir {workdir} is not writable: {e.strerror or e}")
+        except SegformerError as e:
+            error = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+        if failed and error is None:
+            raise TrainingError(f"process 0 could not take {workdir / workdirs.LOCK} (its log says why)")
+    if error is not None:
+        raise error
+    return lock
+
+
+def check_host_memory(config: ml_collections.ConfigDict, micro_batch: int) -> None:
+    """A batch the input pipeline cannot hold in this host's memory is refused before the
+    run writes anything: the batches in flight (this process's rows, float32 images and
+    int32 labels; prefetched, in transfer, being built) and one rescaled image per input
+    thread. Linux only (``MemAvailable``); the step's own device memory is XLA's to report."""
+    try:
+        meminfo = pathlib.Path("/proc/meminfo").read_text()
+        available = int(next(line.split()[1] for line in meminfo.splitlines()
+                             if line.startswith("MemAvailable:"))) * 1024
+    except (OSError, StopIteration, ValueError):
+        return
+    from segformer_jax.data.pipeline import default_num_threads
+    d, bands = config.data, int(config.model.num_channels)
+    rows = max(micro_batch // jax.process_count(), 1)
+    height, width = (int(v) for v in d.crop_size)
+    batches = 4 * rows * height * width * (4 * bands + 4)
+    threads = int(d.num_workers) or default_num_threads()
+    scale = max(float(v) for v in d.ratio_range) if config.task == SEMSEG else 1.0
+    rescaled = (threads * 2 * int(max(d.img_scale) * scale) * int(min(d.img_scale) * scale)
+                * (bands if bands == 3 else 4 * bands)) if config.task == SEMSEG else 0
+    if batches + rescaled > available:
+        raise TrainingError(
+            f"the input pipeline needs about {(batches + rescaled) / 2**30:.1f} GiB of memory "
+            f"(batches of {rows} {height}x{width} crops: {batches / 2**30:.1f} GiB"
+            + (f"; images rescaled to data.img_scale={tuple(d.img_scale)} x {scale:g} by {threads} "
+               f"threads: {rescaled / 2**30:.1f} GiB" if rescaled else "")
+            + f") and this host has {available / 2**30:.1f} GiB available; lower data.crop_size, "
+            "data.img_scale or batch_size (accumulate_steps splits a batch)")
 
 
 def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
@@ -347,6 +403,8 @@ def _meta(step: int, run: Run, metrics: Mapping[str, float] | None = None) -> di
 
 
 def _check_compatible(meta: Mapping[str, Any], run: Run, where: str) -> None:
+    """A checkpoint of another task, classes, model, seed or batch size is refused, naming
+    what differs (the model: every field of its config, as the checkpoint records it)."""
     saved_task = meta.get("task", SEMSEG)  # checkpoints from before the classification task
     if saved_task != run.config.task:
         raise TrainingError(f"{where}: a checkpoint of the {saved_task} task, and this config trains "
@@ -365,12 +423,11 @@ def _check_compatible(meta: Mapping[str, Any], run: Run, where: str) -> None:
             + "); resuming would train the classifier on shifted labels. Restore the dataset, or "
             "use a fresh --workdir with model.init to start from this checkpoint")
     if saved != seg_config:
-        diff = [f"{f}: checkpoint {getattr(saved, f)!r} vs config {getattr(seg_config, f)!r}"
-                for f in ("hidden_sizes", "depths", "decoder_hidden_size", "num_labels", "sr_ratios",
-                          "num_attention_heads", "mlp_ratios", "id2label", "mix_ffn_conv")
-                if getattr(saved, f) != getattr(seg_config, f)]
+        diff = [f"{f.name}: checkpoint {getattr(saved, f.name)!r} vs config {getattr(seg_config, f.name)!r}"
+                for f in dataclasses.fields(SegformerConfig)
+                if getattr(saved, f.name) != getattr(seg_config, f.name)]
         raise TrainingError(f"{where}: written by a different model ({'; '.join(diff) or 'config differs'}); "
-                            "use a fresh --workdir for this config")
+                            "a resume keeps the checkpoint's model: use a fresh --workdir for this config")
     for key in ("seed", "batch_size"):
         if int(meta[key]) != int(run.config[key]):
             raise TrainingError(f"{where}: written with {key}={meta[key]}, this config has "
@@ -395,42 +452,112 @@ def initial_run_state(run: Run) -> tuple[State, Any]:
 
 def resume(run: Run, checkpoints: TrainCheckpoints, state: State,
            state_sharding: Any) -> tuple[State, int]:
-    """The latest checkpoint's state (checked against this run first) or ``state``, and the
-    optimiser step to continue from."""
-    start = checkpoints.latest_step()
-    if start is not None:
-        where = str(checkpoints.directory / str(start))
-        _check_compatible(checkpoints.meta(start), run, where)
-        # The target's shardings are this run's mesh: a checkpoint from any mesh fits.
-        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                state, state_sharding)
-        del state
-        state = checkpoints.restore(start, abstract)
+    """The newest intact checkpoint's state (checked against this run first) or ``state``,
+    and the optimiser step to continue from.
+
+    A damaged step (files lost or changed, found by its fingerprint) is moved to
+    ``workdir/damaged_checkpoints/`` and the next older one is tried, each named; a
+    checkpoint of another model or run is refused (``_check_compatible``, ``RESUME_REFUSED``).
+    """
+    steps = checkpoints.all_steps()
+    if not steps:
+        return state, 0
+    try:  # the checkpoint's own record first: its task and model, in its own words
+        _check_compatible(checkpoints.meta(steps[-1]), run, str(checkpoints.directory / str(steps[-1])))
+    except DamagedCheckpointError:
+        pass  # found again, and dealt with, below
+    changed = _check_config_changes(run)
+    # The target's shardings are this run's mesh: a checkpoint from any mesh fits.
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            state, state_sharding)
+    del state
+    damaged: list[tuple[int, str]] = []
+    restored = None
+    for step in reversed(steps):
+        where = str(checkpoints.directory / str(step))
+        try:
+            meta = checkpoints.meta(step)
+            _check_compatible(meta, run, where)
+            restored = checkpoints.restore(step, abstract, meta)
+        except DamagedCheckpointError as e:
+            damaged.append((step, str(e)))
+            continue
+        break
+    for bad, reason in damaged:
+        aside = checkpoints.set_aside(bad)
         if run.is_main:
-            print(f"resuming from {where} (step {start})", flush=True)
+            print(f"warning: {reason}; moved to {aside}", file=sys.stderr, flush=True)
+    if restored is None:
+        raise TrainingError(f"no intact checkpoint in {checkpoints.directory} (the damaged ones are "
+                            f"in {checkpoints.workdir / 'damaged_checkpoints'}); to start this run "
+                            "again from step 0, use a fresh --workdir")
+    if changed and run.is_main:
+        print(f"resuming with changed settings (recorded in {workdirs.CONFIG_HISTORY}): "
+              + "; ".join(changed), flush=True)
+    if run.is_main:
+        print(f"resuming from {where} (step {step})"
+              + (f", the newest intact checkpoint (step {damaged[0][0]} is damaged)" if damaged else ""),
+              flush=True)
     # state["step"] counts micro-batches (it seeds dropout); the loop counts optimiser steps.
-    return state, int(state["step"]) // run.config.accumulate_steps
+    return restored, int(restored["step"]) // run.config.accumulate_steps
+
+
+def _check_config_changes(run: Run) -> list[str]:
+    """A resume that changes a ``workdir.RESUME_REFUSED`` key since the run's last start is
+    refused, naming each; the other changes are returned, to be printed (the config history
+    keeps them)."""
+    before = workdirs.previous_config(run.workdir)
+    if before is None:
+        return []
+    refused, accepted = workdirs.config_changes(before, run_config.to_json_data(run.config))
+    if refused:
+        raise TrainingError(f"workdir {run.workdir}: a resume cannot change {'; '.join(refused)}. "
+                            "Restore these values, or use a fresh --workdir (model.init starts it "
+                            "from this run's checkpoint)")
+    return accepted
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
     """Runs (or resumes) training; returns the final evaluation summary (or {})."""
     run_config.validate(config, jax.process_count())
     workdir = pathlib.Path(workdir).absolute()
+    lock = lock_workdir(workdir)  # before anything is written, by this run or a second one
+    try:
+        return _train(config, workdir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
     check_workdir(workdir, needed_bytes=0)  # unwritable: say so before building any dataset
     run = build_run(config, workdir)
+    check_host_memory(config, run.micro_batch)
     if run.is_main:
         for note in run_config.batch_notes(config):
             print(note, flush=True)
     state, state_sharding = initial_run_state(run)
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
-    check_workdir(workdir, needed_bytes=(config.keep_checkpoints + 2) * state_bytes + (64 << 20))
+    check_workdir(workdir, needed_bytes=(config.keep_checkpoints + 2) * state_bytes + (64 << 20),
+                  already_held=workdirs.directory_bytes(workdir / "checkpoints"))
     best = run.evaluator.best_metric if run.evaluator is not None else None
     checkpoints = TrainCheckpoints(workdir, config.checkpoint_every, config.keep_checkpoints,
                                    best_metric=best)
     try:
         state, start = resume(run, checkpoints, state, state_sharding)
+        if start >= config.total_steps:
+            checkpoints.close()
+            where = checkpoints.directory / str(checkpoints.latest_step())
+            if start > config.total_steps:
+                raise TrainingError(f"total_steps={config.total_steps} is below the step of the "
+                                    f"checkpoint {where} ({start}): nothing to train. Set total_steps "
+                                    f"above {start} to train on")
+            if run.is_main:
+                print(f"the run is already at step {start} of total_steps={config.total_steps} "
+                      f"({where}): nothing to train", flush=True)
+            return {}
         if run.is_main:
-            run_config.write_json(config, workdir)
+            workdirs.record_start(workdir, run_config.to_json_data(config), start)
     except BaseException:
         checkpoints.close()
         raise
@@ -439,7 +566,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
 
 def run_loop(run: Run, checkpoints: TrainCheckpoints, state: State, state_sharding: Any,
              start: int) -> dict[str, Any]:
-    """Steps ``start + 1 … total_steps``: logs, validation, checkpoints, NaN and SIGTERM stops."""
+    """Steps ``start + 1 … total_steps``: logs, validation, checkpoints, and the stops: a
+    NaN or Inf (loss or weights), SIGTERM and Ctrl-C (saved first), a checkpoint that cannot
+    be written (a full disk), a step that does not fit in memory."""
     from segformer_jax.data.pipeline import TrainBatches
     config, is_main = run.config, run.is_main
     images_sharding = sharding.batch_sharding(run.mesh)
@@ -448,19 +577,27 @@ def run_loop(run: Run, checkpoints: TrainCheckpoints, state: State, state_shardi
     schedule = learning_rate(run_config.recipe(config))  # the backbone's lr, for the logs
     writer = MetricWriter(run.workdir, start, enabled=is_main)
     multi_process = jax.process_count() > 1
-    stop = {"signal": None}
-    # One process: our own SIGTERM handler. Several: JAX's preemption service (started by
-    # jax.distributed) agrees on one step at which every process saves and stops.
-    previous = None if multi_process else signal.signal(
-        signal.SIGTERM, lambda signum, _: stop.__setitem__("signal", signum))
+    stop = _StopSignals(enabled=not multi_process)
     batches = TrainBatches(run.train_split.source, run.train_transform, run.micro_batch,
                            seed=config.seed, start_step=start * config.accumulate_steps,
                            rows=sharding.process_rows(images_sharding, run.micro_batch),
-                           num_threads=config.data.num_workers)
+                           num_threads=config.data.num_workers,
+                           num_labels=run.train_split.num_labels if config.task == SEMSEG else None,
+                           reduce_zero_label=run.train_split.reduce_zero_label)
     progress = Progress(config.total_steps, start, config.batch_size, enabled=is_main)
     pending_losses: list[tuple[int, jax.Array]] = []
-    last_good = start
+    saving = None   # the step whose checkpoint is being written
     summary: dict[str, Any] = {}
+
+    def last_good() -> str:
+        """The newest checkpoint, each of which was checked finite before it was saved."""
+        latest = checkpoints.latest_step()
+        if latest is None:
+            return ("No checkpoint had been saved yet: the same command starts again from "
+                    "step 0")
+        return (f"The last good checkpoint, step {latest}, is kept in {checkpoints.directory}. "
+                "Resuming replays the same batches: change the run first (e.g. a lower "
+                "optimizer.learning_rate or more optimizer.warmup_steps; a resume accepts both)")
 
     def check_losses() -> float:
         """Fetches the losses since the last check; a NaN or Inf stops the run."""
@@ -469,62 +606,155 @@ def run_loop(run: Run, checkpoints: TrainCheckpoints, state: State, state_shardi
         pending_losses = []
         for s, v in values:
             if not math.isfinite(v):
-                raise TrainingError(f"loss is {v} at step {s}; training stopped. The last good "
-                                    f"checkpoint (step {checkpoints.latest_step()}) is kept in "
-                                    f"{checkpoints.directory}")
+                checkpoints.wait()
+                raise TrainingError(f"loss is {v} at step {s}; training stopped. {last_good()}")
         return values[-1][1] if values else float("nan")
 
     try:
-        for step in range(start + 1, config.total_steps + 1):
-            micro_losses = []
-            for _ in range(config.accumulate_steps):
-                state, out = train_step(state, sharding.global_batch(next(batches), images_sharding))
-                micro_losses.append(out["loss"])
-            pending_losses.append((step, sum(micro_losses) / len(micro_losses)))
-            scalars: dict[str, float] = {}
-            if step % config.log_every == 0 or step == config.total_steps:
-                loss = check_losses()
-                lr = float(schedule(step - 1))
-                progress.update(step, loss, lr)
-                scalars.update({"train/loss": loss, "train/lr": lr,
-                                "train/grad_norm": float(out["grad_norm"])})
-            evaluated = None
-            if run.evaluator is not None and (step % config.eval_every == 0
-                                              or step == config.total_steps):
-                check_losses()
-                evaluated = run.evaluator(host_variables(state, run.mesh))
-                scores = run.evaluator.scalars(evaluated)
-                scalars.update({f"val/{k}": v for k, v in scores.items()})
-                if is_main:
-                    print(f"\nstep {step}: validation {run.evaluator.headline(evaluated)}",
-                          flush=True)
-            writer.write(step, scalars)
-            if multi_process and checkpoints.reached_preemption(step):
-                stop["signal"] = "SIGTERM (preemption)"
-            final = step == config.total_steps or stop["signal"] is not None
-            if final or step % config.checkpoint_every == 0:
-                check_losses()
-                best = run.evaluator.best_metric if run.evaluator is not None else None
-                metrics = ({best: evaluated[best]} if evaluated and math.isfinite(evaluated[best])
-                           else None)
-                checkpoints.save(step, state, _meta(step, run, metrics), metrics, force=final)
-                last_good = step
-            if stop["signal"] is not None:
-                checkpoints.wait()
-                raise TrainingError(f"stopped by signal {stop['signal']} at step {step}; "
-                                    f"checkpoint {last_good} saved in {checkpoints.directory}")
-            if evaluated is not None and step == config.total_steps:
-                summary = evaluated
+        with stop:
+            for step in range(start + 1, config.total_steps + 1):
+                micro_losses = []
+                for _ in range(config.accumulate_steps):
+                    batch = sharding.global_batch(next(batches), images_sharding)
+                    try:
+                        state, out = train_step(state, batch)
+                    except Exception as e:  # noqa: BLE001 - XLA reports memory as a runtime error
+                        raise _out_of_memory(e, config) from None
+                    micro_losses.append(out["loss"])
+                pending_losses.append((step, sum(micro_losses) / len(micro_losses)))
+                saving = _check_save(checkpoints, saving)
+                scalars: dict[str, float] = {}
+                if step % config.log_every == 0 or step == config.total_steps:
+                    loss = check_losses()
+                    lr = float(schedule(step - 1))
+                    progress.update(step, loss, lr)
+                    scalars.update({"train/loss": loss, "train/lr": lr,
+                                    "train/grad_norm": float(out["grad_norm"])})
+                evaluated = None
+                if run.evaluator is not None and (step % config.eval_every == 0
+                                                  or step == config.total_steps):
+                    check_losses()
+                    evaluated = run.evaluator(host_variables(state, run.mesh))
+                    scores = run.evaluator.scalars(evaluated)
+                    scalars.update({f"val/{k}": v for k, v in scores.items()})
+                    if is_main:
+                        print(f"\nstep {step}: validation {run.evaluator.headline(evaluated)}",
+                              flush=True)
+                writer.write(step, scalars)
+                if multi_process and checkpoints.reached_preemption(step):
+                    stop.received = "SIGTERM (preemption)"
+                final = step == config.total_steps or stop.received is not None
+                if final or step % config.checkpoint_every == 0:
+                    check_losses()
+                    best = run.evaluator.best_metric if run.evaluator is not None else None
+                    metrics = ({best: evaluated[best]} if evaluated and math.isfinite(evaluated[best])
+                               else None)
+                    try:
+                        if checkpoints.save(step, state, _meta(step, run, metrics), metrics, force=final):
+                            saving = step
+                    except NonFiniteError as e:
+                        checkpoints.wait()
+                        raise TrainingError(f"{e}; training stopped, nothing saved for it. "
+                                            f"{last_good()}") from None
+                    except Exception as e:  # noqa: BLE001 - a failed save of the step before
+                        raise _save_failed(e, checkpoints, saving or step) from None
+                if stop.received is not None:
+                    _check_save(checkpoints, saving, wait=True)
+                    raise TrainingError(f"stopped by {stop.received} at step {step}; checkpoint "
+                                        f"{checkpoints.latest_step()} saved in {checkpoints.directory}. "
+                                        "Run the same command to resume")
+                if evaluated is not None and step == config.total_steps:
+                    summary = evaluated
+            _check_save(checkpoints, saving, wait=True)
     finally:
-        checkpoints.wait()
-        checkpoints.close()
+        try:
+            checkpoints.wait()
+            checkpoints.close()
+        except Exception:  # noqa: BLE001 - reported above, when it happened
+            if sys.exc_info()[0] is None:
+                raise
         batches.close()
         writer.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     if summary and is_main:
         print(run.evaluator.table(summary))
     return summary
+
+
+class _StopSignals:
+    """SIGTERM (a preempting scheduler) and the first Ctrl-C set ``received``: the loop saves
+    a checkpoint at the end of the step and stops. A second Ctrl-C stops at once
+    (``KeyboardInterrupt``). Multi-process runs leave SIGTERM to JAX's preemption service."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        self.received = f"signal {signum} ({name})"
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, self._previous[signal.SIGINT])  # the second one: at once
+            print(f"\n{name}: saving a checkpoint at the end of this step, then stopping "
+                  "(Ctrl-C again stops at once, without saving)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> _StopSignals:
+        if self.enabled:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _disk_full(error: BaseException) -> bool:
+    text = str(error)
+    return (getattr(error, "errno", None) == errno.ENOSPC or "No space left" in text
+            or "RESOURCE_EXHAUSTED" in text and "writ" in text)
+
+
+def _save_failed(error: BaseException, checkpoints: TrainCheckpoints, step: int) -> TrainingError:
+    """One line for a checkpoint that could not be written: why, what is kept, what to do."""
+    checkpoints.manager.reload()
+    kept = checkpoints.all_steps()
+    reason = ("the disk is full (No space left on device)" if _disk_full(error)
+              else one_line(error))
+    return TrainingError(
+        f"the checkpoint of step {step} could not be written to {checkpoints.directory}: {reason}. "
+        + (f"Checkpoints kept: {', '.join(map(str, kept))}; " if kept else "No checkpoint is kept; ")
+        + ("free space, then " if _disk_full(error) else "")
+        + ("run the same command to resume from step " + str(kept[-1]) if kept
+           else "run the same command to start again"))
+
+
+def _check_save(checkpoints: TrainCheckpoints, step: int | None, wait: bool = False) -> int | None:
+    """Raises the error of the checkpoint of ``step`` if its asynchronous write failed;
+    returns ``step`` while it is still being written, None once it is done."""
+    if step is None:
+        return None
+    try:
+        if wait:
+            checkpoints.wait()
+        checkpoints.check_for_errors()
+    except Exception as e:  # noqa: BLE001 - orbax and TensorStore raise many types
+        raise _save_failed(e, checkpoints, step) from None
+    return step if checkpoints.manager.is_saving_in_progress() else None
+
+
+def _out_of_memory(error: Exception, config: ml_collections.ConfigDict) -> Exception:
+    """A step that does not fit in (device or host) memory as one ``TrainingError``; any
+    other error as it is."""
+    text = str(error)
+    if not (isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in text
+            or "Out of memory" in text or "out of memory" in text):
+        return error
+    first = next((line for line in text.splitlines() if line.strip()), type(error).__name__)
+    return TrainingError(
+        f"a training step of batch_size={config.batch_size} at data.crop_size="
+        f"{tuple(config.data.crop_size)} does not fit in memory ({first[:200]}); lower batch_size "
+        "or data.crop_size, or use accumulate_steps, model.remat=True or model.dtype='bfloat16'")
 
 
 # --------------------------------------------------------------------------------------
@@ -546,9 +776,33 @@ def _define_flags(flag_values: Any) -> None:
                       flag_values=flag_values)
 
 
+def _hide_repeated_save_errors() -> None:
+    """A checkpoint write that fails for want of space fails in each of Orbax's writer
+    threads and tasks, and each logs its traceback (hundreds, some at exit); ``run_loop``
+    reports it once (``_save_failed``), so this command hides those copies."""
+    def repeated(record: logging.LogRecord) -> bool:
+        text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+        return not (("orbax" in text or f"{os.sep}orbax{os.sep}" in record.pathname)
+                    and ("RESOURCE_EXHAUSTED" in text or "No space left" in text))
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(repeated)
+    # The writes still in flight end after Orbax has closed its event loop, and TensorStore
+    # reports each one's "Event loop is closed" as an unraisable exception.
+    previous = sys.unraisablehook
+
+    def late_callback(unraisable: Any) -> None:
+        import traceback
+        frames = traceback.extract_tb(unraisable.exc_traceback)
+        if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+                and frames and frames[0].name == "call_soon_threadsafe"):
+            previous(unraisable)
+    sys.unraisablehook = late_callback
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m segformer_jax.train --config FILE.py[:ARG] --workdir DIR [--config.k=v]``."""
     from segformer_jax import distributed
+    _hide_repeated_save_errors()
     argv = ["python -m segformer_jax.train", *(sys.argv[1:] if argv is None else argv)]
     try:
         config, flag_values = run_config.parse_flags(argv, define=_define_flags)
@@ -568,6 +822,10 @@ def main(argv: list[str] | None = None) -> int:
     except SegformerError as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the first step
+        print(f"\nerror: interrupted (Ctrl-C); the checkpoints saved before are kept in "
+              f"{pathlib.Path(flag_values.workdir).absolute() / 'checkpoints'}", file=sys.stderr)
+        return 130
     return 0
 
 

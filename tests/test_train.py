@@ -161,7 +161,7 @@ def test_sigterm_saves_before_exit(uninterrupted):
             break
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 1, stderr[-2000:]
-    step = int(stderr.split("stopped by signal 15 at step ")[1].split(";")[0])
+    step = int(stderr.split("stopped by signal 15 (SIGTERM) at step ")[1].split(";")[0])
     assert 3 <= step < 500 and f"checkpoint {step} saved" in stderr
     assert (root / "c" / "checkpoints" / str(step) / "state").is_dir()
 
