@@ -76,16 +76,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     transparency composited onto white, 16-bit data scaled to 8 bit), so an image predicted
     here and the same image evaluated from a dataset are the same pixels.
     """
-    import PIL.Image
     import PIL.ImageOps
 
-    from segformer_jax.images import to_rgb
+    from segformer_jax.images import open_image, to_rgb
     try:
-        with PIL.Image.open(path) as image:
-            image.load()
+        with open_image(path, error=InputError) as image:  # past PIL's pixel limit: one line
             rgb = to_rgb(PIL.ImageOps.exif_transpose(image))
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
+    except InputError:
+        raise
     except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
         raise InputError(f"{path}: cannot read it as an image "
                          f"({type(e).__name__}: {e})") from None

@@ -258,6 +258,17 @@ def test_predict_errors(tiny, images, tmp_path, capsys):
         pr.read_image(images["broken"])
 
 
+def test_predict_names_an_image_past_pils_pixel_limit(tiny, images, tmp_path, capsys, monkeypatch):
+    """A 20000 x 20000 scene is past PIL's decompression-bomb limit: one line saying what
+    to do with it (the limit lowered here so that a small file stands for it)."""
+    _, _, hub_dir, _ = tiny
+    width, height = PIL.Image.open(images["rgb"]).size
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", width * height // 4)
+    assert pr.main(["--checkpoint", str(hub_dir), str(images["rgb"]), "--out", str(tmp_path / "o")]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {images['rgb']}: {width}x{height} pixels") and "predict --mode tiled" in line
+
+
 def test_predict_and_evaluate_choose_the_same_test_size():
     """predict --size 512 and evaluate's ADE20K preset give every image the same test size."""
     from segformer_jax.data.transforms import EvalTransform
