@@ -152,6 +152,12 @@ def _leaf_print_host(x: np.ndarray) -> tuple[np.ndarray, bool]:
     return sums, finite
 
 
+def _fingerprint_program(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    import jax.numpy as jnp
+    prints = [_leaf_print_device(x) for x in leaves]
+    return jnp.stack([p[0] for p in prints]), jnp.stack([p[1] for p in prints])
+
+
 def fingerprint(tree: Any) -> tuple[dict[str, list[int]], list[str]]:
     """``({leaf name: [sum, weighted sum]}, [names of leaves holding NaN or Inf])`` of a
     pytree of arrays: computed on the devices for ``jax.Array`` leaves (one small program,
@@ -160,17 +166,12 @@ def fingerprint(tree: Any) -> tuple[dict[str, list[int]], list[str]]:
     names = [leaf_name(path) for path, _ in named]
     leaves = [leaf for _, leaf in named]
     if leaves and all(isinstance(leaf, jax.Array) for leaf in leaves):
-        import jax.numpy as jnp
-
-        def program(xs: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
-            prints = [_leaf_print_device(x) for x in xs]
-            return jnp.stack([p[0] for p in prints]), jnp.stack([p[1] for p in prints])
-
         mesh = next((leaf.sharding.mesh for leaf in leaves
                      if isinstance(leaf.sharding, jax.sharding.NamedSharding)), None)
         out = (None if mesh is None else
                jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-        sums, finite = jax.device_get(jax.jit(program, out_shardings=out)(leaves))
+        # One function, not a closure: jit traces and compiles it once per state layout.
+        sums, finite = jax.device_get(jax.jit(_fingerprint_program, out_shardings=out)(leaves))
     else:
         prints = [_leaf_print_host(np.asarray(leaf)) for leaf in leaves]
         sums = np.stack([p[0] for p in prints]) if prints else np.zeros((0, 2), np.uint32)
@@ -270,8 +271,7 @@ class TrainCheckpoints:
             with _quiet_orbax():
                 meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files
-            raise DamagedCheckpointError(f"{self.directory / str(step)}: cannot read its meta record "
-                                         f"({one_line(e)})") from None
+            raise unreadable(e, f"{self.directory / str(step)}: cannot read its meta record") from None
         if not isinstance(meta, Mapping):
             raise DamagedCheckpointError(f"{self.directory / str(step)}: its meta record is not a "
                                          "JSON object")
@@ -289,8 +289,7 @@ class TrainCheckpoints:
                 restored = self.manager.restore(
                     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
         except Exception as e:  # noqa: BLE001 - its layout fits: the files are what failed
-            raise DamagedCheckpointError(f"{where}: its files cannot be read back, a data file is "
-                                         f"missing, cut short or changed ({one_line(e)})") from None
+            raise unreadable(e, f"{where}: its files cannot be read back") from None
         check_fingerprint(restored["state"], meta.get("fingerprint"), str(where))
         return restored["state"]
 
@@ -331,6 +330,30 @@ class TrainCheckpoints:
 DAMAGED = "damaged_checkpoints"  # a workdir's damaged steps, moved out of checkpoints/
 
 
+# What says the file system or the device refused or ran out, not that the files are wrong:
+# such a step is not set aside as damaged (another try, or another machine, reads it).
+_NOT_DAMAGE = ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "UNAVAILABLE", "DEADLINE_EXCEEDED",
+               "Out of memory", "out of memory", "Permission denied", "timed out")
+
+
+def unreadable(error: BaseException, what: str) -> CheckpointError:
+    """A checkpoint Orbax could not read: ``DamagedCheckpointError`` when its files are wrong
+    (missing, cut short, changed: TensorStore's NOT_FOUND, OUT_OF_RANGE, DATA_LOSS, ...),
+    a plain ``CheckpointError`` for an access or system error anywhere in the chain."""
+    chain, seen = [], error
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(str(e) for e in chain)
+    if any(isinstance(e, (PermissionError, MemoryError, TimeoutError)) for e in chain) \
+            or any(word in text for word in _NOT_DAMAGE):
+        return CheckpointError(f"{what} now ({one_line(error)}): an access or system error, not "
+                               "damage; nothing was moved. Check the file system and memory and try again")
+    cause = next((e for e in chain[1:] if str(e)), None)
+    return DamagedCheckpointError(f"{what}: a file is missing, cut short or changed ({one_line(error)}"
+                                  + (f"; {one_line(cause, 160)}" if cause is not None else "") + ")")
+
+
 def _is_array(m: Any) -> bool:
     return hasattr(m, "shape") and hasattr(m, "dtype")
 
@@ -347,7 +370,7 @@ def saved_layout(state_dir: pathlib.Path) -> dict[str, tuple[tuple[int, ...], np
         with _quiet_orbax(), ocp.StandardCheckpointer() as checkpointer:
             tree = checkpointer.metadata(state_dir)
     except Exception as e:  # noqa: BLE001
-        raise DamagedCheckpointError(f"{state_dir}: its metadata cannot be read ({one_line(e)})") from None
+        raise unreadable(e, f"{state_dir}: its metadata cannot be read") from None
     tree = getattr(getattr(tree, "item_metadata", None), "tree", tree)
     named = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_array)[0]
     if not named or not all(_is_array(m) for _, m in named):
@@ -394,8 +417,8 @@ def _quiet_orbax() -> Iterator[None]:
     """Orbax's logs while we read are hidden: its absl warnings about what reading on purpose
     does (a read-only manager, a step item without step metadata), and the errors of a
     damaged step, which the reader turns into one ``DamagedCheckpointError`` (Orbax's tasks
-    log theirs again, with kilobytes of TensorStore spec, when they are collected: that
-    happens here, before the filter goes)."""
+    log theirs again, with kilobytes of TensorStore spec, when they are collected: after a
+    failure that happens here, before the filter goes)."""
     import gc
 
     def ours(record: logging.LogRecord) -> bool:
@@ -406,8 +429,10 @@ def _quiet_orbax() -> Iterator[None]:
     tasks.addFilter(ours)
     try:
         yield
-    finally:
+    except BaseException:
         gc.collect()
+        raise
+    finally:
         tasks.removeFilter(ours)
         absl.setLevel(level)
 
@@ -496,8 +521,7 @@ def load_training_checkpoint(step_dir: str | os.PathLike) -> tuple[SegformerConf
         with _quiet_orbax():
             meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "meta")
     except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files
-        raise DamagedCheckpointError(f"{step_dir / 'meta'}: cannot read the run's record "
-                                     f"({one_line(e)})") from None
+        raise unreadable(e, f"{step_dir / 'meta'}: cannot read the run's record") from None
     if not isinstance(meta, Mapping) or not isinstance(meta.get("model"), Mapping):
         raise CheckpointError(f"{step_dir / 'meta'}: holds no 'model' config; not written by "
                               "segformer_jax.train")
@@ -512,8 +536,7 @@ def load_training_checkpoint(step_dir: str | os.PathLike) -> tuple[SegformerConf
             tree = getattr(getattr(tree, "item_metadata", None), "tree", tree)
             state = checkpointer.restore(step_dir / "state", local_target(tree))
     except Exception as e:  # noqa: BLE001
-        raise DamagedCheckpointError(f"{step_dir}: its files cannot be read back, a data file is "
-                                     f"missing, cut short or changed ({one_line(e)})") from None
+        raise unreadable(e, f"{step_dir}: its files cannot be read back") from None
     # A classification state has no BatchNorm: its empty batch_stats may not be stored.
     variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
     check_fingerprint(variables, meta.get("fingerprint"), str(step_dir), ("params/", "batch_stats/"))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,7 +27,6 @@ from segformer_jax.config import SegformerConfig
 from segformer_jax.data.presets import settings as dataset_settings
 from segformer_jax.errors import ConfigError
 from segformer_jax.optim import Recipe
-from segformer_jax.workdir import CONFIG_JSON, atomic_write_text
 
 # Set by the dataset (its classes, with model.binary), by model.num_channels, or by the run
 # (total_steps), never by model.overrides.
@@ -410,14 +408,16 @@ def parse_flags(argv: Sequence[str], define: Any = None) -> tuple[ml_collections
 
     ``define(flag_values)`` adds the command's own flags (``--workdir``, ...). Every problem
     with the config file (missing, a syntax error, no ``get_config``, an exception inside it)
-    or with an override (unknown key, wrong type) is one ``ConfigError`` naming it. The file
-    is loaded on its own first, so a mistake in it is never reported as one of the overrides.
+    or with an override (unknown key, wrong type) is one ``ConfigError`` naming it: when the
+    parse fails, the file is loaded on its own, so a mistake in it is never reported as one
+    of the overrides.
     """
     from absl import flags
     spec = _config_spec(argv)
     if spec is None:
         raise ConfigError("--config FILE.py[:ARG] is required")
-    plain = load_file(spec)
+    if not pathlib.Path(spec.split(":", 1)[0]).expanduser().is_file():
+        raise ConfigError(f"--config {spec}: no such file {spec.split(':', 1)[0]!r}")
     values = _flag_values(argv)
     if define is not None:
         define(values)
@@ -427,10 +427,14 @@ def parse_flags(argv: Sequence[str], define: Any = None) -> tuple[ml_collections
     except flags.UnrecognizedFlagError as e:
         raise ConfigError(f"unrecognised flag --{e.flagname} (config overrides look like "
                           "--config.key=value)") from None
-    except (KeyError, AttributeError, flags.Error) as e:  # a missing key, or a wrong type
-        raise ConfigError(_bad_override(argv, e, plain)) from None
-    except (TypeError, ValueError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - the file is arbitrary Python: anything can fail
+        plain = load_file(spec)  # a mistake in the file itself is reported as the file's
+        if isinstance(e, (KeyError, AttributeError, flags.Error)):  # a missing key, a wrong type
+            raise ConfigError(_bad_override(argv, e, plain)) from None
         raise ConfigError(f"--config {spec}: {_one_line(e)}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"--config {spec}: get_config() returned a {type(config).__name__}, "
+                          "not an ml_collections.ConfigDict")
     return config, values
 
 
@@ -591,16 +595,9 @@ def _free_form(key: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------
-# The resolved config, written into every workdir
+# The resolved config (workdir.record_start writes it into every workdir)
 
 
 def to_json_data(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The config as plain JSON data (tuples as lists), for tracing and comparing runs."""
     return json.loads(json.dumps(config.to_dict(), sort_keys=True, default=repr))
-
-
-def write_json(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> pathlib.Path:
-    """``workdir/config.json``: what produced the run (written atomically)."""
-    path = pathlib.Path(workdir) / CONFIG_JSON
-    atomic_write_text(path, json.dumps(to_json_data(config), indent=2) + "\n")
-    return path

@@ -286,21 +286,29 @@ def lock_workdir(workdir: pathlib.Path) -> workdirs.WorkdirLock | None:
             error = TrainingError(f"workdir {workdir} is not writable: {e.strerror or e}")
         except SegformerError as e:
             error = e
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
-        if failed and error is None:
-            raise TrainingError(f"process 0 could not take {workdir / workdirs.LOCK} (its log says why)")
-    if error is not None:
-        raise error
+    stop_together(error)
     return lock
 
 
-def check_host_memory(config: ml_collections.ConfigDict, micro_batch: int) -> None:
+def stop_together(error: SegformerError | None) -> None:
+    """Raises ``error``; in a multi-process run every process stops when any found one (a
+    check that only some processes fail would leave the others waiting in the next
+    collective)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        failed = multihost_utils.process_allgather(np.int32(error is not None))
+        if error is None and np.any(failed):
+            raise TrainingError("another process of this run stopped before training (its log says why)")
+    if error is not None:
+        raise error
+
+
+def check_host_memory(config: ml_collections.ConfigDict, resuming: bool = False) -> None:
     """A batch the input pipeline cannot hold in this host's memory is refused before the
-    run writes anything: the batches in flight (this process's rows, float32 images and
-    int32 labels; prefetched, in transfer, being built) and one rescaled image per input
-    thread. Linux only (``MemAvailable``); the step's own device memory is XLA's to report."""
+    run builds or writes anything: the batches in flight (this process's rows, float32
+    images and int32 labels; prefetched, in transfer, being built) and one rescaled image per
+    input thread. Linux only (``MemAvailable``); the step's own device memory is XLA's to
+    report (``_out_of_memory``)."""
     try:
         meminfo = pathlib.Path("/proc/meminfo").read_text()
         available = int(next(line.split()[1] for line in meminfo.splitlines()
@@ -309,7 +317,7 @@ def check_host_memory(config: ml_collections.ConfigDict, micro_batch: int) -> No
         return
     from segformer_jax.data.pipeline import default_num_threads
     d, bands = config.data, int(config.model.num_channels)
-    rows = max(micro_batch // jax.process_count(), 1)
+    rows = max(config.batch_size // config.accumulate_steps // jax.process_count(), 1)
     height, width = (int(v) for v in d.crop_size)
     batches = 4 * rows * height * width * (4 * bands + 4)
     threads = int(d.num_workers) or default_num_threads()
@@ -322,8 +330,16 @@ def check_host_memory(config: ml_collections.ConfigDict, micro_batch: int) -> No
             f"(batches of {rows} {height}x{width} crops: {batches / 2**30:.1f} GiB"
             + (f"; images rescaled to data.img_scale={tuple(d.img_scale)} x {scale:g} by {threads} "
                f"threads: {rescaled / 2**30:.1f} GiB" if rescaled else "")
-            + f") and this host has {available / 2**30:.1f} GiB available; lower data.crop_size, "
-            "data.img_scale or batch_size (accumulate_steps splits a batch)")
+            + f") and this host has {available / 2**30:.1f} GiB available; " + _smaller(resuming))
+
+
+def _smaller(resuming: bool) -> str:
+    """What makes a step smaller; a resume cannot change its batch."""
+    if resuming:
+        return ("lower data.crop_size or data.img_scale, or use model.remat=True or "
+                "model.dtype='bfloat16' (a resume keeps batch_size and accumulate_steps)")
+    return ("lower data.crop_size, data.img_scale or batch_size (accumulate_steps splits a "
+            "batch), or use model.remat=True or model.dtype='bfloat16'")
 
 
 def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
@@ -475,13 +491,20 @@ def resume(run: Run, checkpoints: TrainCheckpoints, state: State,
     restored = None
     for step in reversed(steps):
         where = str(checkpoints.directory / str(step))
+        error: SegformerError | None = None
         try:
             meta = checkpoints.meta(step)
             _check_compatible(meta, run, where)
             restored = checkpoints.restore(step, abstract, meta)
-        except DamagedCheckpointError as e:
-            damaged.append((step, str(e)))
+        except SegformerError as e:
+            error = e
+        error = _same_on_every_process(error, where)
+        if isinstance(error, DamagedCheckpointError):
+            damaged.append((step, str(error)))
+            restored = None
             continue
+        if error is not None:
+            raise error
         break
     for bad, reason in damaged:
         aside = checkpoints.set_aside(bad)
@@ -500,6 +523,22 @@ def resume(run: Run, checkpoints: TrainCheckpoints, state: State,
               flush=True)
     # state["step"] counts micro-batches (it seeds dropout); the loop counts optimiser steps.
     return restored, int(restored["step"]) // run.config.accumulate_steps
+
+
+def _same_on_every_process(error: SegformerError | None, where: str) -> SegformerError | None:
+    """The outcome of reading one checkpoint, agreed by every process of a multi-process run
+    (each reads its own part): damaged anywhere is damaged everywhere, any other error stops
+    them all; one process alone: ``error``."""
+    if jax.process_count() == 1:
+        return error
+    from jax.experimental import multihost_utils
+    code = 0 if error is None else 1 if isinstance(error, DamagedCheckpointError) else 2
+    worst = int(np.max(multihost_utils.process_allgather(np.int32(code))))
+    if worst > code:
+        return (DamagedCheckpointError(f"{where}: damaged where another process reads it (its log "
+                                       "says which file)") if worst == 1 else
+                TrainingError(f"{where}: another process could not restore it (its log says why)"))
+    return error
 
 
 def _check_config_changes(run: Run) -> list[str]:
@@ -531,8 +570,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
 
 def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
     check_workdir(workdir, needed_bytes=0)  # unwritable: say so before building any dataset
+    resuming = any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
+    error = None
+    try:
+        check_host_memory(config, resuming)
+    except SegformerError as e:
+        error = e
+    stop_together(error)
     run = build_run(config, workdir)
-    check_host_memory(config, run.micro_batch)
     if run.is_main:
         for note in run_config.batch_notes(config):
             print(note, flush=True)
@@ -546,7 +591,6 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
     try:
         state, start = resume(run, checkpoints, state, state_sharding)
         if start >= config.total_steps:
-            checkpoints.close()
             where = checkpoints.directory / str(checkpoints.latest_step())
             if start > config.total_steps:
                 raise TrainingError(f"total_steps={config.total_steps} is below the step of the "
@@ -555,6 +599,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
             if run.is_main:
                 print(f"the run is already at step {start} of total_steps={config.total_steps} "
                       f"({where}): nothing to train", flush=True)
+            checkpoints.close()
             return {}
         if run.is_main:
             workdirs.record_start(workdir, run_config.to_json_data(config), start)
@@ -591,6 +636,10 @@ def run_loop(run: Run, checkpoints: TrainCheckpoints, state: State, state_shardi
 
     def last_good() -> str:
         """The newest checkpoint, each of which was checked finite before it was saved."""
+        try:
+            checkpoints.wait()
+        except Exception:  # noqa: BLE001 - a save that failed is not one of them
+            checkpoints.manager.reload()
         latest = checkpoints.latest_step()
         if latest is None:
             return ("No checkpoint had been saved yet: the same command starts again from "
@@ -606,7 +655,6 @@ def run_loop(run: Run, checkpoints: TrainCheckpoints, state: State, state_shardi
         pending_losses = []
         for s, v in values:
             if not math.isfinite(v):
-                checkpoints.wait()
                 raise TrainingError(f"loss is {v} at step {s}; training stopped. {last_good()}")
         return values[-1][1] if values else float("nan")
 
@@ -619,7 +667,7 @@ def run_loop(run: Run, checkpoints: TrainCheckpoints, state: State, state_shardi
                     try:
                         state, out = train_step(state, batch)
                     except Exception as e:  # noqa: BLE001 - XLA reports memory as a runtime error
-                        raise _out_of_memory(e, config) from None
+                        raise _out_of_memory(e, config, start > 0) from None
                     micro_losses.append(out["loss"])
                 pending_losses.append((step, sum(micro_losses) / len(micro_losses)))
                 saving = _check_save(checkpoints, saving)
@@ -653,10 +701,11 @@ def run_loop(run: Run, checkpoints: TrainCheckpoints, state: State, state_shardi
                         if checkpoints.save(step, state, _meta(step, run, metrics), metrics, force=final):
                             saving = step
                     except NonFiniteError as e:
-                        checkpoints.wait()
                         raise TrainingError(f"{e}; training stopped, nothing saved for it. "
                                             f"{last_good()}") from None
-                    except Exception as e:  # noqa: BLE001 - a failed save of the step before
+                    except Exception as e:  # noqa: BLE001 - the step before's, or this one's
+                        if not _write_failure(e):
+                            raise
                         raise _save_failed(e, checkpoints, saving or step) from None
                 if stop.received is not None:
                     _check_save(checkpoints, saving, wait=True)
@@ -667,14 +716,18 @@ def run_loop(run: Run, checkpoints: TrainCheckpoints, state: State, state_shardi
                     summary = evaluated
             _check_save(checkpoints, saving, wait=True)
     finally:
+        in_flight = sys.exc_info()[1]   # the error already on its way, if any
         try:
-            checkpoints.wait()
-            checkpoints.close()
-        except Exception:  # noqa: BLE001 - reported above, when it happened
-            if sys.exc_info()[0] is None:
-                raise
-        batches.close()
-        writer.close()
+            try:
+                checkpoints.wait()
+            finally:
+                checkpoints.close()
+        except Exception as e:  # noqa: BLE001 - orbax and TensorStore raise many types
+            if in_flight is None:
+                raise _save_failed(e, checkpoints, saving or config.total_steps) from e
+        finally:
+            batches.close()
+            writer.close()
     if summary and is_main:
         print(run.evaluator.table(summary))
     return summary
@@ -715,6 +768,15 @@ def _disk_full(error: BaseException) -> bool:
             or "RESOURCE_EXHAUSTED" in text and "writ" in text)
 
 
+def _write_failure(error: BaseException) -> bool:
+    """An error of writing files (the OS's, or TensorStore's as Orbax passes them on), not
+    a bug in what was asked to be written."""
+    text = str(error)
+    return isinstance(error, OSError) or _disk_full(error) or any(
+        word in text for word in ("Error writing", "Failed writing", "PERMISSION_DENIED", "UNAVAILABLE",
+                                  "DEADLINE_EXCEEDED", "commit"))
+
+
 def _save_failed(error: BaseException, checkpoints: TrainCheckpoints, step: int) -> TrainingError:
     """One line for a checkpoint that could not be written: why, what is kept, what to do."""
     checkpoints.manager.reload()
@@ -731,19 +793,20 @@ def _save_failed(error: BaseException, checkpoints: TrainCheckpoints, step: int)
 
 def _check_save(checkpoints: TrainCheckpoints, step: int | None, wait: bool = False) -> int | None:
     """Raises the error of the checkpoint of ``step`` if its asynchronous write failed;
-    returns ``step`` while it is still being written, None once it is done."""
+    returns ``step`` while it is still being written, None once it is written. Orbax keeps
+    a finished save's error for the next ``wait``, which returns at once when it is done."""
     if step is None:
         return None
+    if not wait and checkpoints.manager.is_saving_in_progress():
+        return step
     try:
-        if wait:
-            checkpoints.wait()
-        checkpoints.check_for_errors()
+        checkpoints.wait()
     except Exception as e:  # noqa: BLE001 - orbax and TensorStore raise many types
         raise _save_failed(e, checkpoints, step) from None
-    return step if checkpoints.manager.is_saving_in_progress() else None
+    return None
 
 
-def _out_of_memory(error: Exception, config: ml_collections.ConfigDict) -> Exception:
+def _out_of_memory(error: Exception, config: ml_collections.ConfigDict, resuming: bool) -> Exception:
     """A step that does not fit in (device or host) memory as one ``TrainingError``; any
     other error as it is."""
     text = str(error)
@@ -753,8 +816,7 @@ def _out_of_memory(error: Exception, config: ml_collections.ConfigDict) -> Excep
     first = next((line for line in text.splitlines() if line.strip()), type(error).__name__)
     return TrainingError(
         f"a training step of batch_size={config.batch_size} at data.crop_size="
-        f"{tuple(config.data.crop_size)} does not fit in memory ({first[:200]}); lower batch_size "
-        "or data.crop_size, or use accumulate_steps, model.remat=True or model.dtype='bfloat16'")
+        f"{tuple(config.data.crop_size)} does not fit in memory ({first[:200]}); " + _smaller(resuming))
 
 
 # --------------------------------------------------------------------------------------
@@ -776,27 +838,33 @@ def _define_flags(flag_values: Any) -> None:
                       flag_values=flag_values)
 
 
+def _repeated_save_error(record: logging.LogRecord) -> bool:
+    """False (hide) for Orbax's logs of a write that failed for want of space."""
+    text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+    return not (("orbax" in text or f"{os.sep}orbax{os.sep}" in record.pathname)
+                and ("RESOURCE_EXHAUSTED" in text or "No space left" in text))
+
+
+def _late_write_callback(unraisable: Any) -> None:
+    """Hides TensorStore's "Event loop is closed" of writes that end after Orbax closed its
+    event loop (a failed save); anything else goes to Python's own hook."""
+    import traceback
+    frames = traceback.extract_tb(unraisable.exc_traceback)
+    if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+            and frames and frames[0].name == "call_soon_threadsafe"):
+        sys.__unraisablehook__(unraisable)
+
+
 def _hide_repeated_save_errors() -> None:
     """A checkpoint write that fails for want of space fails in each of Orbax's writer
     threads and tasks, and each logs its traceback (hundreds, some at exit); ``run_loop``
-    reports it once (``_save_failed``), so this command hides those copies."""
-    def repeated(record: logging.LogRecord) -> bool:
-        text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
-        return not (("orbax" in text or f"{os.sep}orbax{os.sep}" in record.pathname)
-                    and ("RESOURCE_EXHAUSTED" in text or "No space left" in text))
+    reports it once (``_save_failed``), so this command hides those copies. Installed once
+    per process; a hook someone else set (a test runner's) is left alone."""
     for name in ("absl", "asyncio"):
-        logging.getLogger(name).addFilter(repeated)
-    # The writes still in flight end after Orbax has closed its event loop, and TensorStore
-    # reports each one's "Event loop is closed" as an unraisable exception.
-    previous = sys.unraisablehook
-
-    def late_callback(unraisable: Any) -> None:
-        import traceback
-        frames = traceback.extract_tb(unraisable.exc_traceback)
-        if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
-                and frames and frames[0].name == "call_soon_threadsafe"):
-            previous(unraisable)
-    sys.unraisablehook = late_callback
+        if _repeated_save_error not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(_repeated_save_error)
+    if sys.unraisablehook is sys.__unraisablehook__:
+        sys.unraisablehook = _late_write_callback
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,11 +80,11 @@ class WorkdirLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):  # ENOLCK: no flock here
-                    break
-                holder = _read_record(fd)
                 os.close(fd)
-                raise TrainingError(self._busy(holder)) from None
+                if e.errno not in (errno.EAGAIN, errno.EACCES):  # ENOLCK: no flock here
+                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                    break
+                raise TrainingError(self._busy(_holder(self.path))) from None
             try:  # the file we locked may have been released and removed meanwhile
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -92,26 +92,36 @@ class WorkdirLock:
             if same:
                 break
             os.close(fd)
-        holder = _read_record(fd)
-        note = None
-        if holder and holder.get("pid") != os.getpid():
-            if holder.get("host") != socket.gethostname():
-                os.close(fd)
-                raise TrainingError(self._busy(holder, other_host=True))
-            if _alive(int(holder.get("pid", 0)), holder.get("process_start")):
-                os.close(fd)  # a file system without working flock: trust the record
-                raise TrainingError(self._busy(holder))
-            note = (f"note: {self.path} was left by process {holder.get('pid')} on this host "
-                    f"(started {holder.get('started', '?')}), which is no longer running; "
-                    "taking it over")
-        record = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "process_start": _process_start(os.getpid()),
-                  "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
-        os.fsync(fd)
+        try:
+            note = self._take_over(_read_record(fd))
+            record = {"pid": os.getpid(), "host": socket.gethostname(),
+                      "process_start": _process_start(os.getpid()),
+                      "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)  # and with it the flock
+            raise
         self._fd = fd
         return note
+
+    def _take_over(self, holder: Mapping[str, Any] | None) -> str | None:
+        """What the lock's record says once its ``flock`` is ours: nothing, a trainer on this
+        host that is gone (a note), or one that may still run (``TrainingError``)."""
+        if not holder or holder.get("pid") == os.getpid():
+            return None
+        if holder.get("host") != socket.gethostname():
+            raise TrainingError(self._busy(holder, other_host=True))
+        try:
+            pid = int(holder.get("pid", 0))
+        except (TypeError, ValueError):
+            pid = 0
+        if pid > 0 and _alive(pid, holder.get("process_start")):
+            raise TrainingError(self._busy(holder))  # a file system without working flock
+        return (f"note: {self.path} was left by process {holder.get('pid')} on this host "
+                f"(started {holder.get('started', '?')}), which is no longer running; "
+                "taking it over")
 
     def _busy(self, holder: Mapping[str, Any] | None, other_host: bool = False) -> str:
         who = (f"process {holder.get('pid')} on host {holder.get('host')} (since "
@@ -140,6 +150,24 @@ class WorkdirLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def _holder(path: pathlib.Path, wait: float = 1.0) -> dict[str, Any] | None:
+    """The record of a lock another process holds; it may take a moment to write it."""
+    import time
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            record = _read_record(fd)
+        finally:
+            os.close(fd)
+        if record is not None or time.monotonic() > deadline:
+            return record
+        time.sleep(0.05)
 
 
 def _read_record(fd: int) -> dict[str, Any] | None:
@@ -196,6 +224,11 @@ RESUME_REFUSED = {
     "batch_size": "every batch is a function of (seed, step) at this batch size",
     "accumulate_steps": "the optimiser's state and the step counter count micro-batches",
     "data.name": "the checkpoint learnt another dataset's classes",
+    "data.reduce_zero_label": "the checkpoint learnt the labels read the other way (k or k - 1)",
+    "data.mean": "the checkpoint learnt images normalised with the other values (and its workdir's "
+                 "config.json gives predict and evaluate one normalisation)",
+    "data.std": "the checkpoint learnt images normalised with the other values (and its workdir's "
+                "config.json gives predict and evaluate one normalisation)",
     "optimizer.no_decay": "the optimiser's state is laid out by it",
 }
 # optimizer.clip_grad_norm may change its value, not be switched on or off (one more

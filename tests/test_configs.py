@@ -73,11 +73,14 @@ def test_bad_flags_fail_before_any_work(tmp_path, capsys, flag, named):
 
 
 def test_resolved_config_is_json(tmp_path):
+    from segformer_jax.workdir import CONFIG_HISTORY, record_start
     config = load(str(CONFIGS / "quickstart.py"), {"total_steps": 7})
-    path = run_config.write_json(config, tmp_path)
-    data = json.loads(path.read_text())
+    record_start(tmp_path, run_config.to_json_data(config), 0)
+    data = json.loads((tmp_path / "config.json").read_text())
     assert data["total_steps"] == 7 and data["data"]["crop_size"] == [96, 96]
     assert data["optimizer"]["learning_rate"] == 6e-4
+    [start] = [json.loads(line) for line in (tmp_path / CONFIG_HISTORY).read_text().splitlines()]
+    assert start["start_step"] == 0 and start["config"] == data
 
 
 def test_sections_typed_or_free_form():

@@ -184,8 +184,26 @@ def test_a_corrupted_record_stops_training_naming_the_directory(tmp_path):
         with sd.train_batches(loaded.source, transform, 8, seed=0, num_steps=1) as batches:
             list(batches)
     message = str(err.value)
-    assert message.startswith(f"record {bad[0]} of the built dataset {directory}: cannot be read")
-    assert f"delete the directory {directory}" in message
+    assert message.startswith(f"{directory}: the built dataset is damaged (record {bad[0]} cannot be read: ")
+    assert message.endswith("; delete this directory and the next run rebuilds it")
+
+
+def test_an_access_error_is_not_called_damage(tmp_path):
+    """A refused or timed-out read says so, without advice to delete a dataset that may be
+    intact (a rebuild of a large one costs hours)."""
+    from segformer_jax.data.pipeline import read_record
+
+    class Source:
+        dataset_info = type("Info", (), {"data_dir": str(tmp_path)})()
+
+        def __getitem__(self, index):
+            raise PermissionError(13, "Permission denied", str(tmp_path / "shard-0"))
+
+    with pytest.raises(DatasetError) as err:
+        read_record(Source(), 3)
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path}: the built dataset cannot be read now (record 3 cannot be read: ")
+    assert "not a sign of damage" in message and "delete" not in message
 
 
 def test_data_dir_that_is_a_file(tmp_path, capsys):

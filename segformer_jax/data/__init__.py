@@ -229,7 +229,7 @@ def check_shards(builder: Any, split: str) -> None:
             except Exception as e:  # noqa: BLE001 - ArrayRecord raises RuntimeError, TFDS others
                 raise DatasetError(damaged_message(
                     builder.data_dir, f"{Path(os.fspath(path)).name} cannot be read: "
-                                      f"{type(e).__name__}: {e}")) from None
+                                      f"{type(e).__name__}: {e}", e)) from None
         start += int(length)
 
 

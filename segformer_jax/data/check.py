@@ -291,11 +291,10 @@ def judge_labels(report: Report) -> None:
 
 def _lossy_named(expected: Path) -> Path | None:
     """A ``NAME.jpg`` / ``NAME.jpeg`` beside the ``NAME.png`` mask that was looked for."""
-    if not expected.parent.is_dir():
-        return None
     stem = expected.name[:-len(".png")]
-    for path in sorted(expected.parent.iterdir()):
-        if path.is_file() and path.stem == stem and path.suffix.lower() in (".jpg", ".jpeg"):
+    for suffix in (".jpg", ".jpeg", ".JPG", ".JPEG", ".Jpg", ".Jpeg"):  # a few stats, not a listing
+        path = expected.with_name(stem + suffix)
+        if path.is_file():
             return path
     return None
 

@@ -18,6 +18,7 @@ Bad input stops the build with one :class:`DatasetError` naming the file (the cl
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
@@ -209,9 +210,22 @@ def make_example(image_bytes: bytes, mask: np.ndarray, file_name: str) -> dict[s
 # ----------------------------------------------------------------------------- base builder
 
 
-def damaged_message(directory: str | os.PathLike, what: str) -> str:
+# Errors that say the file system refused or timed out, not that the files are wrong: a
+# rebuild would not help, and for a large dataset it costs hours.
+_ACCESS_ERRNOS = (errno.EACCES, errno.EPERM, errno.ETIMEDOUT, errno.ENOMEM, errno.EAGAIN,
+                  errno.ESTALE, errno.EHOSTDOWN, errno.ENETDOWN)
+_ACCESS_WORDS = ("PERMISSION_DENIED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
+                 "Permission denied", "timed out")
+
+
+def damaged_message(directory: str | os.PathLike, what: str, error: BaseException | None = None) -> str:
     """The one line for a built copy of a dataset that cannot be read: what is wrong, and the
-    fix (the library never deletes anything itself)."""
+    fix (the library never deletes anything itself). ``error`` an access or system error
+    (permissions, a timeout, memory): no advice to delete what may be intact."""
+    if error is not None and (getattr(error, "errno", None) in _ACCESS_ERRNOS
+                              or any(word in str(error) for word in _ACCESS_WORDS)):
+        return (f"{directory}: the built dataset cannot be read now ({what}): an access or system "
+                "error, not a sign of damage; check the file system and its permissions and try again")
     return (f"{directory}: the built dataset is damaged ({what}); delete this directory and the "
             f"next run rebuilds it")
 
@@ -261,7 +275,7 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
             if directory is None or not os.path.isdir(directory):
                 raise
             raise DatasetError(damaged_message(directory, f"its dataset_info.json cannot be read: "
-                                                          f"{type(e).__name__}: {e}")) from None
+                                                          f"{type(e).__name__}: {e}", e)) from None
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -111,13 +111,17 @@ def record_label_problem(record: Mapping[str, Any], index: int, num_labels: int,
                          reduce_zero_label: bool) -> str | None:
     """``label_problem`` of one record's stored mask, naming the record and its file; None
     for a record without a mask (classification) or with every label in range. Costs one
-    ``max`` of the mask when all is well."""
+    ``max`` of the mask when all is well, one more elementwise pass when it holds 255; the
+    values are sorted (``np.unique``) only for a mask that is wrong."""
     mask = record.get("segmentation_mask") if isinstance(record, Mapping) else None
     if mask is None:
         return None
     mask = np.asarray(mask)
     top = num_labels if reduce_zero_label else num_labels - 1  # the largest good stored value
     if mask.size == 0 or (mask.max() <= top and (mask.dtype.kind == "u" or mask.min() >= 0)):
+        return None
+    # Above top: 255 (ignore) is fine, and most datasets have it; one more pass, no sort.
+    if not (((mask > top) & (mask != IGNORE_INDEX)) | (mask < 0)).any():
         return None
     name = record.get("file_name", b"")
     name = name.decode() if isinstance(name, bytes) else str(name)
@@ -142,11 +146,10 @@ def read_record(source: Any, index: int) -> Mapping[str, Any]:
     except SegformerError:
         raise
     except Exception as e:  # noqa: BLE001 - ArrayRecord and TFDS raise RuntimeError, OSError, ...
+        from segformer_jax.data.common import damaged_message
         directory = _dataset_directory(source)
-        where = f"record {int(index)}" + (f" of the built dataset {directory}" if directory else "")
-        advice = (f"; the built dataset is damaged: delete the directory {directory} and the next "
-                  "run rebuilds it" if directory else "")
-        raise DatasetError(f"{where}: cannot be read ({type(e).__name__}: {e}){advice}") from None
+        what = f"record {int(index)} cannot be read: {type(e).__name__}: {e}"
+        raise DatasetError(damaged_message(directory, what, e) if directory else what) from None
 
 
 def _train_example(source: Any, transform: Transform, index: int, seed: int, step: int,
