@@ -35,7 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from segformer_jax.constants import round_up
 from segformer_jax.data.transforms import rescale_size  # mmcv's imrescale rule, one copy
 from segformer_jax.errors import InputError
-from segformer_jax.models.ops import resize_bilinear
+from segformer_jax.models.ops import form_set, resize_bilinear
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -83,9 +83,9 @@ def check_covered(count: np.ndarray, crop: Any, stride: Any) -> None:
 # ----------------------------------------------------------------------------- whole image
 
 
-def _whole(apply_fn: ApplyFn, variables: Any, images: jax.Array) -> jax.Array:
+def _whole(apply_fn: ApplyFn, variables: Any, images: jax.Array, form: str | None = None) -> jax.Array:
     logits = apply_fn(variables, images).astype(jnp.float32)
-    return resize_bilinear(logits, images.shape[1:3])
+    return resize_bilinear(logits, images.shape[1:3], form)
 
 
 # ----------------------------------------------------------------------------- sliding window
@@ -143,7 +143,8 @@ def window_count(height: int, width: int, crop: int | Sequence[int],
 
 
 def _slide(apply_fn: ApplyFn, variables: Any, images: jax.Array, crop: tuple[int, int],
-           stride: tuple[int, int], batch_windows: int, mesh: Any = None) -> jax.Array:
+           stride: tuple[int, int], batch_windows: int, mesh: Any = None,
+           form: str | None = None) -> jax.Array:
     n, h, w, c = images.shape
     windows = slide_windows(h, w, crop, stride)
     ch, cw = windows[0].y2 - windows[0].y1, windows[0].x2 - windows[0].x1
@@ -160,7 +161,7 @@ def _slide(apply_fn: ApplyFn, variables: Any, images: jax.Array, crop: tuple[int
     def infer(x: jax.Array) -> jax.Array:
         if mesh is not None and x.shape[0] % mesh.size == 0:  # the windows over the devices
             x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(mesh.axis_names)))
-        return resize_bilinear(apply_fn(variables, x).astype(jnp.float32), (ch, cw))
+        return resize_bilinear(apply_fn(variables, x).astype(jnp.float32), (ch, cw), form)
 
     logits = infer(crops[0])[None] if steps == 1 else jax.lax.map(infer, crops)
     logits = logits.reshape(steps * per_step, n, ch, cw, -1)[:len(windows)]
@@ -229,17 +230,17 @@ def augmentation_sizes(height: int, width: int, ratios: Sequence[float] = (1.0,)
 def _augmented_probs(apply_fn: ApplyFn, variables: Any, images: jax.Array,
                      rescaled: tuple[int, int], final: tuple[int, int], flip: bool, mode: str,
                      crop: tuple[int, int] | None, stride: tuple[int, int] | None,
-                     batch_windows: int) -> jax.Array:
+                     batch_windows: int, form: str | None = None) -> jax.Array:
     """One augmentation of mmseg's ``aug_test``: softmax probabilities at the original size."""
     size = images.shape[1:3]
-    x = resize_bilinear(resize_bilinear(images, rescaled), final)  # Resize, then AlignedResize
+    x = resize_bilinear(resize_bilinear(images, rescaled, form), final, form)  # Resize, then AlignedResize
     if flip:  # RandomFlip comes after Resize in the pipeline
         x = x[:, :, ::-1]
     if mode == "slide":
-        logits = _slide(apply_fn, variables, x, crop, stride, batch_windows)
+        logits = _slide(apply_fn, variables, x, crop, stride, batch_windows, form=form)
     else:
-        logits = _whole(apply_fn, variables, x)
-    logits = resize_bilinear(logits, size)  # rescale=True: back to ori_shape
+        logits = _whole(apply_fn, variables, x, form)
+    logits = resize_bilinear(logits, size, form)  # rescale=True: back to ori_shape
     # One channel is a binary model's logit: its probability is the sigmoid (a softmax over
     # one channel would be 1 everywhere).
     probs = jax.nn.sigmoid(logits) if logits.shape[-1] == 1 else jax.nn.softmax(logits, axis=-1)
@@ -258,22 +259,24 @@ class Inference:
 
     ``mesh``: sliding windows are spread over its devices, ``batch_windows`` (a multiple of
     the device count) at a time. ``whole`` follows its inputs' shardings: a batch laid out
-    over devices runs over them.
+    over devices runs over them. ``forms``: the resizes' form set (``ops.FORM_SETS``; give
+    the model's).
     """
 
-    def __init__(self, apply_fn: ApplyFn, mesh: Any = None):
+    def __init__(self, apply_fn: ApplyFn, mesh: Any = None, forms: str = "auto"):
         self.apply_fn = apply_fn
         self.mesh = mesh
-        self._whole = jax.jit(lambda variables, images: _whole(apply_fn, variables, images))
+        form = None if forms == "auto" else form_set(forms)["resize"]  # "auto": at trace time
+        self._whole = jax.jit(lambda variables, images: _whole(apply_fn, variables, images, form))
         self._slide = jax.jit(
             lambda variables, images, crop, stride, batch_windows: _slide(
-                apply_fn, variables, images, crop, stride, batch_windows, mesh),
+                apply_fn, variables, images, crop, stride, batch_windows, mesh, form),
             static_argnums=(2, 3, 4))
         self._windows = jax.jit(lambda variables, crops: resize_bilinear(
-            apply_fn(variables, crops).astype(jnp.float32), crops.shape[1:3]))
+            apply_fn(variables, crops).astype(jnp.float32), crops.shape[1:3], form))
         self._augmented = jax.jit(
             lambda variables, images, *static: _augmented_probs(apply_fn, variables, images,
-                                                                *static),
+                                                                *static, form),
             static_argnums=tuple(range(2, 9)))
 
     def whole(self, variables: Any, images: Any) -> jax.Array:

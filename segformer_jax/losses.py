@@ -10,7 +10,11 @@ with a hand-written backward pass, a band of output rows at a time. Written the 
 batch 2), and the transposes of the gathers become scatters: 0.8 s of a B0 step. Band by
 band the rows stay in cache and the gradient is softmax − one-hot, sent back through the
 resize's transposed gathers: 0.3 s, equal to the plain form to float32 rounding (tested).
-On accelerators, whose kernels want large arrays, the whole image is one band.
+That banded form (``"banded"``) is the CPU form set's (``ops.FORM_SETS``). The XLA form
+set's (``"xla"``) is the plain one written for GPU and TPU compilers: the logits upsampled
+by ``ops.resize_bilinear(form="xla")``, ``logsumexp`` minus the label's logit picked by a
+comparison (no gather), differentiated by JAX: no loop, scatter or gather in the program.
+Every loss below takes ``forms``, the form set by name ("auto": the backend's).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from segformer_jax.constants import IGNORE_INDEX
 from segformer_jax.models import ops
 
 BAND_FLOATS = 1 << 20  # XLA:CPU: ~4 MiB of upsampled logits per band, a few bands in L2/L3
+LOSS_FORMS = ("banded", "xla")
 
 
 def band_rows(batch: int, height: int, width: int, classes: int, backend: str | None = None) -> int:
@@ -113,18 +118,39 @@ _upsampled_cross_entropy.defvjp(_forward, _backward)
 
 
 def upsampled_cross_entropy(logits: jax.Array, labels: jax.Array,
-                            rows: int | None = None) -> jax.Array:
+                            rows: int | None = None, forms: str = "auto") -> jax.Array:
     """Per-pixel softmax cross-entropy of float32 NHWC ``logits`` upsampled (bilinear, as
     ``ops.resize_bilinear``) to the (N, H, W) ``labels``: float32 (N, H, W), 0 where a label
-    is outside [0, classes) (the ignore index). ``rows``: output rows per band (default
-    ``band_rows``)."""
+    is outside [0, classes) (the ignore index). ``rows``: output rows per band of the banded
+    form (default ``band_rows``); ``forms``: the form set (``ops.FORM_SETS``)."""
+    logits, labels = logits.astype(jnp.float32), labels.astype(jnp.int32)
+    if ops.form_set(forms)["loss"] == "xla":
+        return _plain_cross_entropy(logits, labels)
     n, _, _, classes = logits.shape
     rows = rows or band_rows(n, labels.shape[1], labels.shape[2], classes)
-    return _upsampled_cross_entropy(logits.astype(jnp.float32), labels.astype(jnp.int32), int(rows))
+    return _upsampled_cross_entropy(logits, labels, int(rows))
+
+
+def _plain_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """The XLA form: upsample, ``logsumexp``, and the label's logit picked by comparing
+    with the class ids (a gather's transpose would be a scatter-add)."""
+    z = ops.resize_bilinear(logits, labels.shape[1:3], form="xla")
+    classes = z.shape[-1]
+    picked = jnp.sum(jnp.where(labels[..., None] == jnp.arange(classes), z, 0.0), axis=-1)
+    return jnp.where(_valid(labels, classes), jax.nn.logsumexp(z, axis=-1) - picked, 0.0)
+
+
+def _class_weights(class_weight: tuple[float, ...], labels: jax.Array, forms: str) -> jax.Array:
+    """Each pixel's class weight (labels in range): a gather in the CPU forms, a comparison
+    in the XLA forms (the same numbers: one weight plus zeros)."""
+    weights = jnp.asarray(class_weight, jnp.float32)
+    if ops.form_set(forms)["loss"] == "xla":
+        return jnp.sum(jnp.where(labels[..., None] == jnp.arange(len(class_weight)), weights, 0.0), axis=-1)
+    return weights[labels]
 
 
 def segmentation_loss(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_INDEX,
-                      reduction: str = "valid") -> jax.Array:
+                      reduction: str = "valid", forms: str = "auto") -> jax.Array:
     """Cross-entropy of NHWC ``logits`` against (N, H, W) integer ``labels``.
 
     reduction="valid": mean over non-ignored pixels (transformers' ``CrossEntropyLoss``).
@@ -136,12 +162,12 @@ def segmentation_loss(logits: jax.Array, labels: jax.Array, ignore_index: int = 
         raise ValueError(f"reduction must be 'valid' or 'all'; got {reduction!r}")
     valid = labels != ignore_index
     if logits.shape[-1] == 1:
-        logits = ops.resize_bilinear(logits.astype(jnp.float32), labels.shape[1:3])
+        logits = _upsampled(logits, labels, forms)
         valid = valid & (labels >= 0)
         target = jnp.where(valid, labels, 0).astype(jnp.float32)
         losses = optax.sigmoid_binary_cross_entropy(logits[..., 0], target)
         return jnp.sum(jnp.where(valid, losses, 0.0)) / labels.size
-    losses = upsampled_cross_entropy(logits, jnp.where(valid, labels, -1))
+    losses = upsampled_cross_entropy(logits, jnp.where(valid, labels, -1), forms=forms)
     total = jnp.sum(losses)
     if reduction == "all":
         return total / labels.size
@@ -173,6 +199,7 @@ class LossSettings:
     focal_gamma: float = 2.0
     focal_alpha: float | None = None
     dice_smooth: float = 0.0
+    forms: str = "auto"                              # ops.FORM_SETS, the model's
 
 
 def _valid_pixels(labels: jax.Array, classes: int, ignore_index: int) -> jax.Array:
@@ -180,23 +207,23 @@ def _valid_pixels(labels: jax.Array, classes: int, ignore_index: int) -> jax.Arr
     return (labels != ignore_index) & _valid(labels, classes)
 
 
-def _upsampled(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    return ops.resize_bilinear(logits.astype(jnp.float32), labels.shape[1:3])
+def _upsampled(logits: jax.Array, labels: jax.Array, forms: str = "auto") -> jax.Array:
+    return ops.resize_bilinear(logits.astype(jnp.float32), labels.shape[1:3], ops.form_set(forms)["resize"])
 
 
 def _pixel_cross_entropy(logits: jax.Array, labels: jax.Array, valid: jax.Array,
-                         class_weight: tuple[float, ...] | None) -> tuple[jax.Array, jax.Array]:
+                         class_weight: tuple[float, ...] | None,
+                         forms: str = "auto") -> tuple[jax.Array, jax.Array]:
     """(unweighted, weighted) per-pixel cross-entropy, 0 at invalid pixels."""
-    ce = upsampled_cross_entropy(logits, jnp.where(valid, labels, -1))
+    ce = upsampled_cross_entropy(logits, jnp.where(valid, labels, -1), forms=forms)
     if class_weight is None:
         return ce, ce
-    w = jnp.asarray(class_weight, jnp.float32)[jnp.where(valid, labels, 0)]
-    return ce, ce * w
+    return ce, ce * _class_weights(class_weight, jnp.where(valid, labels, 0), forms)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_INDEX,
-                  reduction: str = "valid",
-                  class_weight: tuple[float, ...] | None = None) -> jax.Array:
+                  reduction: str = "valid", class_weight: tuple[float, ...] | None = None,
+                  forms: str = "auto") -> jax.Array:
     """Softmax cross-entropy, optionally class-weighted: each pixel's loss times its
     class's weight, summed, divided by (reduction="valid") the summed weights of the
     non-ignored pixels, as torch's ``F.cross_entropy(weight=..., ignore_index=...)`` and
@@ -206,18 +233,18 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNO
     there.)"""
     classes = logits.shape[-1]
     valid = _valid_pixels(labels, classes, ignore_index)
-    _, weighted = _pixel_cross_entropy(logits, labels, valid, class_weight)
+    _, weighted = _pixel_cross_entropy(logits, labels, valid, class_weight, forms)
     if reduction == "all":
         return jnp.sum(weighted) / labels.size
     if class_weight is None:
         return jnp.sum(weighted) / jnp.maximum(jnp.sum(valid), 1)
-    w = jnp.where(valid, jnp.asarray(class_weight, jnp.float32)[jnp.where(valid, labels, 0)], 0.0)
+    w = jnp.where(valid, _class_weights(class_weight, jnp.where(valid, labels, 0), forms), 0.0)
     return jnp.sum(weighted) / jnp.maximum(jnp.sum(w), 1e-12)
 
 
 def ohem_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_INDEX,
                        thresh: float = 0.7, min_kept: int = 100_000,
-                       class_weight: tuple[float, ...] | None = None) -> jax.Array:
+                       class_weight: tuple[float, ...] | None = None, forms: str = "auto") -> jax.Array:
     """Online hard example mining, as mmseg's ``OhemCrossEntropy`` (from PIDNet): the
     softmax probability of each valid pixel's label, sorted; the threshold is the larger
     of ``thresh`` and the ``min_kept``-th smallest probability (over the whole batch); the
@@ -225,7 +252,7 @@ def ohem_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int =
     mmseg's mean of no pixels is NaN (no valid pixel, or all tied), this is 0."""
     classes = logits.shape[-1]
     valid = _valid_pixels(labels, classes, ignore_index)
-    ce, weighted = _pixel_cross_entropy(logits, labels, valid, class_weight)
+    ce, weighted = _pixel_cross_entropy(logits, labels, valid, class_weight, forms)
     prob = jnp.exp(-jax.lax.stop_gradient(ce))             # p(label) = exp(-CE)
     count = jnp.sum(valid)
     ordered = jnp.sort(jnp.where(valid, prob, jnp.inf).ravel())
@@ -236,13 +263,13 @@ def ohem_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int =
 
 
 def focal_loss(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_INDEX,
-               gamma: float = 2.0, alpha: float | None = None) -> jax.Array:
+               gamma: float = 2.0, alpha: float | None = None, forms: str = "auto") -> jax.Array:
     """Focal loss (Lin et al. 2017) as segmentation_models_pytorch's ``FocalLoss`` in
     multiclass mode: for each class, the one-vs-rest sigmoid focal loss
     ``(1 - p_t)^gamma * BCE`` (times ``alpha`` / ``1 - alpha`` for positives / negatives
     when given) averaged over the valid pixels; then the mean over classes. (mmseg's
     ``FocalLoss`` is the same sigmoid form.)"""
-    z = _upsampled(logits, labels)
+    z = _upsampled(logits, labels, forms)
     classes = z.shape[-1]
     valid = _valid_pixels(labels, classes, ignore_index)
     target = jax.nn.one_hot(jnp.where(valid, labels, 0), classes, dtype=jnp.float32)
@@ -255,13 +282,13 @@ def focal_loss(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_
 
 
 def dice_loss(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_INDEX,
-              smooth: float = 0.0, eps: float = 1e-7) -> jax.Array:
+              smooth: float = 0.0, eps: float = 1e-7, forms: str = "auto") -> jax.Array:
     """Soft Dice (Milletari et al. 2016, first powers) as segmentation_models_pytorch's
     ``DiceLoss`` in multiclass mode: softmax probabilities and one-hot labels, both zero at
     ignored pixels, summed over the batch and the pixels per class; ``1 - (2I + s) /
     (P + T + s)`` per class (the denominator at least ``eps``), 0 for a class absent from
     the labels; the mean over classes."""
-    z = _upsampled(logits, labels)
+    z = _upsampled(logits, labels, forms)
     classes = z.shape[-1]
     valid = _valid_pixels(labels, classes, ignore_index)[..., None]
     prob = jnp.where(valid, jax.nn.softmax(z, axis=-1), 0.0)
@@ -285,13 +312,14 @@ def _lovasz_grad(fg_sorted: jax.Array) -> jax.Array:
 
 
 def lovasz_softmax(logits: jax.Array, labels: jax.Array,
-                   ignore_index: int = IGNORE_INDEX) -> jax.Array:
+                   ignore_index: int = IGNORE_INDEX, forms: str = "auto") -> jax.Array:
     """Lovász-softmax (Berman et al. 2018) over the whole batch, as the authors' code and
     segmentation_models_pytorch's ``LovaszLoss`` (multiclass, ``per_image=False``,
     classes "present"): per class present in the labels, the errors ``|fg - p_c|`` of the
     valid pixels sorted in decreasing order, dotted with the Lovász gradient of the
-    Jaccard loss; the mean over present classes (0 when none is)."""
-    z = _upsampled(logits, labels)
+    Jaccard loss; the mean over present classes (0 when none is). Its sort and the gathers
+    of the sorted order stay in every form set: they are the loss."""
+    z = _upsampled(logits, labels, forms)
     classes = z.shape[-1]
     valid = _valid_pixels(labels, classes, ignore_index).ravel()
     prob = jax.nn.softmax(z, axis=-1).reshape(-1, classes)
@@ -326,22 +354,23 @@ def make_loss(settings: LossSettings, ignore_index: int = IGNORE_INDEX):
     """``(logits, labels) -> scalar``: the weighted sum of ``settings.terms``. One output
     channel (binary segmentation) takes ``segmentation_loss``'s BCE."""
     def one(name: str, logits: jax.Array, labels: jax.Array) -> jax.Array:
+        forms = settings.forms
         if name == "cross_entropy":
             return cross_entropy(logits, labels, ignore_index, settings.reduction,
-                                 settings.class_weight)
+                                 settings.class_weight, forms)
         if name == "ohem":
             return ohem_cross_entropy(logits, labels, ignore_index, settings.ohem_thresh,
-                                      settings.ohem_min_kept, settings.class_weight)
+                                      settings.ohem_min_kept, settings.class_weight, forms)
         if name == "focal":
             return focal_loss(logits, labels, ignore_index, settings.focal_gamma,
-                              settings.focal_alpha)
+                              settings.focal_alpha, forms)
         if name == "dice":
-            return dice_loss(logits, labels, ignore_index, settings.dice_smooth)
-        return lovasz_softmax(logits, labels, ignore_index)
+            return dice_loss(logits, labels, ignore_index, settings.dice_smooth, forms=forms)
+        return lovasz_softmax(logits, labels, ignore_index, forms)
 
     def loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
         if logits.shape[-1] == 1:
-            return segmentation_loss(logits, labels, ignore_index, settings.reduction)
+            return segmentation_loss(logits, labels, ignore_index, settings.reduction, settings.forms)
         if len(settings.terms) == 1 and settings.terms[0][1] == 1.0:
             return one(settings.terms[0][0], logits, labels)
         return sum(w * one(name, logits, labels) for name, w in settings.terms)

@@ -17,6 +17,12 @@ Why here and not in the input pipeline: partners are rows of the *global* batch,
 single input process holds, and inside the step the draws are a function of (seed, step)
 like every other random number of a run. timm draws per process (per GPU) instead, so its
 partners come from the local batch; the distribution of what a row is mixed with is the same.
+
+Nothing here is a loop in the step: lambda's Beta comes from two Gamma variates drawn by
+Marsaglia and Tsang's method with a fixed number of proposals at once (``beta``; JAX's own
+``jax.random.beta`` is a data-dependent rejection ``while`` loop, serial on an accelerator),
+and the CutMix box's ``int(H·sqrt(1-lam))`` is decided exactly, as timm's float64 arithmetic
+decides it (``cut_size``; float32 rounds it up for about 7 lambdas in a million).
 """
 
 from __future__ import annotations
@@ -62,23 +68,82 @@ def draw(key: jax.Array, settings: MixupSettings, height: int, width: int) -> Mi
         use_cutmix = jax.random.uniform(k_switch) < settings.switch_prob
     else:
         use_cutmix = jnp.asarray(settings.cutmix_alpha > 0)
-    lam_mixup = (jax.random.beta(k_mixup, settings.mixup_alpha, settings.mixup_alpha)
+    lam_mixup = (beta(k_mixup, settings.mixup_alpha, settings.mixup_alpha)
                  if settings.mixup_alpha > 0 else jnp.float32(1))
-    lam_cutmix = (jax.random.beta(k_cutmix, settings.cutmix_alpha, settings.cutmix_alpha)
+    lam_cutmix = (beta(k_cutmix, settings.cutmix_alpha, settings.cutmix_alpha)
                   if settings.cutmix_alpha > 0 else jnp.float32(1))
     lam = jnp.where(use_cutmix, lam_cutmix, lam_mixup).astype(jnp.float32)
     return MixDraws(mixed, use_cutmix, lam, jax.random.randint(k_y, (), 0, height),
                     jax.random.randint(k_x, (), 0, width))
 
 
+PROPOSALS = 32  # Marsaglia-Tsang proposals per Gamma draw; all rejected: p < 0.05**32
+
+
+def gamma(key: jax.Array, shape: float) -> jax.Array:
+    """One Gamma(``shape``, 1) variate, float32, without a loop: Marsaglia and Tsang's method
+    (ACM TOMS 26(3), 2000) on ``PROPOSALS`` proposals at once, the first accepted one taken
+    (a comparison, not a gather); for ``shape`` < 1 the draw of shape + 1 times U^(1/shape).
+    Each proposal is accepted with probability above 0.95 for shape + 1 >= 1, so the chance
+    that none is (then d, the mode's neighbourhood, is returned) is below 1e-40."""
+    boost = shape < 1
+    a = shape + 1.0 if boost else shape
+    d = a - 1.0 / 3.0
+    c = 1.0 / (9.0 * d) ** 0.5
+    k_x, k_u, k_boost = jax.random.split(key, 3)
+    x = jax.random.normal(k_x, (PROPOSALS,), jnp.float32)
+    u = jax.random.uniform(k_u, (PROPOSALS,), jnp.float32)
+    v = (1.0 + c * x) ** 3
+    safe_v = jnp.where(v > 0, v, 1.0)
+    accepted = (v > 0) & (jnp.log(u) < 0.5 * x * x + d - d * safe_v + d * jnp.log(safe_v))
+    first = accepted & (jnp.cumsum(accepted.astype(jnp.int32)) == 1)
+    g = jnp.where(jnp.any(accepted), jnp.sum(jnp.where(first, d * safe_v, 0.0)), jnp.float32(d))
+    if boost:
+        g = g * jax.random.uniform(k_boost, (), jnp.float32, minval=jnp.finfo(jnp.float32).tiny) ** (1.0 / shape)
+    return g
+
+
+def beta(key: jax.Array, a: float, b: float) -> jax.Array:
+    """One Beta(a, b) variate, float32, without a loop: X / (X + Y) of two ``gamma`` draws."""
+    k_a, k_b = jax.random.split(key)
+    x, y = gamma(k_a, a), gamma(k_b, b)
+    return x / (x + y)
+
+
+def cut_size(lam: jax.Array, side: int) -> jax.Array:
+    """``int(side * sqrt(1 - lam))`` as timm computes it in float64, for a float32 ``lam``
+    and ``side`` <= 4096: the float32 estimate c, then c (or c ± 1) checked exactly by the
+    sign of side²·(1 - lam) - c² = (side² - c²) - side²·lam, whose product is split into
+    twelve-bit halves (Dekker's exact product: every partial product fits float32)."""
+    if side > 4096:
+        raise ValueError(f"cut_size is exact for sides up to 4096; got {side}")
+    lam = jnp.asarray(lam, jnp.float32)
+    area = float(side * side)                      # < 2**24: exact in float32
+    area_hi = float(int(area) // 4096 * 4096)
+    area_lo = area - area_hi
+    t = lam * 4097.0                               # Veltkamp's split of lam into 12-bit halves
+    lam_hi = t - (t - lam)
+    lam_lo = lam - lam_hi
+    product = area * lam
+    error = ((area_hi * lam_hi - product) + area_hi * lam_lo + area_lo * lam_hi) + area_lo * lam_lo
+
+    def fits(c: jax.Array) -> jax.Array:          # c² <= side²·(1 - lam), exactly
+        rest = (area - c.astype(jnp.float32) ** 2) - product
+        return rest - error >= 0
+
+    c = jnp.floor(side * jnp.sqrt(1.0 - lam)).astype(jnp.int32)
+    c = jnp.where(fits(c), c, c - 1)
+    return jnp.where(fits(c + 1), c + 1, c)
+
+
 def cutmix_box(lam: jax.Array, centre_y: jax.Array, centre_x: jax.Array, height: int,
                width: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """(top, bottom, left, right) of timm's ``rand_bbox``: a box of ``int(H·sqrt(1-lam))`` ×
-    ``int(W·sqrt(1-lam))`` with ``side // 2`` before the centre, clipped to the image.
-    (timm 1.x; 0.3.2, which PVT v2 pinned, made odd sides a pixel shorter.)"""
-    ratio = jnp.sqrt(1.0 - lam)
-    cut_h = jnp.floor(height * ratio).astype(jnp.int32)
-    cut_w = jnp.floor(width * ratio).astype(jnp.int32)
+    ``int(W·sqrt(1-lam))`` (``cut_size``: float64's answer) with ``side // 2`` before the
+    centre, clipped to the image. (timm 1.x; 0.3.2, which PVT v2 pinned, made odd sides a
+    pixel shorter.)"""
+    cut_h = cut_size(lam, height)
+    cut_w = cut_size(lam, width)
     return (jnp.clip(centre_y - cut_h // 2, 0, height), jnp.clip(centre_y + (cut_h + 1) // 2, 0, height),
             jnp.clip(centre_x - cut_w // 2, 0, width), jnp.clip(centre_x + (cut_w + 1) // 2, 0, width))
 

@@ -52,9 +52,14 @@ def default_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "fsdp_min_size": 2 ** 14})
     # binary: one sigmoid output for a two-class dataset (background 0, the class 1), trained
     # with BCE; num_channels: the images' bands (RGB 3; RGB+NIR 4; Sentinel-2 13).
-    c.model = ml_collections.ConfigDict({"variant": "b0", "dtype": "float32", "remat": False,
+    # op_forms: the ops' forms (models/ops.py FORM_SETS): "auto" (the CPU forms on a CPU, the
+    # XLA forms on a GPU or TPU), or "cpu" / "xla" forced, for experiments. dtype: the compute
+    # dtype ("auto": float32 on a CPU, bfloat16 on a GPU or TPU; parameters, LayerNorm,
+    # softmax and the loss stay float32 either way).
+    c.model = ml_collections.ConfigDict({"variant": "b0", "dtype": "auto", "remat": False,
                                          "scan": False, "init": "scratch", "binary": False,
-                                         "num_channels": 3, "overrides": _model_overrides()})
+                                         "num_channels": 3, "op_forms": "auto",
+                                         "overrides": _model_overrides()})
     ade = dataset_settings("ade20k")
     c.data = ml_collections.ConfigDict({
         "name": "synthetic", "data_dir": "", "manual_dir": "",
@@ -221,7 +226,7 @@ def loss_settings(config: ml_collections.ConfigDict,
     return LossSettings(terms=terms, class_weight=weight, reduction=config.loss_reduction,
                         ohem_thresh=float(c.ohem_thresh), ohem_min_kept=int(c.ohem_min_kept),
                         focal_gamma=float(c.focal_gamma), focal_alpha=c.focal_alpha,
-                        dice_smooth=float(c.dice_smooth))
+                        dice_smooth=float(c.dice_smooth), forms=op_forms(config))
 
 
 def _validate_loss(config: ml_collections.ConfigDict) -> None:
@@ -262,6 +267,22 @@ def normalisation(config: ml_collections.ConfigDict) -> tuple[tuple[float, ...],
     return mean, std
 
 
+def op_forms(config: ml_collections.ConfigDict) -> str:
+    """``model.op_forms`` (configs written before the key: "auto")."""
+    return str(config.model.get("op_forms", "auto"))
+
+
+def compute_dtype(config: ml_collections.ConfigDict, platform: str | None = None) -> str:
+    """``model.dtype``, "auto" resolved: float32 on a CPU (its bfloat16 is emulated, and the
+    quickstart's figures are float32's), bfloat16 on ``platform`` (default JAX's default
+    backend) otherwise, where the matrix units are bfloat16's."""
+    import jax
+    dtype = str(config.model.dtype)
+    if dtype != "auto":
+        return dtype
+    return "float32" if (platform or jax.default_backend()) == "cpu" else "bfloat16"
+
+
 def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The SegformerConfig fields ``model.overrides`` sets (the slots that are not None)."""
     return {k: v for k, v in config.model.overrides.items() if v is not None}
@@ -299,8 +320,11 @@ def validate(config: ml_collections.ConfigDict, process_count: int = 1) -> None:
     if config.batch_size % process_count:
         raise ConfigError(f"batch_size {config.batch_size} does not split over "
                           f"{process_count} processes")
-    if config.model.dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"model.dtype must be 'float32' or 'bfloat16'; got {config.model.dtype!r}")
+    if config.model.dtype not in ("auto", "float32", "bfloat16"):
+        raise ConfigError(f"model.dtype must be 'auto', 'float32' or 'bfloat16'; got {config.model.dtype!r}")
+    from segformer_jax.models.ops import FORMS
+    if op_forms(config) not in FORMS:
+        raise ConfigError(f"model.op_forms must be one of {FORMS}; got {op_forms(config)!r}")
     if config.loss_reduction not in ("valid", "all"):
         raise ConfigError(f"loss_reduction must be 'valid' or 'all'; got {config.loss_reduction!r}")
     for key in ("crop_size", "img_scale", "ratio_range", "eval_scale"):

@@ -70,11 +70,11 @@ def initial_state(seg_config: SegformerConfig, tx, seed: int,
 
 def model_for_run(config: ml_collections.ConfigDict, seg_config: SegformerConfig) -> Any:
     """The model a run config trains (``TASKS[config.task]``): ``seg_config`` in
-    ``model.dtype``, with ``model.remat`` and ``model.scan`` (each stage's blocks under
-    ``nn.scan``; the same parameter tree)."""
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
+    ``model.dtype`` (``run_config.compute_dtype``), with ``model.remat``, ``model.scan`` (each stage's blocks under
+    ``nn.scan``; the same parameter tree) and ``model.op_forms``."""
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[run_config.compute_dtype(config)]
     return TASKS[config.task](seg_config, dtype=dtype, remat=config.model.remat,
-                              scan=config.model.scan)
+                              scan=config.model.scan, forms=run_config.op_forms(config))
 
 
 def state_layout(seg_config: SegformerConfig, tx, seed: int, mesh: Mesh,

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from segformer_jax.config import SegformerConfig
 from segformer_jax.models.mit import dense_init
-from segformer_jax.models.ops import resize_bilinear
+from segformer_jax.models.ops import form_set, resize_bilinear
 
 Dtype = Any
 
@@ -150,10 +150,12 @@ class SegformerDecodeHead(nn.Module):
     """All-MLP decoder: unify the four stages' channels, upsample to 1/4, fuse, classify.
 
     Takes the encoder's four NHWC feature maps; returns float32 logits at 1/4 resolution.
+    ``forms``: the upsampling's form set (``ops.FORM_SETS``).
     """
 
     config: SegformerConfig
     dtype: Dtype = jnp.float32
+    forms: str = "auto"
 
     @nn.compact
     def __call__(self, features: tuple[jax.Array, ...], train: bool = False) -> jax.Array:
@@ -170,7 +172,7 @@ class SegformerDecodeHead(nn.Module):
             # Concat order is reversed (c4, c3, c2, c1): stage i owns rows of block (3 - i).
             fuse_i = fuse[(stages - 1 - i) * d:(stages - i) * d]
             e = jnp.dot(feat.astype(self.dtype), (kernel @ fuse_i).astype(self.dtype))
-            y = y + resize_bilinear(e, (h, w)) + (bias @ fuse_i).astype(self.dtype)
+            y = y + resize_bilinear(e, (h, w), form_set(self.forms)["resize"]) + (bias @ fuse_i).astype(self.dtype)
         y = BatchNorm(name="batch_norm")(y, train)
         # Named as the nn.Dropout it replaces: its random stream comes from the module path.
         y = ReluDropout(cfg.classifier_dropout_prob, name="Dropout_0")(y, not train)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from segformer_jax.config import SegformerConfig
-from segformer_jax.models.ops import attention, depthwise_conv3x3
+from segformer_jax.models.ops import depthwise_conv3x3, form_set, multi_head_attention
 
 Dtype = Any
 LAYER_NORM_EPS = 1e-5  # torch's default: transformers never passes config.layer_norm_eps.
@@ -73,6 +73,7 @@ class EfficientSelfAttention(nn.Module):
     config: SegformerConfig
     stage: int
     dtype: Dtype = jnp.float32
+    forms: str = "auto"   # ops.FORM_SETS: the attention's form
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -100,8 +101,8 @@ class EfficientSelfAttention(nn.Module):
             probs = jax.nn.softmax(scores * (c // heads) ** -0.5, axis=-1)
             probs = nn.Dropout(rate, deterministic=False)(probs).astype(v.dtype)
             ctx = jnp.einsum("nhqk,nkhd->nqhd", probs, v)
-        else:  # jax.nn.dot_product_attention's arithmetic, with a faster backward pass.
-            ctx = attention(q, k, v)
+        else:  # jax.nn.dot_product_attention, or its arithmetic with a faster backward pass
+            ctx = multi_head_attention(q, k, v, form_set(self.forms)["attention"])
         ctx = ctx.reshape(n, h, w, c)
         out = dense("output")(ctx)
         return nn.Dropout(cfg.hidden_dropout_prob, deterministic=not train)(out)
@@ -116,6 +117,7 @@ class MixFFN(nn.Module):
     config: SegformerConfig
     stage: int
     dtype: Dtype = jnp.float32
+    forms: str = "auto"   # ops.FORM_SETS: the depthwise conv's form
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -126,7 +128,8 @@ class MixFFN(nn.Module):
         if cfg.mix_ffn_conv:
             kernel = self.param("dwconv_kernel", dense_init(cfg), (3, 3, hidden), jnp.float32)
             bias = self.param("dwconv_bias", nn.initializers.zeros, (hidden,), jnp.float32)
-            x = depthwise_conv3x3(x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype))
+            x = depthwise_conv3x3(x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype),
+                                  form=form_set(self.forms)["conv"])
         x = ACTIVATIONS[cfg.hidden_act](x)
         x = nn.Dropout(cfg.hidden_dropout_prob, deterministic=not train)(x)
         x = nn.Dense(c, dtype=self.dtype, kernel_init=dense_init(cfg), name="dense2")(x)
@@ -162,14 +165,16 @@ class MixTransformerLayer(nn.Module):
     stage: int
     drop_path: float | jax.Array
     dtype: Dtype = jnp.float32
+    forms: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         drop = DropPath(self.drop_path)
-        a = EfficientSelfAttention(self.config, self.stage, self.dtype, name="attention")(
+        a = EfficientSelfAttention(self.config, self.stage, self.dtype, self.forms, name="attention")(
             layer_norm("layer_norm_1")(x), train)
         x = x + drop(a, train)
-        m = MixFFN(self.config, self.stage, self.dtype, name="mlp")(layer_norm("layer_norm_2")(x), train)
+        m = MixFFN(self.config, self.stage, self.dtype, self.forms, name="mlp")(
+            layer_norm("layer_norm_2")(x), train)
         return x + drop(m, train)
 
 
@@ -179,11 +184,13 @@ class MixTransformer(nn.Module):
     ``remat`` recomputes each block's activations in the backward pass (saves memory).
     Every block is its own module ``block_{stage}_{index}``, unrolled in the program; see
     ``scanned_mix_transformer`` for the same encoder with each stage under ``nn.scan``.
+    ``forms``: the ops' form set (``ops.FORM_SETS``; "auto": the backend's).
     """
 
     config: SegformerConfig
     dtype: Dtype = jnp.float32
     remat: bool = False
+    forms: str = "auto"
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, ...]:
@@ -192,7 +199,7 @@ class MixTransformer(nn.Module):
 
         def blocks(i: int, rates: list[float], x: jax.Array) -> jax.Array:
             for j, rate in enumerate(rates):
-                x = layer_cls(self.config, i, rate, self.dtype, name=f"block_{i}_{j}")(x, train)
+                x = layer_cls(self.config, i, rate, self.dtype, self.forms, name=f"block_{i}_{j}")(x, train)
             return x
 
         return _stages(self, images, blocks)
@@ -205,10 +212,11 @@ class _ScanStep(nn.Module):
     stage: int
     dtype: Dtype
     train: bool
+    forms: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, rate: jax.Array) -> tuple[jax.Array, None]:
-        layer = MixTransformerLayer(self.config, self.stage, rate, self.dtype, name="layer")
+        layer = MixTransformerLayer(self.config, self.stage, rate, self.dtype, self.forms, name="layer")
         return layer(x, self.train), None
 
 
@@ -219,6 +227,7 @@ class _StackedMixTransformer(nn.Module):
     config: SegformerConfig
     dtype: Dtype = jnp.float32
     remat: bool = False
+    forms: str = "auto"
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, ...]:
@@ -229,7 +238,7 @@ class _StackedMixTransformer(nn.Module):
                 return x
             stage = nn.scan(step, variable_axes={"params": 0},
                             split_rngs={"params": True, "dropout": True}, length=len(rates))
-            x, _ = stage(self.config, i, self.dtype, train, name=f"blocks_{i}")(
+            x, _ = stage(self.config, i, self.dtype, train, self.forms, name=f"blocks_{i}")(
                 x, jnp.asarray(rates, jnp.float32))
             return x
 

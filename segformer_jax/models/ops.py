@@ -24,12 +24,21 @@ nine times. The B0 step at 512²: 6.8 s with autodiff, 2.85 s with these and the
 loss of ``losses``.)
 
 Each op keeps its alternative forms side by side, all equal to float32 rounding (tested):
-the forms tuned for XLA:CPU (gathers, shifted adds) are not what an MXU or tensor cores
-want. ``resize_bilinear(..., form="matmul")`` multiplies by two small dense interpolation
-matrices; ``depthwise_conv3x3(..., form="conv")`` is ``lax.conv_general_dilated`` with
-``feature_group_count``. ``form=None`` takes the backend's default (``default_form``).
-``python -m experiments.ops_benchmark`` times every form, forward and backward, on the
-backend it runs on.
+the forms tuned for XLA:CPU (gathers, shifted adds, their loops) are not what an MXU or
+tensor cores want. ``resize_bilinear(..., form="matmul")`` multiplies by two small dense
+interpolation matrices; ``depthwise_conv3x3(..., form="conv")`` is
+``lax.conv_general_dilated`` with ``feature_group_count`` (both at ``Precision.HIGHEST``,
+to compare with the CPU forms in float32). The ``"xla"`` form of each op is the plain one
+GPU and TPU compilers optimise, differentiated by JAX: no ``while`` loop, scatter or gather
+in the program, and the default matmul precision (TF32/bf16 passes on tensor cores and
+MXUs).
+
+``FORM_SETS`` names the two sets, ``"cpu"`` (the forms measured fastest on XLA:CPU) and
+``"xla"`` (every op's ``"xla"`` form); ``form_set("auto")`` is the CPU set on a CPU and the
+XLA set on any other platform. A model or loss is given its set by name (``forms=``); a
+program lowered for another platform than the host's (``lowering_platforms``, ``jax.export``)
+gets the set it was built with, not the host's. ``python -m experiments.ops_benchmark``
+times every form, forward and backward, on the backend it runs on.
 """
 
 from __future__ import annotations
@@ -40,20 +49,38 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-RESIZE_FORMS = ("gather", "matmul")
-CONV_FORMS = ("shifted", "conv")
+RESIZE_FORMS = ("gather", "matmul", "xla")
+CONV_FORMS = ("shifted", "conv", "xla")
+ATTENTION_FORMS = ("flash", "xla")
 
-# The default form of each op per backend, chosen by ``experiments.ops_benchmark`` on that
-# backend. Only XLA:CPU has been measured; other backends take the CPU forms until a
-# measurement there says otherwise (the README's Benchmarks section keeps the figures).
-DEFAULT_FORMS = {"cpu": {"resize": "gather", "conv": "shifted"}}
+# The form of each op in each set. "cpu": chosen by ``experiments.ops_benchmark`` and the
+# training benchmark on XLA:CPU (the README's Benchmarks section keeps the figures). "xla":
+# the accelerator default until a measurement on a GPU or TPU says otherwise (none has been
+# made yet): plain XLA with autodiff. The loss's forms are ``losses.LOSS_FORMS``.
+FORM_SETS = {"cpu": {"resize": "gather", "conv": "shifted", "attention": "flash", "loss": "banded"},
+             "xla": {"resize": "xla", "conv": "xla", "attention": "xla", "loss": "xla"}}
+FORMS = ("auto", *FORM_SETS)
+
+
+def form_set_name(forms: str = "auto", platform: str | None = None) -> str:
+    """``forms`` ("cpu" or "xla"), or for "auto" the set of ``platform`` (default: JAX's
+    default backend, the platform a run's devices are): "cpu" on a CPU, "xla" elsewhere."""
+    if forms == "auto":
+        forms = "cpu" if (platform or jax.default_backend()) == "cpu" else "xla"
+    if forms not in FORM_SETS:
+        raise ValueError(f"op forms must be one of {FORMS}; got {forms!r}")
+    return forms
+
+
+def form_set(forms: str = "auto", platform: str | None = None) -> dict[str, str]:
+    """The form of each op in the set ``form_set_name(forms, platform)``."""
+    return FORM_SETS[form_set_name(forms, platform)]
 
 
 def default_form(op: str, backend: str | None = None) -> str:
-    """The form ``op`` ("resize" or "conv") takes when none is given, on ``backend``
-    (default: JAX's default backend)."""
-    backend = backend or jax.default_backend()
-    return DEFAULT_FORMS.get(backend, DEFAULT_FORMS["cpu"])[op]
+    """The form ``op`` ("resize", "conv", "attention" or "loss") takes when none is given,
+    on ``backend`` (default: JAX's default backend): ``form_set("auto", backend)[op]``."""
+    return form_set("auto", backend)[op]
 
 
 # -- bilinear resize --------------------------------------------------------------------
@@ -205,14 +232,26 @@ def _resize_axis_gather_bwd(axis, out_size, in_size, dy):
 _resize_axis_gather.defvjp(_resize_axis_gather_fwd, _resize_axis_gather_bwd)
 
 
-def _resize_axis_matmul(x: jax.Array, axis: int, out_size: int) -> jax.Array:
+def _resize_axis_matmul(x: jax.Array, axis: int, out_size: int,
+                        precision: jax.lax.Precision | None = jax.lax.Precision.HIGHEST) -> jax.Array:
     in_size = x.shape[axis]
     if in_size == out_size:
         return x
     matrix = jnp.asarray(interpolation_matrix(in_size, out_size), dtype=x.dtype)
     moved = jnp.moveaxis(x, axis, -1)
-    out = jnp.matmul(moved, matrix.T, precision=jax.lax.Precision.HIGHEST)
+    out = jnp.matmul(moved, matrix.T, precision=precision)
     return jnp.moveaxis(out, -1, axis)
+
+
+def _resize_axis_xla(x: jax.Array, axis: int, out_size: int) -> jax.Array:
+    """The accelerator form: integer upsampling as ``upsample_axis``'s selects (the decode
+    head's 2, 4, 8 and the loss's 4), other sizes as the interpolation matmul at the default
+    precision; JAX's gradient of either is slices, pads and a matmul: no gather, no scatter,
+    no loop."""
+    in_size = x.shape[axis]
+    if out_size > in_size and out_size % in_size == 0:
+        return upsample_axis(x, axis, out_size // in_size)
+    return _resize_axis_matmul(x, axis, out_size, precision=None)
 
 
 def is_static(*sizes: object) -> bool:
@@ -242,9 +281,10 @@ def resize_bilinear(x: jax.Array, size: tuple[int, int], form: str | None = None
 
     ``form="gather"``: two gathers and a lerp per axis, with the gather-add transpose as its
     gradient (fast on XLA:CPU). ``form="matmul"``: a dense (out, in) interpolation matrix per
-    axis, the form matrix units want. ``None``: the backend's default. A numpy array is
-    resized in numpy (gather form, same arithmetic): evaluation resizes logits to each
-    image's original size on the host, where a jitted resize would compile once per size.
+    axis at ``Precision.HIGHEST``. ``form="xla"``: ``_resize_axis_xla``. ``None``: the
+    backend's default. A numpy array is resized in numpy (gather form, same arithmetic):
+    evaluation resizes logits to each image's original size on the host, where a jitted
+    resize would compile once per size.
     """
     form = form or default_form("resize")
     if form not in RESIZE_FORMS:
@@ -254,7 +294,7 @@ def resize_bilinear(x: jax.Array, size: tuple[int, int], form: str | None = None
     if isinstance(x, np.ndarray):
         axis_fn = resize_axis
     else:
-        axis_fn = _resize_axis_matmul if form == "matmul" else _resize_axis_gather
+        axis_fn = {"matmul": _resize_axis_matmul, "xla": _resize_axis_xla}.get(form, _resize_axis_gather)
     x = axis_fn(x, 1, int(size[0]))
     return axis_fn(x, 2, int(size[1]))
 
@@ -308,18 +348,21 @@ def depthwise_conv3x3(x: jax.Array, kernel: jax.Array, bias: jax.Array,
 
     ``kernel`` has shape (3, 3, C) and is applied as a cross-correlation, like torch's Conv2d.
     ``form="shifted"``: nine shifted multiply-adds with the flipped-kernel backward (fast on
-    XLA:CPU); ``form="conv"``: ``lax.conv_general_dilated`` with one group per channel;
-    ``None``: the backend's default.
+    XLA:CPU); ``form="conv"``: ``lax.conv_general_dilated`` with one group per channel at
+    ``Precision.HIGHEST``; ``form="xla"``: the same convolution at the default precision,
+    differentiated by JAX (cuDNN's and the TPU's own depthwise kernels); ``None``: the
+    backend's default.
     """
     form = form or default_form("conv")
     if form not in CONV_FORMS:
         raise ValueError(f"depthwise conv form must be one of {CONV_FORMS}; got {form!r}")
-    if form == "conv":
+    if form in ("conv", "xla"):
         channels = x.shape[-1]
         out = jax.lax.conv_general_dilated(
             x, kernel.reshape(3, 3, 1, channels).astype(x.dtype), window_strides=(1, 1),
             padding=((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=channels, precision=jax.lax.Precision.HIGHEST)
+            feature_group_count=channels,
+            precision=jax.lax.Precision.HIGHEST if form == "conv" else None)
         return out + bias
     return _depthwise_shifted(x, kernel, bias)
 
@@ -367,3 +410,13 @@ def _attention_bwd(residuals, g):
 
 
 attention.defvjp(_attention_forward, _attention_bwd)
+
+
+def multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, form: str | None = None) -> jax.Array:
+    """``attention`` (``form="flash"``: the FlashAttention backward, fast on XLA:CPU) or
+    ``jax.nn.dot_product_attention`` differentiated by JAX (``form="xla"``: XLA's own
+    attention, which GPU and TPU compilers fuse); ``None``: the backend's default."""
+    form = form or default_form("attention")
+    if form not in ATTENTION_FORMS:
+        raise ValueError(f"attention form must be one of {ATTENTION_FORMS}; got {form!r}")
+    return attention(q, k, v) if form == "flash" else jax.nn.dot_product_attention(q, k, v)

@@ -29,24 +29,27 @@ def encoder(parent: nn.Module) -> nn.Module:
     """The MiT encoder of a task model, named ``encoder``: each stage's blocks unrolled, or
     scanned (``parent.scan``). Both take and return the same parameter tree."""
     cls = scanned_mix_transformer(parent.is_initializing()) if parent.scan else MixTransformer
-    return cls(parent.config, parent.dtype, parent.remat, name="encoder")
+    return cls(parent.config, parent.dtype, parent.remat, parent.forms, name="encoder")
 
 
 class SegformerForSemanticSegmentation(nn.Module):
     """MiT encoder + All-MLP decode head; float32 logits at 1/4 of the input resolution.
 
     ``scan``: run each stage's blocks under ``nn.scan`` (``models.mit.scanned_mix_transformer``).
+    ``forms``: the ops' form set, ``ops.FORM_SETS`` ("auto": the CPU forms on a CPU backend,
+    the XLA forms elsewhere; give "xla" to lower for an accelerator from a CPU host).
     """
 
     config: SegformerConfig
     dtype: Dtype = jnp.float32
     remat: bool = False
     scan: bool = False
+    forms: str = "auto"
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
         features = encoder(self)(images, train)
-        return SegformerDecodeHead(self.config, self.dtype, name="decode_head")(features, train)
+        return SegformerDecodeHead(self.config, self.dtype, self.forms, name="decode_head")(features, train)
 
 
 class SegformerForImageClassification(nn.Module):
@@ -56,6 +59,7 @@ class SegformerForImageClassification(nn.Module):
     dtype: Dtype = jnp.float32
     remat: bool = False
     scan: bool = False
+    forms: str = "auto"   # as SegformerForSemanticSegmentation's
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
