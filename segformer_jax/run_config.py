@@ -102,6 +102,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 4000
     c.keep_checkpoints = 3
     c.log_every = 50
+    # > 0: a jax.profiler trace of this many steps after the first (compiling) one, in
+    # WORKDIR/tensorboard (TensorBoard's Profile tab)
+    c.profile_steps = 0
     return c
 
 
@@ -333,6 +336,8 @@ def validate(config: ml_collections.ConfigDict, process_count: int = 1) -> None:
             continue
         if not _positive_pair(value):
             raise ConfigError(f"data.{key} must be two positive numbers; got {value!r}")
+    if int(config.get("profile_steps", 0)) < 0:
+        raise ConfigError(f"profile_steps must be >= 0 (0: no profile); got {config.profile_steps}")
     if int(config.data.num_workers) < 0:
         raise ConfigError(f"data.num_workers must be >= 0 (the input threads; 0: one per core, "
                           f"at most 8); got {config.data.num_workers}")

@@ -18,6 +18,7 @@ checkpoints together with the others; only process 0 writes logs and metrics.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -28,7 +29,7 @@ import pathlib
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -212,21 +213,45 @@ def _record_step(line: str) -> int:
 
 class Progress:
     """Step, loss, learning rate, images/s and ETA: one refreshed line on a terminal, one
-    line per log step otherwise (log files)."""
+    line per log step otherwise (log files).
 
-    def __init__(self, total: int, start: int, batch_size: int, enabled: bool = True):
+    Images/s and the ETA count training alone, as big_vision's ``Chrono`` does: from the
+    end of the run's first step (which compiles the program: ``first_step_done``) on,
+    without the time spent in ``paused()`` blocks (evaluations, checkpoint writes).
+    """
+
+    def __init__(self, total: int, start: int, batch_size: int, enabled: bool = True,
+                 clock: Callable[[], float] = time.perf_counter):
         self.total, self.start, self.batch = total, start, batch_size
         self.enabled = enabled
         self.tty = sys.stdout.isatty()
-        self.t0 = time.perf_counter()
+        self.clock = clock
+        self.timed_from: int | None = None   # the step after which the clock runs
+        self.t0 = 0.0
+        self.excluded = 0.0
+
+    def first_step_done(self, step: int) -> None:
+        self.timed_from, self.t0, self.excluded = step, self.clock(), 0.0
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time inside is not training time."""
+        begin = self.clock()
+        try:
+            yield
+        finally:
+            if self.timed_from is not None:
+                self.excluded += self.clock() - begin
 
     def update(self, step: int, loss: float, lr: float) -> str:
-        elapsed = max(time.perf_counter() - self.t0, 1e-9)
-        done = step - self.start
-        rate = done * self.batch / elapsed
-        eta = (self.total - step) * elapsed / max(done, 1)
-        line = (f"step {step:>6d}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  "
-                f"{rate:6.1f} img/s  ETA {int(eta) // 60:d}:{int(eta) % 60:02d}")
+        done = 0 if self.timed_from is None else step - self.timed_from
+        if done > 0:
+            elapsed = max(self.clock() - self.t0 - self.excluded, 1e-9)
+            eta = int((self.total - step) * elapsed / done)
+            speed = f"{done * self.batch / elapsed:6.1f} img/s  ETA {eta // 60:d}:{eta % 60:02d}"
+        else:
+            speed = "   ... img/s  ETA -:-- (compiling)"
+        line = f"step {step:>6d}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {speed}"
         if self.enabled:
             print("\r" + line if self.tty else line, end="" if self.tty else "\n", flush=True)
         return line
@@ -630,6 +655,7 @@ def run_loop(run: Run, checkpoints: TrainCheckpoints, state: State, state_shardi
                            num_labels=run.train_split.num_labels if config.task == SEMSEG else None,
                            reduce_zero_label=run.train_split.reduce_zero_label)
     progress = Progress(config.total_steps, start, config.batch_size, enabled=is_main)
+    profiler = StepProfiler(run.workdir / "tensorboard", start, int(config.get("profile_steps", 0)), is_main)
     pending_losses: list[tuple[int, jax.Array]] = []
     saving = None   # the step whose checkpoint is being written
     summary: dict[str, Any] = {}
@@ -670,6 +696,10 @@ def run_loop(run: Run, checkpoints: TrainCheckpoints, state: State, state_shardi
                         raise _out_of_memory(e, config, start > 0) from None
                     micro_losses.append(out["loss"])
                 pending_losses.append((step, sum(micro_losses) / len(micro_losses)))
+                if step == start + 1:   # compiled and run: the clock starts here
+                    jax.block_until_ready(micro_losses[-1])
+                    progress.first_step_done(step)
+                profiler.after(step, state)
                 saving = _check_save(checkpoints, saving)
                 scalars: dict[str, float] = {}
                 if step % config.log_every == 0 or step == config.total_steps:
@@ -682,7 +712,8 @@ def run_loop(run: Run, checkpoints: TrainCheckpoints, state: State, state_shardi
                 if run.evaluator is not None and (step % config.eval_every == 0
                                                   or step == config.total_steps):
                     check_losses()
-                    evaluated = run.evaluator(host_variables(state, run.mesh))
+                    with progress.paused():
+                        evaluated = run.evaluator(host_variables(state, run.mesh))
                     scores = run.evaluator.scalars(evaluated)
                     scalars.update({f"val/{k}": v for k, v in scores.items()})
                     if is_main:
@@ -698,8 +729,9 @@ def run_loop(run: Run, checkpoints: TrainCheckpoints, state: State, state_shardi
                     metrics = ({best: evaluated[best]} if evaluated and math.isfinite(evaluated[best])
                                else None)
                     try:
-                        if checkpoints.save(step, state, _meta(step, run, metrics), metrics, force=final):
-                            saving = step
+                        with progress.paused():
+                            if checkpoints.save(step, state, _meta(step, run, metrics), metrics, force=final):
+                                saving = step
                     except NonFiniteError as e:
                         raise TrainingError(f"{e}; training stopped, nothing saved for it. "
                                             f"{last_good()}") from None
@@ -726,11 +758,43 @@ def run_loop(run: Run, checkpoints: TrainCheckpoints, state: State, state_shardi
             if in_flight is None:
                 raise _save_failed(e, checkpoints, saving or config.total_steps) from e
         finally:
+            profiler.stop()
             batches.close()
             writer.close()
     if summary and is_main:
         print(run.evaluator.table(summary))
     return summary
+
+
+class StepProfiler:
+    """``profile_steps`` = N > 0: a ``jax.profiler`` trace of the N steps after the first
+    (compiling) one, written where TensorBoard's profile plugin finds it
+    (``directory/plugins/profile/<run>/``)."""
+
+    def __init__(self, directory: pathlib.Path, start: int, steps: int, announce: bool = True):
+        self.directory, self.steps, self.announce = directory, steps, announce
+        self.first, self.last = start + 1, start + 1 + steps   # traced: (first, last]
+        self.tracing = False
+
+    def after(self, step: int, state: Any) -> None:
+        """Called after each step is dispatched: starts after the first, stops after the last."""
+        if self.steps <= 0:
+            return
+        if step == self.first:
+            jax.block_until_ready(state)
+            jax.profiler.start_trace(str(self.directory))
+            self.tracing = True
+        elif step == self.last and self.tracing:
+            jax.block_until_ready(state)
+            self.stop()
+            if self.announce:
+                print(f"\nprofile of steps {self.first + 1}-{self.last} written to {self.directory} "
+                      "(TensorBoard: its Profile tab)", flush=True)
+
+    def stop(self) -> None:
+        if self.tracing:
+            self.tracing = False
+            jax.profiler.stop_trace()
 
 
 class _StopSignals:

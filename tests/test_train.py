@@ -201,3 +201,29 @@ def test_metric_writer_keeps_one_record_per_step_across_restarts(tmp_path):
     assert run(0, range(1, 6)) == [1, 2, 3, 4, 5]
     assert run(0, range(1, 3)) == [1, 2]            # killed before its first checkpoint
     assert run(1, range(2, 5)) == [1, 2, 3, 4]      # resumed from step 1
+
+
+def test_progress_counts_training_time_only():
+    """Images/s and the ETA start after the first (compiling) step and leave out the time
+    paused for evaluations and checkpoints, as big_vision's Chrono does."""
+    from segformer_jax.train import Progress
+    now = [0.0]
+    progress = Progress(total=104, start=0, batch_size=8, enabled=False, clock=lambda: now[0])
+    now[0] = 30.0                                      # the first step compiled for 30 s
+    assert "(compiling)" in progress.update(1, 1.0, 1e-4)
+    progress.first_step_done(1)
+    now[0] += 2.0                                      # steps 2 and 3: 1 s each
+    with progress.paused():
+        now[0] += 100.0                                # an evaluation
+    now[0] += 2.0                                      # steps 4 and 5
+    line = progress.update(5, 1.0, 1e-4)
+    assert "8.0 img/s" in line and "ETA 1:39" in line  # 4 steps of 8 in 4 s; 99 steps to go
+
+
+def test_profile_steps_writes_a_trace_tensorboard_reads(tmp_path, capsys):
+    from segformer_jax import train
+    args = train_args(tmp_path / "w", tmp_path / "tfds", 5)
+    assert train.main([*args, "--config.profile_steps=2", "--config.data.options.num_train=8"]) == 0
+    traces = list((tmp_path / "w" / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    assert "profile of steps 2-3 written to" in capsys.readouterr().out
