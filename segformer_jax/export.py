@@ -17,8 +17,9 @@ tflite        model.tflite             fixed             fixed              TFLi
 onnx          model.onnx               dynamic or fixed  fixed              onnxruntime
 ============  =======================  ================  =================  ==================
 
-* **stablehlo**: ``jax.export`` of the jitted forward, weights inside, serialized with
-  ``Exported.serialize``; ``jax.export.deserialize(open(f, "rb").read()).call(x)`` runs it
+* **stablehlo**: ``jax.export`` of the jitted forward for each of ``--platforms`` (default
+  cpu, cuda and tpu, each with its own op forms: ``model_function``), weights inside,
+  serialized with ``Exported.serialize``; ``jax.export.deserialize(open(f, "rb").read()).call(x)`` runs it
   with nothing from this package. Dynamic sizes are symbolic dimensions with the
   constraint height, width >= 32 (the smallest input whose first stage still has a key and
   value after its 8 × 8 sequence reduction); any size from 32 up, not only multiples of 32.
@@ -102,10 +103,13 @@ class Format:
     dynamic_size: bool
     needs: tuple[str, ...]    # importable modules it needs beyond the core requirements
     extra: str                # the pip extra that installs them
+    platforms: tuple[str, ...] = ("cpu",)   # what its artefact can hold; the default for --platforms
 
 
+# jax.export's platform names; each gets its own forms (models/ops.py FORM_SETS).
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("stablehlo", "model.stablehlo", True, True, (), ""),
+    Format("stablehlo", "model.stablehlo", True, True, (), "", ("cpu", "cuda", "tpu")),
     Format("savedmodel", "", True, True, ("tensorflow",), ""),
     Format("tflite", "model.tflite", False, False, ("tensorflow",), ""),
     Format("onnx", "model.onnx", True, False, ("jax2onnx", "onnxruntime"), "export"),
@@ -119,6 +123,7 @@ class Signature:
     size: tuple[int, int] | None
     with_preprocessing: bool
     channels: int = 3
+    platforms: tuple[str, ...] = ("cpu",)   # jax.export's platforms, each with its own forms
 
     def image_dims_dynamic(self, fmt: Format) -> bool:
         """Whether the input's height and width are symbolic: a dynamic size, or a fixed
@@ -182,12 +187,27 @@ def serving_function(config: SegformerConfig, variables: Mapping[str, Any],
 
 
 def model_function(config: SegformerConfig, signature: Signature) -> Callable[[Any, Any], Any]:
-    """(variables, input) -> output: ``segment_function`` or ``forward_function``."""
+    """(variables, input) -> output: ``segment_function`` or ``forward_function``, with each
+    of ``signature.platforms``' own forms: the CPU set on "cpu", the XLA set on the others
+    (``models/ops.py``), chosen per platform by ``jax.lax.platform_dependent`` when there
+    are both (the artefact holds one program per platform; each runtime runs its own)."""
+    import jax
+
     from segformer_jax.models.segformer import SegformerForSemanticSegmentation
-    apply = SegformerForSemanticSegmentation(config).apply
-    if signature.with_preprocessing:
-        return segment_function(apply, signature.size)
-    return forward_function(apply)
+
+    def function(forms: str) -> Callable[[Any, Any], Any]:
+        apply = SegformerForSemanticSegmentation(config, forms=forms).apply
+        if signature.with_preprocessing:
+            return segment_function(apply, signature.size, forms)
+        return forward_function(apply)
+
+    wanted = {"cpu" if p == "cpu" else "xla" for p in signature.platforms}
+    if wanted == {"cpu"}:
+        return function("cpu")
+    if wanted == {"xla"}:
+        return function("xla")
+    on_cpu, elsewhere = function("cpu"), function("xla")
+    return lambda variables, x: jax.lax.platform_dependent(variables, x, cpu=on_cpu, default=elsewhere)
 
 
 def forward_function(apply: Callable) -> Callable[[Any, Any], Any]:
@@ -196,20 +216,22 @@ def forward_function(apply: Callable) -> Callable[[Any, Any], Any]:
     return lambda variables, pixels: apply(variables, pixels).astype(jnp.float32)
 
 
-def segment_function(apply: Callable, size: tuple[int, int] | None) -> Callable[[Any, Any], Any]:
+def segment_function(apply: Callable, size: tuple[int, int] | None,
+                     forms: str = "auto") -> Callable[[Any, Any], Any]:
     """(variables, uint8 (N, h, w, 3) images) -> int32 (N, h, w) class ids."""
     import jax.numpy as jnp
 
-    from segformer_jax.models.ops import resize_bilinear
+    from segformer_jax.models.ops import form_set, resize_bilinear
     mean = np.asarray(IMAGENET_MEAN, np.float32)
     std = np.asarray(IMAGENET_STD, np.float32)
+    form = form_set(forms)["resize"]
 
     def segment(variables: Any, images: Any) -> Any:
         x = images.astype(jnp.float32) / np.float32(255)
         if size is not None:
-            x = resize_bilinear(x, size)
+            x = resize_bilinear(x, size, form)
         logits = apply(variables, (x - mean) / std).astype(jnp.float32)
-        logits = resize_bilinear(logits, images.shape[1:3])
+        logits = resize_bilinear(logits, images.shape[1:3], form)
         if logits.shape[-1] == 1:   # a binary model's sigmoid logit: class 1 above 0
             return (logits[..., 0] > 0).astype(jnp.int32)
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -237,10 +259,11 @@ def _quiet_tensorflow() -> Any:
     return tf
 
 
-def write_stablehlo(fn: Callable, spec: Any, out: pathlib.Path) -> pathlib.Path:
+def write_stablehlo(fn: Callable, spec: Any, out: pathlib.Path,
+                    platforms: Sequence[str] = ("cpu",)) -> pathlib.Path:
     import jax
     from jax import export
-    exported = export.export(jax.jit(fn))(spec)
+    exported = export.export(jax.jit(fn), platforms=tuple(platforms))(spec)
     path = out / FORMATS["stablehlo"].file
     path.write_bytes(exported.serialize())
     return path
@@ -497,7 +520,7 @@ def export(config: SegformerConfig, variables: Mapping[str, Any], fmt_name: str,
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         if fmt_name == "stablehlo":
-            write_stablehlo(fn, abstract_input(signature, fmt), staging)
+            write_stablehlo(fn, abstract_input(signature, fmt), staging, signature.platforms)
         elif fmt_name == "savedmodel":
             write_savedmodel(config, variables, signature, staging)
         elif fmt_name == "tflite":
@@ -538,6 +561,7 @@ def metadata(config: SegformerConfig, fmt: Format, signature: Signature, opset: 
                    "shape": (shape[:3] if signature.with_preprocessing
                              else [shape[0], "ceil(H/4)", "ceil(W/4)", config.num_labels])},
         "with_preprocessing": signature.with_preprocessing,
+        "platforms": list(signature.platforms),
         "model_size": list(signature.size) if signature.size else None,
         "num_labels": config.num_labels,
         "id2label": {str(k): v for k, v in sorted(config.id2label.items())},
@@ -597,8 +621,24 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                         help="run the parity gate (default: on)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default 21)")
+    parser.add_argument("--platforms", metavar="P,P,...",
+                        help="the platforms the artefact holds a program for, each with its own "
+                             "op forms: cpu, cuda, rocm, tpu (default: cpu,cuda,tpu for stablehlo, "
+                             "cpu for the others, which run on a CPU runtime)")
     args = parser.parse_args(argv)
     fmt = FORMATS[args.format]
+    platforms = tuple(p.strip() for p in (args.platforms or ",".join(fmt.platforms)).split(",") if p.strip())
+    unknown = [p for p in platforms if p not in PLATFORMS]
+    if unknown or not platforms:
+        parser.error(f"--platforms takes some of {', '.join(PLATFORMS)}; got {args.platforms!r}")
+    if set(platforms) - set(fmt.platforms) - ({"rocm"} if fmt.name == "stablehlo" else set()):
+        parser.error(f"--format {fmt.name} runs on a CPU runtime: --platforms cpu (stablehlo "
+                     "holds programs for cpu, cuda, rocm and tpu)")
+    here = {"gpu": "cuda"}.get(_host_platform(), _host_platform())
+    if args.check and here not in platforms:
+        parser.error(f"the parity gate runs the export here, on {here}: add {here} to --platforms, "
+                     "or pass --no-check")
+    args.platforms = platforms
     if args.batch is None:
         args.batch = "dynamic" if fmt.dynamic_batch else 1
     if args.size is None:
@@ -611,6 +651,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+def _host_platform() -> str:
+    import jax
+    return jax.default_backend()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
     fmt = FORMATS[args.format]
@@ -618,7 +663,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_available(fmt)
         from segformer_jax.checkpoint import load_for_inference
         config, variables = load_for_inference(args.checkpoint)
-        signature = Signature(args.batch, args.size, args.with_preprocessing, config.num_channels)
+        signature = Signature(args.batch, args.size, args.with_preprocessing, config.num_channels,
+                              args.platforms)
         check_signature(fmt, signature)
         meta = export(config, variables, args.format, signature, args.out, args.check, args.opset)
     except SegformerError as e:

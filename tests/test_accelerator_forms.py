@@ -124,3 +124,49 @@ def test_loop_free_beta_is_beta(alpha):
         jax.random.split(jax.random.key(1), 20_000)))
     assert stats.kstest(draws, stats.beta(alpha, alpha).cdf).pvalue > 1e-3
     assert 0 < draws.min() and draws.max() < 1
+
+
+# -- exports for accelerators -----------------------------------------------------------------
+
+def test_stablehlo_export_holds_each_platforms_forms(tmp_path):
+    """One artefact for cpu, cuda and tpu: the CPU program passes the parity gate here, and
+    the loops, scatters and gathers it holds are the CPU branch's alone (the same artefact
+    without cpu has none)."""
+    from jax import export as jax_export
+
+    import segformer_jax as sj
+    from segformer_jax import export
+    config = sj.SegformerConfig.from_variant("b0", num_labels=5, hidden_sizes=(8, 16, 24, 32),
+                                             num_attention_heads=(1, 2, 3, 4), depths=(1, 1, 1, 1),
+                                             decoder_hidden_size=16)
+    variables = sj.init_variables(config)
+    texts, metas = {}, {}
+    for name, platforms in (("all", ("cpu", "cuda", "tpu")), ("accelerators", ("cuda", "tpu"))):
+        signature = export.Signature(1, (64, 64), False, platforms=platforms)
+        metas[name] = export.export(config, variables, "stablehlo", signature, tmp_path / name,
+                                    check="cpu" in platforms, log=lambda _: None)
+        exported = jax_export.deserialize((tmp_path / name / "model.stablehlo").read_bytes())
+        assert tuple(exported.platforms) == platforms and metas[name]["platforms"] == list(platforms)
+        texts[name] = lowering_counts.counts(exported.mlir_module())
+    assert metas["all"]["parity"] and all(row["passed"] for row in metas["all"]["parity"])
+    accelerators = texts["accelerators"]
+    assert accelerators["while"] == accelerators["scatter"] == accelerators["gather"] == accelerators["HIGHEST"] == 0
+    # The full artefact holds both programs: the CPU one (shifted-add depthwise convs) and
+    # the accelerators' (lax.conv depthwise convs), so more dots and convs than either.
+    assert texts["all"]["dot"] > accelerators["dot"] and texts["all"]["conv"] > accelerators["conv"]
+
+
+def test_export_platforms_on_the_command_line(capsys):
+    from segformer_jax import export
+    args = export.parse_args(["--checkpoint", "x", "--format", "stablehlo", "--out", "o"])
+    assert args.platforms == ("cpu", "cuda", "tpu")
+    assert export.parse_args(["--checkpoint", "x", "--format", "onnx", "--out", "o"]).platforms == ("cpu",)
+    for argv, message in (
+            (["--format", "onnx", "--platforms", "cpu,tpu"], "--format onnx runs on a CPU runtime"),
+            (["--format", "stablehlo", "--platforms", "tpu"], "the parity gate runs the export here, on cpu"),
+            (["--format", "stablehlo", "--platforms", "cpu,metal"], "--platforms takes some of cpu, cuda, rocm, tpu")):
+        with pytest.raises(SystemExit) as exit_info:
+            export.parse_args(["--checkpoint", "x", "--out", "o", *argv])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert export.parse_args(["--checkpoint", "x", "--format", "stablehlo", "--out", "o", "--platforms", "tpu",
+                              "--no-check"]).platforms == ("tpu",)
