@@ -93,6 +93,19 @@ def conv_rows(batch: int, side: int, channels: int, warmup: int,
     return rows
 
 
+def all_rows(batch: int, size: int, warmup: int, repeats: int) -> list[tuple[str, str, float, float]]:
+    """``(op, form, forward ms, backward ms)`` of every form of every op at a B0 step's
+    shapes for ``size``² crops (the module doc)."""
+    tokens = (size // 4) ** 2  # stage 1: size/4 squared queries, keys reduced 8×8
+    rows = resize_rows(batch, size // 4, size, 150, warmup, repeats)
+    rows += resize_rows(batch, size // 32, size // 4, 256, warmup, repeats)
+    rows += attention_rows(batch, tokens, tokens // 64, 1, 32, warmup, repeats)
+    rows += attention_rows(batch, tokens // 16, tokens // 64, 5, 32, warmup, repeats)
+    rows += conv_rows(batch, size // 4, 128, warmup, repeats)
+    rows += conv_rows(batch, size // 16, 640, warmup, repeats)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m experiments.ops_benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,13 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     device = jax.devices()[0]
     print(f"# {device.platform} ({device.device_kind}), jax {jax.__version__}, "
           f"{platform.machine()}, batch {args.batch}, crop {args.size}²\n")
-    tokens = (args.size // 4) ** 2  # stage 1: size/4 squared queries, keys reduced 8×8
-    rows = resize_rows(args.batch, args.size // 4, args.size, 150, args.warmup, args.repeats)
-    rows += resize_rows(args.batch, args.size // 32, args.size // 4, 256, args.warmup, args.repeats)
-    rows += attention_rows(args.batch, tokens, tokens // 64, 1, 32, args.warmup, args.repeats)
-    rows += attention_rows(args.batch, tokens // 16, tokens // 64, 5, 32, args.warmup, args.repeats)
-    rows += conv_rows(args.batch, args.size // 4, 128, args.warmup, args.repeats)
-    rows += conv_rows(args.batch, args.size // 16, 640, args.warmup, args.repeats)
+    rows = all_rows(args.batch, args.size, args.warmup, args.repeats)
     print("| op | form | forward (ms) | backward (ms) | forward / default | backward / default |")
     print("|---|---|---:|---:|---:|---:|")
     default = {}

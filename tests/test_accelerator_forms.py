@@ -170,3 +170,28 @@ def test_export_platforms_on_the_command_line(capsys):
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert export.parse_args(["--checkpoint", "x", "--format", "stablehlo", "--out", "o", "--platforms", "tpu",
                               "--no-check"]).platforms == ("tpu",)
+
+
+@pytest.mark.slow
+def test_accelerator_report_runs_here_at_tiny_sizes(tmp_path):
+    """The prepared report, on this CPU at tiny sizes: every configuration in both form sets
+    with its figures, the same first loss from both (the same batch and state; the forms
+    agree to float32 rounding, tested above), every op's forms, the Markdown table."""
+    import json
+
+    from experiments import accelerator_report
+    assert accelerator_report.main(["--out", str(tmp_path), "--tiny"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    steps = report["steps"]
+    assert [(s["setting"], s["forms"]) for s in steps] == [
+        (setting.name, forms) for setting in accelerator_report.TINY for forms in accelerator_report.FORMS]
+    for s in steps:
+        assert s["step_ms"] > 0 and s["compile_s"] > 0 and s["images_per_s"] > 0 and s["mfu"] is None  # CPU
+        assert s["model_flops"] and s["program_bytes"]
+    for setting in accelerator_report.TINY:
+        losses = [s["first_loss"] for s in steps if s["setting"] == setting.name]
+        np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    assert {o["form"] for o in report["ops"]} >= {*ops.RESIZE_FORMS, *ops.CONV_FORMS}
+    assert "| configuration | forms |" in (tmp_path / "report.md").read_text() and report["left_out"] == []
+    assert accelerator_report.peak("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+    assert accelerator_report.peak("NVIDIA H100 PCIe", "float32") == 378e12
