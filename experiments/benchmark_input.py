@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crop", type=int, default=None,
                    help="crop side (default 512; 224 for image_classification)")
     p.add_argument("--num-images", type=int, default=64, help="synthetic images (default 64)")
+    p.add_argument("--processes", type=int, nargs="*", default=[1, 2],
+                   help="worker processes to measure (pipeline.ProcessBatches; default 1 2; "
+                        "none: --processes)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                    help="TrainBatches num_threads values (default 1 2)")
     p.add_argument("--global-batch", type=int, nargs="+", default=[2, 16],
@@ -271,6 +274,28 @@ def time_pipeline(source: Any, transform: Callable, global_batch: int, num_threa
     return Throughput(tuple(seconds), batches, global_batch)
 
 
+def time_processes(source: Any, transform: Callable, global_batch: int, num_workers: int,
+                   num_images: int, repeats: int, warmup: int, prefetch: int,
+                   seed: int) -> Throughput:
+    """``ProcessBatches`` with ``num_workers`` processes: one iterator for every run, the
+    clock started once its first ``warmup`` batches have come (the workers' start-up,
+    seconds of imports, is not throughput), then all ``repeats`` runs' batches timed as ONE
+    run: the workers make batches ahead of the consumer, each at its own pace (one may queue
+    many while the consumer waits for another's), so only the whole span is their rate."""
+    from segformer_jax.data.pipeline import ProcessBatches
+    batches = math.ceil(num_images / global_batch) * repeats
+    with ProcessBatches(source, transform, global_batch, num_workers=num_workers, seed=seed,
+                        num_steps=max(warmup, 1) + batches, prefetch=prefetch) as it:
+        for _ in range(max(warmup, 1)):
+            next(it)
+        start = time.perf_counter()
+        for _ in range(batches):
+            batch = next(it)
+        seconds = time.perf_counter() - start
+        assert batch["image"].shape[0] == global_batch
+    return Throughput((seconds,), batches, global_batch)
+
+
 def stage_breakdown(source: Any, transform: T.TrainTransform, count: int,
                     seed: int) -> dict[str, float]:
     """Median ms per example of each stage, in the calling thread, in the order of
@@ -406,17 +431,20 @@ def main(argv: list[str] | None = None) -> None:
         step_ms = measure_model_step_ms(args.crop, args.train_batch, args.task)
     model_rate = args.train_batch / (step_ms / 1e3) if step_ms else None
 
-    print("pipeline       source    global batch  threads      batches/s    images/s   "
+    print("pipeline       source    global batch  workers      batches/s    images/s   "
           "(median run; min..max images/s)" + ("   / model" if model_rate else ""))
     results = []
+    workers = [f"t{n}" for n in args.threads] + [f"p{n}" for n in args.processes]
     for name, src in sources.items():
         for global_batch in args.global_batch:
-            for num_threads in args.threads:
-                r = time_pipeline(src, transform, global_batch, num_threads, args.images,
-                                  args.repeats, args.warmup, args.prefetch, args.seed)
-                results.append((name, global_batch, num_threads, r))
+            for worker in workers:
+                timer = time_pipeline if worker[0] == "t" else time_processes
+                r = timer(src, transform, global_batch, int(worker[1:]), args.images,
+                          args.repeats, args.warmup, args.prefetch, args.seed)
+                results.append((name, global_batch, worker, r))
                 rates = [r.batches * r.batch_size / s for s in r.seconds]
-                line = (f"               {name:<9} {global_batch:>12d} {num_threads:>8d} "
+                kind = f"{worker[1:]} {'thread' if worker[0] == 't' else 'proc'}"
+                line = (f"               {name:<9} {global_batch:>12d} {kind:>8} "
                         f"{r.batches_per_s:14.2f} {r.images_per_s:11.2f}   "
                         f"({min(rates):.2f}..{max(rates):.2f})")
                 if model_rate:
@@ -431,7 +459,7 @@ def main(argv: list[str] | None = None) -> None:
               "(on CPU both share the cores)")
 
     best = max(results, key=lambda x: x[3].images_per_s)
-    summary = ", ".join(f"{n} bs{b} t{t} {r.images_per_s:.1f}" for n, b, t, r in results)
+    summary = ", ".join(f"{n} bs{b} {t} {r.images_per_s:.1f}" for n, b, t, r in results)
     tail = f"; model {model_rate:.2f} img/s, best/model {best[3].images_per_s / model_rate:.2f}x" \
         if model_rate else ""
     print(f"input {args.crop}x{args.crop} img/s: {summary}{tail}")

@@ -66,7 +66,9 @@ def default_config() -> ml_collections.ConfigDict:
         "crop_size": ade.crop_size, "img_scale": ade.img_scale, "ratio_range": (0.5, 2.0),
         "cat_max_ratio": 0.75, "train_split": "train", "eval_split": "validation",
         "eval_scale": ade.test_scale, "eval_size_divisor": ade.size_divisor,
-        "photometric": True, "num_workers": 2, "options": {},
+        # num_workers: input threads (0: one per core, at most 8); worker_processes > 0:
+        # that many worker processes instead (data/pipeline.py ProcessBatches; same batches)
+        "photometric": True, "num_workers": 2, "worker_processes": 0, "options": {},
         # None: the dataset's own (ADE20K's True, the others' False); True: stored label 0
         # means "unlabelled" (ignored) and label k trains as class k - 1 (mmseg's option).
         "reduce_zero_label": config_dict.placeholder(bool),
@@ -341,6 +343,9 @@ def validate(config: ml_collections.ConfigDict, process_count: int = 1) -> None:
     if int(config.data.num_workers) < 0:
         raise ConfigError(f"data.num_workers must be >= 0 (the input threads; 0: one per core, "
                           f"at most 8); got {config.data.num_workers}")
+    if int(config.data.get("worker_processes", 0)) < 0:
+        raise ConfigError(f"data.worker_processes must be >= 0 (0: threads, data.num_workers); "
+                          f"got {config.data.worker_processes}")
     _validate_task(config)
     _validate_loss(config)
     if config.model.binary and config.task != "semantic_segmentation":

@@ -639,7 +639,7 @@ def run_loop(run: Run, checkpoints: TrainCheckpoints, state: State, state_shardi
     """Steps ``start + 1 … total_steps``: logs, validation, checkpoints, and the stops: a
     NaN or Inf (loss or weights), SIGTERM and Ctrl-C (saved first), a checkpoint that cannot
     be written (a full disk), a step that does not fit in memory."""
-    from segformer_jax.data.pipeline import TrainBatches
+    from segformer_jax.data.pipeline import ProcessBatches, TrainBatches
     config, is_main = run.config, run.is_main
     images_sharding = sharding.batch_sharding(run.mesh)
     train_step = jit_train_step(run.model, run.tx, config, run.seg_config, run.mesh,
@@ -648,12 +648,15 @@ def run_loop(run: Run, checkpoints: TrainCheckpoints, state: State, state_shardi
     writer = MetricWriter(run.workdir, start, enabled=is_main)
     multi_process = jax.process_count() > 1
     stop = _StopSignals(enabled=not multi_process)
-    batches = TrainBatches(run.train_split.source, run.train_transform, run.micro_batch,
-                           seed=config.seed, start_step=start * config.accumulate_steps,
-                           rows=sharding.process_rows(images_sharding, run.micro_batch),
-                           num_threads=config.data.num_workers,
-                           num_labels=run.train_split.num_labels if config.task == SEMSEG else None,
-                           reduce_zero_label=run.train_split.reduce_zero_label)
+    common = dict(seed=config.seed, start_step=start * config.accumulate_steps,
+                  rows=sharding.process_rows(images_sharding, run.micro_batch),
+                  num_labels=run.train_split.num_labels if config.task == SEMSEG else None,
+                  reduce_zero_label=run.train_split.reduce_zero_label)
+    processes = int(config.data.get("worker_processes", 0))
+    batches = (ProcessBatches(run.train_split.source, run.train_transform, run.micro_batch,
+                              num_workers=processes, **common) if processes else
+               TrainBatches(run.train_split.source, run.train_transform, run.micro_batch,
+                            num_threads=config.data.num_workers, **common))
     progress = Progress(config.total_steps, start, config.batch_size, enabled=is_main)
     profiler = StepProfiler(run.workdir / "tensorboard", start, int(config.get("profile_steps", 0)), is_main)
     pending_losses: list[tuple[int, jax.Array]] = []

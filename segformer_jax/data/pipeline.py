@@ -12,7 +12,12 @@ processes together are the batch a single process would make.
 
 A thread pool decodes and augments the examples of the next ``prefetch`` batches while the
 current one is used (PIL's decoding and resampling, and numpy's big array operations, release
-the GIL).
+the GIL). ``ProcessBatches`` makes the same batches in worker processes instead (grain's
+``MapDataset`` over the steps, ``mp_prefetch``): each worker computes whole batches, a
+batch being a pure function of (seed, step) (``BatchOfStep``), so they are bit-identical to
+the threads' and a resumed run needs no iterator state either. Threads share one process's
+GIL; processes cost a start-up (each imports the data stack) and a copy of every batch
+through shared memory.
 
 Given ``num_labels``, every record's stored mask is checked as it is read (one ``max``, and
 the distinct values only when the max is out of range): a label outside the classes, in any
@@ -176,6 +181,30 @@ def default_num_threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+class BatchOfStep:
+    """Batch ``step`` of this process's ``rows``: ``(step) -> {"image", "label"}``, a pure
+    function of (seed, step). A plain object of picklable parts, so that a worker process
+    computes the very batch the calling process would."""
+
+    def __init__(self, source: Any, transform: Transform, global_batch_size: int, seed: int,
+                 rows: range, labels: tuple[int, bool] | None = None):
+        self.source, self.transform = source, transform
+        self.global_batch_size, self.seed, self.rows, self.labels = global_batch_size, seed, rows, labels
+
+    def indices(self, step: int) -> np.ndarray:
+        """The dataset indices this process reads for batch ``step``."""
+        full = global_batch_indices(len(self.source), self.global_batch_size, self.seed, step)
+        return full[self.rows.start:self.rows.stop]
+
+    def example_args(self, step: int) -> list[tuple]:
+        """``_train_example``'s arguments for each row of batch ``step``."""
+        return [(self.source, self.transform, index, self.seed, step, position, self.labels)
+                for position, index in zip(self.rows, self.indices(step))]
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        return _collate([_train_example(*args) for args in self.example_args(int(step))])
+
+
 class TrainBatches:
     """Iterator over training batches ``{"image": f32 (b, H, W, 3), "label": i32 (b, H, W)}``.
 
@@ -213,6 +242,8 @@ class TrainBatches:
         if num_labels is not None and int(num_labels) < 1:
             raise ValueError(f"num_labels must be positive; got {num_labels}")
         self._labels = None if num_labels is None else (int(num_labels), bool(reduce_zero_label))
+        self.batch_of_step = BatchOfStep(source, transform, self.global_batch_size, self.seed,
+                                         self.rows, self._labels)
         self.next_step = int(start_step)
         self._stop = None if num_steps is None else int(start_step) + int(num_steps)
         self._prefetch = max(0, int(prefetch))
@@ -228,23 +259,18 @@ class TrainBatches:
 
     def indices(self, step: int) -> np.ndarray:
         """The dataset indices this process reads for batch ``step``."""
-        full = global_batch_indices(len(self.source), self.global_batch_size, self.seed, step)
-        return full[self.rows.start:self.rows.stop]
+        return self.batch_of_step.indices(step)
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """Batch ``step`` of this process, computed in the calling thread."""
-        examples = [_train_example(self.source, self.transform, index, self.seed, step,
-                                   position, self._labels)
-                    for position, index in zip(self.rows, self.indices(step))]
-        return _collate(examples)
+        return self.batch_of_step(step)
 
     def _schedule(self) -> None:
         while (len(self._pending) <= self._prefetch
                and (self._stop is None or self._scheduled < self._stop)):
             step = self._scheduled
-            futures = [self._pool.submit(_train_example, self.source, self.transform, index,
-                                         self.seed, step, position, self._labels)
-                       for position, index in zip(self.rows, self.indices(step))]
+            futures = [self._pool.submit(_train_example, *args)
+                       for args in self.batch_of_step.example_args(step)]
             self._pending.append((step, futures))
             self._scheduled += 1
 
@@ -288,6 +314,77 @@ class TrainBatches:
             self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
+
+
+class ProcessBatches:
+    """``TrainBatches``' batches made by ``num_workers`` worker processes (grain: a
+    ``MapDataset`` of the steps mapped by ``BatchOfStep``, ``mp_prefetch``), in step order,
+    bit-identical to the threads'. The same iterator interface: ``next_step``, ``batch``,
+    ``close`` (also as a context manager). The workers start with the first batch and import
+    the data stack then (seconds); an error in a worker stops the iteration with it."""
+
+    # Steps of an endless run: grain's ranges are finite.
+    ENDLESS = 1 << 50
+
+    def __init__(self, source: Any, transform: Transform, global_batch_size: int, *,
+                 num_workers: int, seed: int = 0, start_step: int = 0, num_steps: int | None = None,
+                 process_index: int = 0, process_count: int = 1, rows: range | None = None,
+                 prefetch: int = 2, num_labels: int | None = None, reduce_zero_label: bool = False):
+        import grain
+        from absl import flags
+        if num_workers < 1:
+            raise ValueError(f"num_workers must be positive; got {num_workers}")
+        threads = TrainBatches(source, transform, global_batch_size, seed=seed, start_step=start_step,
+                               num_steps=num_steps, process_index=process_index,
+                               process_count=process_count, rows=rows, num_threads=1, prefetch=0,
+                               num_labels=num_labels, reduce_zero_label=reduce_zero_label)
+        threads.close()   # only its checks and its BatchOfStep are wanted
+        self.batch_of_step, self.rows = threads.batch_of_step, threads.rows
+        self.next_step = int(start_step)
+        self._stop = self.next_step + (self.ENDLESS if num_steps is None else int(num_steps))
+        if not flags.FLAGS.is_parsed():  # grain reads its own absl flags' defaults
+            flags.FLAGS.mark_as_parsed()
+        steps = grain.MapDataset.range(self.next_step, self._stop).map(self.batch_of_step)
+        # One thread per worker and ``prefetch`` batches ahead: grain's defaults (16 threads,
+        # 500 elements ahead) would hold hundreds of batches (gigabytes at 512²) per worker.
+        read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=max(1, int(prefetch)))
+        options = grain.MultiprocessingOptions(num_workers=int(num_workers),
+                                               per_worker_buffer_size=max(1, int(prefetch)))
+        self._iterator = iter(steps.to_iter_dataset(read).mp_prefetch(options))
+        self._closed = False
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """Batch ``step`` of this process, computed in the calling process."""
+        return self.batch_of_step(step)
+
+    def __iter__(self) -> ProcessBatches:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._closed or self.next_step >= self._stop:
+            self.close()
+            raise StopIteration
+        try:
+            batch = next(self._iterator)
+        except BaseException:
+            self.close()
+            raise
+        self.next_step += 1
+        return batch
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        close = getattr(self._iterator, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> ProcessBatches:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def train_batches(source: Any, transform: Transform, global_batch_size: int, *,
