@@ -649,6 +649,8 @@ def run_loop(run: Run, checkpoints: TrainCheckpoints, state: State, state_shardi
     multi_process = jax.process_count() > 1
     stop = _StopSignals(enabled=not multi_process)
     common = dict(seed=config.seed, start_step=start * config.accumulate_steps,
+                  # the run's last batch is the last made: nothing is left in flight at the end
+                  num_steps=(config.total_steps - start) * config.accumulate_steps,
                   rows=sharding.process_rows(images_sharding, run.micro_batch),
                   num_labels=run.train_split.num_labels if config.task == SEMSEG else None,
                   reduce_zero_label=run.train_split.reduce_zero_label)

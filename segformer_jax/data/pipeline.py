@@ -316,6 +316,13 @@ class TrainBatches:
             pass
 
 
+def _quiet_worker(index: int, count: int) -> None:
+    """A worker process's start: TFDS's absl notes about the dataset's configuration, which
+    the main process has already printed, are not printed again by every worker."""
+    import logging
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
 class ProcessBatches:
     """``TrainBatches``' batches made by ``num_workers`` worker processes (grain: a
     ``MapDataset`` of the steps mapped by ``BatchOfStep``, ``mp_prefetch``), in step order,
@@ -350,7 +357,7 @@ class ProcessBatches:
         read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=max(1, int(prefetch)))
         options = grain.MultiprocessingOptions(num_workers=int(num_workers),
                                                per_worker_buffer_size=max(1, int(prefetch)))
-        self._iterator = iter(steps.to_iter_dataset(read).mp_prefetch(options))
+        self._iterator = iter(steps.to_iter_dataset(read).mp_prefetch(options, worker_init_fn=_quiet_worker))
         self._closed = False
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
