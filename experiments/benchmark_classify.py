@@ -41,6 +41,7 @@ import numpy as np
 from experiments import benchmark_inference as bi
 from experiments import benchmark_train as bt
 from experiments import train_steps, xla_stats
+from segformer_jax import host_memory
 
 NUM_CLASSES = 1000  # ImageNet-1k
 
@@ -159,4 +160,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    host_memory.keep_freed_memory(announce=True)
     main()

@@ -33,7 +33,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: never tou
 
 import argparse
 import dataclasses
+import pathlib
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -48,7 +50,7 @@ import numpy as np
 
 import segformer_jax
 from experiments import xla_stats
-from segformer_jax import SegformerConfig
+from segformer_jax import SegformerConfig, host_memory
 
 NUM_LABELS = 150  # ADE20K
 # Table of the paper (Xie et al. 2021), ADE20K, reported as "GFLOPs" but counted as
@@ -270,6 +272,24 @@ def print_machine(torch_module: Any | None) -> None:
               "or OMP_WAIT_POLICY=PASSIVE")
 
 
+def cpu_peak_flops() -> tuple[float, str] | None:
+    """The float32 peak this process's CPUs are stated at, and how: cores × clock × 2 FMA
+    units × SIMD lanes (16 with AVX-512, 8 with AVX2) × 2 FLOPs per FMA. Zen 4 runs AVX-512
+    on two 256-bit pipes, so half that is reached at best there. None off Linux."""
+    try:
+        info = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    mhz = re.search(r"^cpu MHz\s*:\s*([\d.]+)", info, re.M)
+    if mhz is None:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    lanes = 16 if re.search(r"\bavx512f\b", info) else 8 if re.search(r"\bavx2\b", info) else 4
+    ghz = float(mhz.group(1)) / 1000
+    peak = cores * ghz * 1e9 * 2 * lanes * 2
+    return peak, f"{cores} cores × {ghz:.2f} GHz × 2 FMA × {lanes} lanes × 2"
+
+
 def print_flops(config: SegformerConfig, variant: str, size: tuple[int, int],
                 batch: int, flops: float | None) -> None:
     height, width = size
@@ -359,4 +379,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    host_memory.keep_freed_memory(announce=True)
     main()

@@ -62,7 +62,7 @@ import segformer_jax
 from experiments import benchmark_inference as bi
 from experiments import train_steps, xla_stats
 from experiments.benchmark_inference import Timing, mib
-from segformer_jax import SegformerConfig
+from segformer_jax import SegformerConfig, host_memory
 from segformer_jax.constants import IGNORE_INDEX
 
 NUM_LABELS = bi.NUM_LABELS  # ADE20K
@@ -257,6 +257,11 @@ def main(argv: list[str] | None = None) -> None:
     if flops is not None:
         print(f"compute        XLA cost analysis of the step: {flops / args.batch / 1e9:.2f} "
               f"GFLOP per image (forward + backward + optimiser)")
+        peak = bi.cpu_peak_flops() if jax.default_backend() == "cpu" else None
+        if peak is not None:
+            rate = flops / (ours_timing.median_ms / 1000)
+            print(f"               {rate / 1e9:.1f} GFLOP/s = {100 * rate / peak[0]:.1f} % of the "
+                  f"CPU's float32 peak {peak[0] / 1e9:.0f} GFLOP/s ({peak[1]})")
     print_memory(ours.compiled, rss_after_jax)
 
     head = (f"train {args.variant} bs{args.batch} {height}x{width}: "
@@ -271,4 +276,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    host_memory.keep_freed_memory(announce=True)
     main()

@@ -52,6 +52,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from segformer_jax import host_memory
 from segformer_jax.checkpoint import load_checkpoint, normalisation_of
 from segformer_jax.cli import ArgumentParser, positive_int
 from segformer_jax.errors import EvaluationError, SegformerError
@@ -410,4 +411,5 @@ def _write_json(where: str, record: dict[str, Any]) -> int:
 
 
 if __name__ == "__main__":
+    host_memory.keep_freed_memory()
     sys.exit(main())

@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from segformer_jax import host_memory
 from segformer_jax.checkpoint import load_for_inference
 from segformer_jax.cli import ArgumentParser, positive_int
 from segformer_jax.config import SegformerConfig
@@ -404,4 +405,5 @@ def progress_bar(label: str, width: int = 30) -> Any:
 
 
 if __name__ == "__main__":
+    host_memory.keep_freed_memory()
     sys.exit(main())

@@ -39,7 +39,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from segformer_jax import run_config, sharding, tasks
+from segformer_jax import host_memory, run_config, sharding, tasks
 from segformer_jax import workdir as workdirs
 from segformer_jax.checkpoint import TrainCheckpoints
 from segformer_jax.config import SegformerConfig
@@ -967,4 +967,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    host_memory.keep_freed_memory()
     sys.exit(main())

@@ -50,9 +50,34 @@ def test_depthwise_conv_forms_agree(shape):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape,r", [((2, 9, 13, 6), 4), ((1, 8, 8, 5), 2), ((3, 7, 7, 3), 3)])
+def test_reduction_conv_forms_agree(shape, r):
+    """The matmul form's forward is the convolution itself (bit-identical) and its
+    hand-written backward equals autodiff of the convolution, with the rows and columns a
+    VALID convolution drops getting zero gradient. Each gradient entry sums at most
+    N·(H/r)·(W/r) = 24 (kernel) or C = 6 (input) float32 products of O(1) numbers, summed in
+    another order: 1e-5 relative plus 1e-5 absolute covers that rounding; a wrong index
+    in the patch layout would be off by O(1)."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal(shape, dtype=np.float32))
+    kernel = jnp.asarray(rng.standard_normal((r, r, shape[-1], shape[-1]), dtype=np.float32))
+    g = jnp.asarray(rng.standard_normal((shape[0], shape[1] // r, shape[2] // r, shape[-1]), dtype=np.float32))
+
+    def loss(args, form):
+        return jnp.sum(ops.reduction_conv(*args, form=form) * g)
+
+    np.testing.assert_array_equal(ops.reduction_conv(x, kernel, "matmul"), ops.reduction_conv(x, kernel, "xla"))
+    (dx, dk), (dx_ref, dk_ref) = (jax.grad(loss)((x, kernel), f) for f in ("matmul", "xla"))
+    np.testing.assert_allclose(dk, dk_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-5)
+    assert not np.any(dx[:, shape[1] // r * r:]) and not np.any(dx[:, :, shape[2] // r * r:])
+
+
 def test_unknown_forms_are_refused():
     with pytest.raises(ValueError, match="resize form"):
         ops.resize_bilinear(jnp.zeros((1, 2, 2, 1)), (4, 4), form="fft")
+    with pytest.raises(ValueError, match="reduction form"):
+        ops.reduction_conv(jnp.zeros((1, 2, 2, 1)), jnp.zeros((2, 2, 1, 1)), form="fft")
     with pytest.raises(ValueError, match="depthwise conv form"):
         ops.depthwise_conv3x3(jnp.zeros((1, 2, 2, 1)), jnp.zeros((3, 3, 1)), jnp.zeros(1), form="fft")
 

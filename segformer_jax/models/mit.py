@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from segformer_jax.config import SegformerConfig
-from segformer_jax.models.ops import depthwise_conv3x3, form_set, multi_head_attention
+from segformer_jax.models.ops import depthwise_conv3x3, form_set, multi_head_attention, reduction_conv
 
 Dtype = Any
 LAYER_NORM_EPS = 1e-5  # torch's default: transformers never passes config.layer_norm_eps.
@@ -64,6 +64,24 @@ class OverlapPatchEmbeddings(nn.Module):
         return layer_norm("layer_norm")(x)
 
 
+class SequenceReduction(nn.Module):
+    """``nn.Conv(C, (sr, sr), strides=sr, padding="VALID")`` (same parameters, same forward),
+    its backward pass in the form set's ``reduction`` form (``ops.reduction_conv``)."""
+
+    config: SegformerConfig
+    ratio: int
+    dtype: Dtype = jnp.float32
+    forms: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        kernel = self.param("kernel", dense_init(self.config), (self.ratio, self.ratio, c, c), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        y = reduction_conv(x.astype(self.dtype), kernel.astype(self.dtype), form_set(self.forms)["reduction"])
+        return y + bias.astype(self.dtype)
+
+
 class EfficientSelfAttention(nn.Module):
     """Multi-head self-attention whose keys and values come from a map shrunk by ``sr_ratio``.
 
@@ -73,7 +91,7 @@ class EfficientSelfAttention(nn.Module):
     config: SegformerConfig
     stage: int
     dtype: Dtype = jnp.float32
-    forms: str = "auto"   # ops.FORM_SETS: the attention's form
+    forms: str = "auto"   # ops.FORM_SETS: the reduction's and attention's forms
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -86,8 +104,7 @@ class EfficientSelfAttention(nn.Module):
         q = dense("query")(x).reshape(n, h * w, heads, c // heads)
         kv = x
         if sr > 1:
-            kv = nn.Conv(c, (sr, sr), strides=(sr, sr), padding="VALID", dtype=self.dtype,
-                         kernel_init=dense_init(cfg), name="sr")(kv)
+            kv = SequenceReduction(cfg, sr, self.dtype, self.forms, name="sr")(kv)
             kv = layer_norm("layer_norm")(kv)
         # Sizes spelled out, not -1: jax.export cannot infer a -1 from symbolic dimensions.
         m = kv.shape[1] * kv.shape[2]

@@ -1,0 +1,154 @@
+"""Where the encoder's time goes: each part of the Mix Transformer timed on its own, forward
+and forward + backward, at the shapes of a training step, and the whole step's
+``jax.profiler`` trace summed by XLA operation kind.
+
+    python -m experiments.profile_encoder [--task image_classification] [--variant b0]
+        [--batch 32] [--size 224] [--repeats 5]
+
+Part 1: per stage, the overlapping patch embedding, one block, and the block's attention
+(with its sequence-reduction conv) and Mix-FFN (dense, depthwise conv, GELU, dense) apart,
+each jitted alone on random inputs of the stage's shape (batch ``--batch``, train mode);
+the block times are multiplied by the stage's depth in the total. Part 2: the trainer's own
+step (``experiments.train_steps``) traced for two steps after warming up; the trace's
+events (XLA:CPU thunks and fusions) summed by kind with their share, the names' trailing
+numbers dropped. Both on the backend this runs on, in milliseconds, median of
+``--repeats``. The sums of part 1 exceed the step: each part pays its own dispatch and
+loses fusion across its borders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gzip
+import json
+import pathlib
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from segformer_jax import host_memory
+
+
+def _median_ms(fn: Callable[..., Any], args: tuple, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def _forward_backward(module: Any, x: jax.Array, repeats: int, *train: bool) -> tuple[float, float]:
+    """(forward ms, forward + backward ms) of a module on ``x``."""
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    params = module.init(rngs, x, *train)["params"]
+
+    def apply(p: Any, v: jax.Array) -> jax.Array:
+        return module.apply({"params": p}, v, *train, rngs={"dropout": jax.random.key(2)})
+
+    grad = jax.jit(jax.grad(lambda p, v: jnp.sum(apply(p, v)) * 1e-3, argnums=(0, 1)))
+    return _median_ms(jax.jit(apply), (params, x), repeats), _median_ms(grad, (params, x), repeats)
+
+
+def part_rows(variant: str, batch: int, size: int, repeats: int) -> list[tuple[str, float, float, int]]:
+    """``(part, forward ms, forward + backward ms, times per step)`` of the encoder's parts."""
+    import segformer_jax as sj
+    from segformer_jax.models import mit
+    config = sj.SegformerConfig.from_variant(variant, num_labels=1000)
+    rng = np.random.default_rng(0)
+    rows = []
+    x = jnp.asarray(rng.standard_normal((batch, size, size, 3), np.float32))
+    for i in range(4):
+        rows.append((f"stage {i + 1} patch embedding", *_forward_backward(
+            mit.OverlapPatchEmbeddings(config, i), x, repeats), 1))
+        side = -(-size // 2 ** (i + 2))
+        x = jnp.asarray(rng.standard_normal((batch, side, side, config.hidden_sizes[i]), np.float32))
+        depth = config.depths[i]
+        rows.append((f"stage {i + 1} block ({side}², {config.hidden_sizes[i]} ch)",
+                     *_forward_backward(mit.MixTransformerLayer(config, i, 0.1), x, repeats, True), depth))
+        rows.append((f"  attention, sr {config.sr_ratios[i]}",
+                     *_forward_backward(mit.EfficientSelfAttention(config, i), x, repeats, False), depth))
+        rows.append(("  Mix-FFN", *_forward_backward(mit.MixFFN(config, i), x, repeats, False), depth))
+    return rows
+
+
+def step_profile(task: str, variant: str, batch: int, size: int) -> list[tuple[str, float, int]]:
+    """``(operation kind, ms per step, count per step)`` of the trainer's step, from a
+    ``jax.profiler`` trace of two steps."""
+    from experiments import train_steps
+    from segformer_jax import run_config
+    config = run_config.default_config()
+    if task == "image_classification":
+        run_config.use_imagenet_recipe(config, variant, batch=batch)
+        config.data.name = "synthetic_classification"
+        classes, shape = 1000, (batch,)
+    else:
+        run_config.use_variant(config, variant)
+        config.batch_size = batch
+        classes, shape = 150, (batch, size, size)
+    step = train_steps.build(config, run_config.model_config(config, classes))
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((batch, size, size, 3), dtype=np.float32)
+    labels = rng.integers(0, classes, shape).astype(np.int32)
+    compiled = train_steps.compile_step(step, train_steps.device_batch(images, labels, step.mesh))
+    compiled.one_step()
+    directory = pathlib.Path(tempfile.mkdtemp(prefix="segformer-profile-"))
+    jax.profiler.start_trace(str(directory))
+    for _ in range(2):
+        compiled.one_step()
+    jax.profiler.stop_trace()
+    trace = max(directory.rglob("*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
+    durations: collections.Counter = collections.Counter()
+    counts: collections.Counter = collections.Counter()
+    for event in json.load(gzip.open(trace))["traceEvents"]:
+        name = event.get("name", "")
+        if event.get("ph") != "X" or name.startswith(("ThunkExecutor", "$", "PjitFunction")):
+            continue
+        kind = re.sub(r"[.\d]+$", "", name)
+        durations[kind] += event["dur"]
+        counts[kind] += 1
+    return [(kind, us / 2 / 1000, counts[kind] // 2) for kind, us in durations.most_common()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.profile_encoder", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="image_classification",
+                        choices=("image_classification", "semantic_segmentation"))
+    parser.add_argument("--variant", default="b0")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--top", type=int, default=15, help="operation kinds shown (default 15)")
+    args = parser.parse_args(argv)
+    device = jax.devices()[0]
+    print(f"# {device.platform} ({device.device_kind}), jax {jax.__version__}; {args.task} "
+          f"{args.variant}, batch {args.batch}, {args.size}²\n")
+    print("| part | forward (ms) | forward + backward (ms) | per step |\n|---|---:|---:|---:|")
+    total = 0.0
+    for part, forward, both, times in part_rows(args.variant, args.batch, args.size, args.repeats):
+        print(f"| {part} | {forward:.1f} | {both:.1f} | ×{times} |")
+        if not part.startswith("  "):
+            total += both * times
+    print(f"| encoder, parts summed | | {total:.0f} | |\n")
+    rows = step_profile(args.task, args.variant, args.batch, args.size)
+    step_ms = sum(ms for _, ms, _ in rows)
+    print(f"The step's operations (XLA's thunks, summed over threads: {step_ms:.0f} ms per step):\n")
+    print("| operation kind | ms per step | share | count |\n|---|---:|---:|---:|")
+    for kind, ms, count in rows[:args.top]:
+        print(f"| {kind} | {ms:.1f} | {100 * ms / step_ms:.1f} % | {count} |")
+    return 0
+
+
+if __name__ == "__main__":
+    host_memory.keep_freed_memory(announce=True)
+    raise SystemExit(main())
