@@ -7,7 +7,8 @@ The shapes are those of a SegFormer-B0 training step at ``size``² crops: the de
 stage 4 (256 channels, size/32 to size/4), the attention of stage 1 (one head of 32, size/4
 squared queries on keys reduced 8×8) and stage 3 (five heads, keys reduced 2×2), and the
 Mix-FFN's 3×3 depthwise conv of stage 1 (128 channels at size/4) and stage 3 (640 channels
-at size/16).
+at size/16), and the attention's sequence reduction of stage 1 (8×8, 32 channels at size/4)
+and stage 3 (2×2, 160 channels at size/16).
 Each form is jitted, run ``--warmup`` times, then timed ``--repeats`` times (median);
 "backward" is the gradient of ``sum(op(x) * g)`` with respect to the input (and the kernel),
 with ``g`` an argument (a constant ``g`` lets XLA fold the whole backward pass at compile time).
@@ -93,6 +94,24 @@ def conv_rows(batch: int, side: int, channels: int, warmup: int,
     return rows
 
 
+def reduction_rows(batch: int, side: int, channels: int, ratio: int, warmup: int,
+                   repeats: int) -> list[tuple[str, str, float, float]]:
+    """The attention's sequence reduction (a ratio×ratio conv at stride ratio) in each form."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((batch, side, side, channels), dtype=np.float32))
+    kernel = jnp.asarray(rng.standard_normal((ratio, ratio, channels, channels), dtype=np.float32))
+    g = jnp.asarray(rng.standard_normal((batch, side // ratio, side // ratio, channels), dtype=np.float32))
+    rows = []
+    for form in ops.REDUCTION_FORMS:
+        forward = jax.jit(lambda v, k, f=form: ops.reduction_conv(v, k, form=f))
+        backward = jax.jit(jax.grad(
+            lambda v, k, w, f=form: jnp.sum(ops.reduction_conv(v, k, form=f) * w), argnums=(0, 1)))
+        rows.append((f"reduction {ratio}×{ratio} {channels}ch {side}²", form,
+                     _median_ms(forward, (x, kernel), warmup, repeats),
+                     _median_ms(backward, (x, kernel, g), warmup, repeats)))
+    return rows
+
+
 def all_rows(batch: int, size: int, warmup: int, repeats: int) -> list[tuple[str, str, float, float]]:
     """``(op, form, forward ms, backward ms)`` of every form of every op at a B0 step's
     shapes for ``size``² crops (the module doc)."""
@@ -103,6 +122,8 @@ def all_rows(batch: int, size: int, warmup: int, repeats: int) -> list[tuple[str
     rows += attention_rows(batch, tokens // 16, tokens // 64, 5, 32, warmup, repeats)
     rows += conv_rows(batch, size // 4, 128, warmup, repeats)
     rows += conv_rows(batch, size // 16, 640, warmup, repeats)
+    rows += reduction_rows(batch, size // 4, 32, 8, warmup, repeats)
+    rows += reduction_rows(batch, size // 16, 160, 2, warmup, repeats)
     return rows
 
 

@@ -1,5 +1,7 @@
 """Each op's alternative forms agree, forward and backward, on odd sizes (float32)."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,7 +88,7 @@ def test_ops_benchmark_prints_every_form(capsys):
     from experiments import ops_benchmark
     ops_benchmark.main(["--batch", "1", "--size", "32", "--warmup", "0", "--repeats", "1"])
     table = capsys.readouterr().out
-    for form in (*ops.RESIZE_FORMS, *ops.CONV_FORMS):
+    for form in (*ops.RESIZE_FORMS, *ops.CONV_FORMS, *ops.REDUCTION_FORMS):
         assert f"| {form} |" in table
     assert table.count("| 1.00 | 1.00 |") >= 3   # each op's default form against itself
 
@@ -182,3 +184,19 @@ def test_attention_equals_jax_and_its_gradient(queries, keys, heads, depth):
     np.testing.assert_allclose(np.asarray(ops.attention(*low), np.float32),
                                np.asarray(jax.nn.dot_product_attention(*low), np.float32),
                                rtol=1e-2, atol=1e-2)  # bfloat16: 8 bits of mantissa
+
+
+@pytest.mark.slow
+def test_profile_encoder_breaks_the_step_down(capsys):
+    """The profile's two tables at a tiny size: every stage's parts timed, and the traced
+    step's operation kinds with shares that add up to the whole."""
+    from experiments import profile_encoder
+    assert profile_encoder.main(["--batch", "2", "--size", "32", "--repeats", "1", "--top", "100000"]) == 0
+    out = capsys.readouterr().out
+    for stage in range(1, 5):
+        assert f"| stage {stage} patch embedding |" in out and f"| stage {stage} block (" in out
+    assert out.count("|   attention, sr ") == 4 and out.count("|   Mix-FFN |") == 4
+    total = float(re.search(r"summed over threads: (\d+) ms per step", out).group(1))
+    kinds = [float(ms) for ms in re.findall(r"^\| \S+ \| ([\d.]+) \| [\d.]+ % \| \d+ \|$", out, re.M)]
+    assert len(kinds) > 5 and "dot" in out
+    assert abs(sum(kinds) - total) <= 0.5 + 0.05 * len(kinds)   # each row and the total rounded
