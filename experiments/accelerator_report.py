@@ -36,6 +36,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from segformer_jax.tables import markdown_table
+
 FORMS = ("cpu", "xla")
 
 
@@ -141,18 +143,16 @@ def markdown(report: dict[str, Any]) -> str:
              f"{report['date']}", ""]
     if report["peak_note"]:
         lines += [report["peak_note"], ""]
-    lines += ["| configuration | forms | compile (s) | step (ms) | images/s | MFU | program memory (MiB) "
-              "| device peak (MiB) | first loss |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     mib = lambda b: "n/a" if b is None else f"{b / 2**20:.0f}"  # noqa: E731
-    for r in report["steps"]:
-        mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f} %"
-        lines.append(f"| {r['setting']} | {r['forms']} | {r['compile_s']:.1f} | {r['step_ms']:.1f} | "
-                     f"{r['images_per_s']:.1f} | {mfu} | {mib(r['program_bytes'])} | "
-                     f"{mib(r['peak_device_bytes'])} | {r['first_loss']:.6f} |")
+    rows = [[r["setting"], r["forms"], f"{r['compile_s']:.1f}", f"{r['step_ms']:.1f}",
+             f"{r['images_per_s']:.1f}", "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f} %",
+             mib(r["program_bytes"]), mib(r["peak_device_bytes"]), f"{r['first_loss']:.6f}"]
+            for r in report["steps"]]
+    lines.append(markdown_table(["configuration", "forms", "compile (s)", "step (ms)", "images/s", "MFU",
+                                 "program memory (MiB)", "device peak (MiB)", "first loss"], rows, numbers_from=2))
     if report["ops"]:
-        lines += ["", "| op | form | forward (ms) | backward (ms) |", "|---|---|---:|---:|"]
-        lines += [f"| {o['op']} | {o['form']} | {o['forward_ms']:.3f} | {o['backward_ms']:.3f} |"
-                  for o in report["ops"]]
+        ops = [[o["op"], o["form"], f"{o['forward_ms']:.3f}", f"{o['backward_ms']:.3f}"] for o in report["ops"]]
+        lines += ["", markdown_table(["op", "form", "forward (ms)", "backward (ms)"], ops, numbers_from=2)]
     if report["left_out"]:
         lines += ["", f"Left out after {report['timeout_s']} s: {', '.join(report['left_out'])}."]
     return "\n".join(lines) + "\n"

@@ -19,9 +19,9 @@ import time
 
 import numpy as np
 
-from experiments.benchmarks import markdown
 from experiments.imagecorruptions_shim import imagecorruptions
 from segformer_jax.data import corruptions as C
+from segformer_jax.tables import markdown_table
 
 
 def photo(size: tuple[int, int]) -> np.ndarray:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
                          "yes" if np.array_equal(result, reference) else "NO"])
             print(" | ".join(rows[-1]), flush=True)
     print(f"\n{size[0]}×{size[1]} photograph, severity {args.severity}, median of {args.repeats}\n")
-    print(markdown(["corruption", "ours s", "imagecorruptions s", "speed-up", "equal"], rows))
+    print(markdown_table(["corruption", "ours s", "imagecorruptions s", "speed-up", "equal"], rows))
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def ade20k_like_sizes(n: int, seed: int = 0) -> list[tuple[int, int]]:
 
 
 def run(config: Any, split: RandomSplit, settings: Any, devices: list[Any]) -> dict[str, Any]:
-    from segformer_jax.evaluation import SegmentationEvaluator
+    from segformer_jax.evaluators import SegmentationEvaluator
     from segformer_jax.models.segformer import SegformerForSemanticSegmentation, init_variables
     model = SegformerForSemanticSegmentation(config)
     variables = init_variables(config, seed=1)
@@ -90,7 +90,7 @@ def compare(config: Any, split: RandomSplit, settings: Any) -> tuple[dict[str, A
 
 def main(argv: list[str] | None = None) -> None:
     from segformer_jax import SegformerConfig
-    from segformer_jax.evaluation import eval_settings, metrics
+    from segformer_jax.evaluators import eval_settings, metrics
     p = argparse.ArgumentParser(prog="python -m experiments.benchmark_eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", default="b0")

@@ -78,7 +78,7 @@ def write_scene(path: pathlib.Path, side: int) -> None:
 
 def child(mode: str, scene: pathlib.Path, out: pathlib.Path, stripe: int) -> dict:
     import segformer_jax as sj
-    from segformer_jax.predict import Segmenter
+    from segformer_jax.segmenter import Segmenter
     from segformer_jax.tiles import open_image, write_mask_tiff
     config = sj.SegformerConfig.from_variant("b0", num_labels=CLASSES)
     image = open_image(scene, 3)

@@ -32,6 +32,7 @@ import numpy as np
 
 from experiments import benchmark_inference as bi
 from experiments import benchmark_train as bt
+from segformer_jax.tables import markdown_table
 
 # The paper's Table 1 parameter counts (M, ADE20K model); its GFLOPs are bi.PAPER_GMACS.
 PAPER_PARAMS_M = {"b0": 3.8, "b1": 13.7, "b2": 27.5, "b3": 47.3, "b4": 64.1, "b5": 84.7}
@@ -58,11 +59,6 @@ class Row:
 
 HEADER = ["kind", "variant", "size", "batch", "segformer_jax ms", "transformers + torch ms",
           "speed-up (torch / jax)", "jax img/s", "torch img/s", "agreement"]
-
-
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def _models(variant: str, skip_torch: bool) -> tuple[Any, Any, Any]:
@@ -136,7 +132,7 @@ def paper_table(variants: list[str]) -> str:
         ours = bi.paper_style_macs(config, side, side) / 1e9
         rows.append([v, f"{params / 1e6:.3f}", f"{PAPER_PARAMS_M[v]}", f"{side}×{side}",
                      f"{ours:.2f}", f"{gmacs}"])
-    return markdown(["variant", "params, ours (M, 150 classes)", "params, paper (M)", "input",
+    return markdown_table(["variant", "params, ours (M, 150 classes)", "params, paper (M)", "input",
                      "GMACs, ours (analytic, unfolded network)", "'GFLOPs', paper (= GMACs)"], rows)
 
 
@@ -196,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  done: train {variant} {size[0]}x{size[1]}", flush=True)
     print(f"\nfloat32, {bi.NUM_LABELS}-class ADE20K head, same weights in both frameworks; median "
           f"of {args.repeats} after {args.warmup} warm-up calls (training: after one more step)\n")
-    print(markdown(HEADER, [r.cells() for r in rows]))
+    print(markdown_table(HEADER, [r.cells() for r in rows]))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from segformer_jax.tables import markdown_table
+
 # One pattern per op as the StableHLO text spells it: the op's name, not the attributes
 # named after it (``#stablehlo.scatter<...>``); HIGHEST as a dot's or a conv's precision.
 PATTERNS = {"while": r"stablehlo\.while\b(?!<)", "scatter": r"stablehlo\.scatter\b(?!<)",
@@ -80,14 +82,14 @@ def lowered_text(program: str, forms: str, platform: str) -> str:
 
 
 def table(platforms: Sequence[str], forms: Sequence[str]) -> str:
-    rows = ["| program | forms | platform | while | scatter | gather | HIGHEST | dot | conv |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    rows = []
     for program in PROGRAMS:
         for form in forms:
             for platform in platforms:
                 c = counts(lowered_text(program, form, platform))
-                rows.append(f"| {program} | {form} | {platform} | " + " | ".join(str(c[k]) for k in PATTERNS) + " |")
-    return "\n".join(rows)
+                rows.append([program, form, platform, *(c[k] for k in PATTERNS)])
+    return markdown_table(["program", "forms", "platform", "while", "scatter", "gather", "HIGHEST", "dot",
+                           "conv"], rows, numbers_from=3)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

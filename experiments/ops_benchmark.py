@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from segformer_jax.models import ops
+from segformer_jax.tables import markdown_table
 
 
 def _median_ms(fn: Callable[..., object], args: tuple, warmup: int, repeats: int) -> float:
@@ -141,13 +142,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# {device.platform} ({device.device_kind}), jax {jax.__version__}, "
           f"{platform.machine()}, batch {args.batch}, crop {args.size}²\n")
     rows = all_rows(args.batch, args.size, args.warmup, args.repeats)
-    print("| op | form | forward (ms) | backward (ms) | forward / default | backward / default |")
-    print("|---|---|---:|---:|---:|---:|")
-    default = {}
+    default: dict[str, tuple[float, float]] = {}
+    cells = []
     for op, form, fwd, bwd in rows:
-        default.setdefault(op, (fwd, bwd))
-        base_f, base_b = default[op]
-        print(f"| {op} | {form} | {fwd:.2f} | {bwd:.2f} | {fwd / base_f:.2f} | {bwd / base_b:.2f} |")
+        base_f, base_b = default.setdefault(op, (fwd, bwd))
+        cells.append([op, form, f"{fwd:.2f}", f"{bwd:.2f}", f"{fwd / base_f:.2f}", f"{bwd / base_b:.2f}"])
+    print(markdown_table(["op", "form", "forward (ms)", "backward (ms)", "forward / default",
+                          "backward / default"], cells, numbers_from=2))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from segformer_jax import host_memory
+from segformer_jax.tables import markdown_table
 
 
 def _median_ms(fn: Callable[..., Any], args: tuple, repeats: int) -> float:
@@ -133,19 +134,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = jax.devices()[0]
     print(f"# {device.platform} ({device.device_kind}), jax {jax.__version__}; {args.task} "
           f"{args.variant}, batch {args.batch}, {args.size}²\n")
-    print("| part | forward (ms) | forward + backward (ms) | per step |\n|---|---:|---:|---:|")
-    total = 0.0
-    for part, forward, both, times in part_rows(args.variant, args.batch, args.size, args.repeats):
-        print(f"| {part} | {forward:.1f} | {both:.1f} | ×{times} |")
-        if not part.startswith("  "):
-            total += both * times
-    print(f"| encoder, parts summed | | {total:.0f} | |\n")
+    parts = part_rows(args.variant, args.batch, args.size, args.repeats)
+    total = sum(both * times for part, _, both, times in parts if not part.startswith("  "))
+    rows = [[part, f"{forward:.1f}", f"{both:.1f}", f"×{times}"] for part, forward, both, times in parts]
+    print(markdown_table(["part", "forward (ms)", "forward + backward (ms)", "per step"],
+                         [*rows, ["encoder, parts summed", "", f"{total:.0f}", ""]], numbers_from=1) + "\n")
     rows = step_profile(args.task, args.variant, args.batch, args.size)
     step_ms = sum(ms for _, ms, _ in rows)
     print(f"The step's operations (XLA's thunks, summed over threads: {step_ms:.0f} ms per step):\n")
-    print("| operation kind | ms per step | share | count |\n|---|---:|---:|---:|")
-    for kind, ms, count in rows[:args.top]:
-        print(f"| {kind} | {ms:.1f} | {100 * ms / step_ms:.1f} % | {count} |")
+    print(markdown_table(["operation kind", "ms per step", "share", "count"],
+                         [[kind, f"{ms:.1f}", f"{100 * ms / step_ms:.1f} %", count]
+                          for kind, ms, count in rows[:args.top]], numbers_from=1))
     return 0
 
 

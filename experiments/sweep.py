@@ -60,7 +60,7 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def write_json(path: pathlib.Path, data: Any) -> None:
     """Atomically: a reader (or a restarted sweep) sees the old file or the new, never half."""
-    from experiments.sweep_report import atomic_write
+    from segformer_jax.files import atomic_write
     atomic_write(path, (json.dumps(data, indent=2, allow_nan=False) + "\n").encode())
 
 

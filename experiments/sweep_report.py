@@ -13,11 +13,12 @@ import csv
 import io
 import json
 import math
-import os
 import pathlib
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from segformer_jax.files import atomic_write
 
 MAX_CLASS_COLUMNS = 20  # a per-class IoU table in results.md up to this many classes
 VARIANT_STYLE = {  # matplotlib marker, colour
@@ -26,13 +27,6 @@ VARIANT_STYLE = {  # matplotlib marker, colour
 }
 VARIANT_KEYS = ("model.variant", "config", "model.init")  # a variant (and its backbone weights)
 PLOT_SIZE = (1500, 680)  # pixels of plot.png (at 100 dpi)
-
-
-def atomic_write(path: pathlib.Path, data: bytes) -> None:
-    """A reader (or a restarted sweep) sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _num(value: Any, scale: float = 1.0, digits: int = 2) -> str:

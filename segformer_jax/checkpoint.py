@@ -27,8 +27,9 @@ import jax
 import numpy as np
 
 from segformer_jax.config import SegformerConfig
+from segformer_jax.constants import SEMSEG
 from segformer_jax.errors import CheckpointError, ConfigError, DamagedCheckpointError, NonFiniteError, one_line
-from segformer_jax.hub import ARCHITECTURES, SEMSEG, WEIGHT_FILES, task_of
+from segformer_jax.hub import ARCHITECTURES, WEIGHT_FILES, task_of
 
 log = logging.getLogger(__name__)
 

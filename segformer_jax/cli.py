@@ -1,7 +1,7 @@
 """What the command lines share: argparse with one-line errors and typed flag values.
 
-Only command-line modules (``train``, ``evaluate``, ``predict``, ``convert``, ``demo``)
-import this; the library never does.
+Only command-line modules (``train``, ``evaluate``, ``predict``, ``convert``, ``export``,
+``serve``, ``data.check``) import this; the library never does.
 """
 
 from __future__ import annotations

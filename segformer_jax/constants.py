@@ -17,6 +17,12 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 MEAN_RGB: tuple[float, float, float] = (123.675, 116.28, 103.53)
 STD_RGB: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
+# The two tasks a model, a dataset and a run config name (transformers' task names). The
+# registry of what each needs is ``tasks.py``; every module takes the names from here.
+SEMSEG = "semantic_segmentation"
+CLASSIFY = "image_classification"
+TASK_NAMES: tuple[str, str] = (SEMSEG, CLASSIFY)
+
 # SegFormer's AlignedResize: test sides are rounded up to a multiple of this (the network's
 # largest stride), so every stage's feature map is a whole number of pixels.
 SIZE_DIVISOR = 32

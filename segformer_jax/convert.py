@@ -18,14 +18,15 @@ import sys
 from typing import Any
 
 from segformer_jax.checkpoint import load_checkpoint, save_model
+from segformer_jax.cli import ArgumentParser
 from segformer_jax.errors import CheckpointError
 from segformer_jax.hub import from_pretrained, save_pretrained
 from segformer_jax.models.segformer import TASKS
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m segformer_jax.convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m segformer_jax.convert", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     to_orbax = sub.add_parser("to-orbax", help="Hub/NVlabs checkpoint -> Orbax model checkpoint")
     to_orbax.add_argument("source")

@@ -52,12 +52,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from segformer_jax import host_memory
+from segformer_jax import host_memory, progress
 from segformer_jax.checkpoint import load_checkpoint, normalisation_of
 from segformer_jax.cli import ArgumentParser, positive_int
+from segformer_jax.constants import CLASSIFY
 from segformer_jax.errors import EvaluationError, SegformerError
-from segformer_jax.evaluation import PRESET, eval_settings, evaluate, to_json
-from segformer_jax.hub import CLASSIFY
+from segformer_jax.evaluators import PRESET, eval_settings, evaluate_split, to_json
 
 # --------------------------------------------------------------------------------------
 # Command line
@@ -256,21 +256,6 @@ def parse_args(argv: Sequence[str]):
     return args
 
 
-def _progress_printer() -> Callable[[int, int], None]:
-    start = time.perf_counter()
-    tty = sys.stderr.isatty()
-
-    def report(done: int, total: int) -> None:
-        step = max(1, total // 10)
-        if tty or done % step == 0 or done == total:
-            rate = done / max(time.perf_counter() - start, 1e-9)
-            line = f"evaluated {done}/{total} images ({rate:.1f} img/s)"
-            print(("\r" + line) if tty else line, end="\n" if not tty or done == total else "",
-                  file=sys.stderr, flush=True)
-
-    return report
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
     from segformer_jax import data, metrics
@@ -295,11 +280,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _classify(args, config, variables, split, start)
         if args.corruptions:
             return _robustness(args, config, variables, split, start)
-        summary = evaluate(config, variables, split, args.mode, crop=args.crop,
-                           stride=args.stride, img_scale=args.img_scale,
-                           size_divisor=args.size_divisor, scales=args.scales, flip=args.flip,
-                           max_examples=args.max_examples, batch_windows=args.batch_windows,
-                           progress=_progress_printer(), mean=mean, std=std)
+        report = progress.reporter(
+            lambda done, total, rate: f"evaluated {done}/{total} images ({rate:.1f} img/s)")
+        summary = evaluate_split(config, variables, split, args.mode, crop=args.crop,
+                                 stride=args.stride, img_scale=args.img_scale,
+                                 size_divisor=args.size_divisor, scales=args.scales, flip=args.flip,
+                                 max_examples=args.max_examples, batch_windows=args.batch_windows,
+                                 progress=report, mean=mean, std=std)
     except (SegformerError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -341,7 +328,7 @@ def _robustness(args: argparse.Namespace, config: Any, variables: Any, split: An
     import jax
 
     from segformer_jax import robustness
-    from segformer_jax.evaluation import SegmentationEvaluator, eval_settings
+    from segformer_jax.evaluators import SegmentationEvaluator, eval_settings
     from segformer_jax.models.segformer import SegformerForSemanticSegmentation
     robustness.check_labelled(split)
     settings = eval_settings(split.name, args.mode, args.crop, args.stride, args.img_scale,
@@ -376,7 +363,7 @@ def _classify(args: argparse.Namespace, config: Any, variables: Any, split: Any,
     import jax
     import numpy as np
 
-    from segformer_jax.evaluation import ClassificationEvaluator
+    from segformer_jax.evaluators import ClassificationEvaluator
     from segformer_jax.models.segformer import SegformerForImageClassification
     evaluator = ClassificationEvaluator(
         SegformerForImageClassification(config), split, (args.crop_size, args.crop_size),

@@ -37,12 +37,12 @@ import ml_dtypes
 import numpy as np
 
 from segformer_jax.config import SegformerConfig
+from segformer_jax.constants import CLASSIFY, SEMSEG
 from segformer_jax.errors import CheckpointError, ConfigError
 from segformer_jax.models.segformer import TASKS, init_head_variables
 
 log = logging.getLogger(__name__)
 
-SEMSEG, CLASSIFY = "semantic_segmentation", "image_classification"
 ARCHITECTURES = {SEMSEG: "SegformerForSemanticSegmentation",
                  CLASSIFY: "SegformerForImageClassification"}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

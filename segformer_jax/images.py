@@ -21,8 +21,9 @@ from typing import IO
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 
-from segformer_jax.errors import DatasetError, SegformerError  # errors imports nothing
+from segformer_jax.errors import DatasetError, InputError, SegformerError  # errors imports nothing
 
 # PIL's 16-bit grayscale modes (PNG and TIFF files with 16 bits per sample open as these).
 SIXTEEN_BIT_MODES: tuple[str, ...] = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -250,3 +251,45 @@ def read_bands(path: str | Path) -> np.ndarray:
 __all__ = ["SIXTEEN_BIT_MODES", "LOSSY_FORMATS", "sixteen_to_eight", "to_rgb", "read_bands",
            "open_image", "too_large_message", "too_large_advice", "size_text",
            "lossy_mask_message", "pixel_limit", "declared_size"]
+
+
+# -- files a command reads and writes: predict, serve, tiles ------------------------------
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as uint8 (H, W, 3) RGB, EXIF orientation applied.
+
+    The conversion is the one the dataset builders store images with (``images.to_rgb``:
+    transparency composited onto white, 16-bit data scaled to 8 bit), so an image predicted
+    here and the same image evaluated from a dataset are the same pixels.
+    """
+    try:
+        with open_image(path, error=InputError) as image:  # past PIL's pixel limit: one line
+            rgb = to_rgb(PIL.ImageOps.exif_transpose(image))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
+        raise InputError(f"{path}: cannot read it as an image "
+                         f"({type(e).__name__}: {e})") from None
+    if rgb.ndim != 3 or rgb.shape[-1] != 3 or 0 in rgb.shape:
+        raise InputError(f"{path}: unsupported image of shape {rgb.shape}")
+    return rgb
+
+
+def read_band_image(path: str | os.PathLike, num_channels: int) -> np.ndarray:
+    """A K-band image (a TIFF, a file of K bands, or a directory of band files:
+    ``images.read_bands``) with the model's ``num_channels`` bands."""
+    try:
+        bands = read_bands(path)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if bands.shape[-1] != num_channels:
+        raise InputError(f"{path}: {bands.shape[-1]} band(s); the model takes {num_channels}")
+    return bands
+
+
+def save_mask(path: str | os.PathLike, mask: np.ndarray, num_labels: int) -> None:
+    """A PNG of class ids: 8-bit, or 16-bit when the model has more than 255 classes."""
+    dtype = np.uint16 if num_labels > 255 else np.uint8
+    PIL.Image.fromarray(np.asarray(mask).astype(dtype)).save(path)

@@ -41,6 +41,8 @@ import numpy as np
 
 from segformer_jax.data import corruptions as C
 from segformer_jax.errors import EvaluationError
+from segformer_jax.files import atomic_write
+from segformer_jax.tables import markdown_table
 
 CLEAN = "clean"
 SUBSETS = {"all": C.ALL, "common": C.COMMON, "paper": C.PAPER, **C.FAMILIES}
@@ -182,9 +184,7 @@ def _saved(out: pathlib.Path, pairs: Sequence[tuple[str, int]], identity: Mappin
 
 def _write_atomic(path: pathlib.Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 def run(evaluator: Any, variables: Any, pairs: Sequence[tuple[str, int]], out: str | os.PathLike,
@@ -299,24 +299,19 @@ def _csv(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return buffer.getvalue()
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def markdown(reports: Sequence[Mapping[str, Any]]) -> str:
     """Both tables: the paper's layout, then each corruption's mIoU per severity."""
     header, rows = table_rows(reports)
+    table = markdown_table([h.replace("_", " ") for h in header], rows, numbers_from=1)
     parts = ["mIoU (%) on clean images and under each corruption, averaged over its severities; "
-             "mean: over the corruptions.\n\n", markdown_table([h.replace("_", " ") for h in header], rows)]
+             "mean: over the corruptions.\n\n", table + "\n"]
     for r in reports:
         levels = sorted({int(s) for v in r["corruptions"].values() for s in v["severities"]})
         body = [[name.replace("_", " "), v["family"],
                  *(_pct(v["severities"].get(str(s), {}).get("mIoU")) for s in levels), _pct(v["mean"])]
                 for name, v in r["corruptions"].items()]
         parts += [f"\n{r['model']}: mIoU (%) per severity (clean {_pct(r['clean']['mIoU'])}).\n\n",
-                  markdown_table(["corruption", "family", *map(str, levels), "mean"], body)]
+                  markdown_table(["corruption", "family", *map(str, levels), "mean"], body, numbers_from=1) + "\n"]
     return "".join(parts)
 
 

@@ -24,6 +24,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from segformer_jax.config import SegformerConfig
+from segformer_jax.constants import CLASSIFY, SEMSEG, TASK_NAMES
 from segformer_jax.data.presets import settings as dataset_settings
 from segformer_jax.errors import ConfigError
 from segformer_jax.optim import Recipe
@@ -77,7 +78,7 @@ def default_config() -> ml_collections.ConfigDict:
         "mean": (), "std": ()})
     # image_classification (segformer_jax/tasks.py): the ImageNet recipe's augmentations and
     # targets; off here (configs/imagenet.py sets PVT v2's). The image size is data.crop_size.
-    c.task = "semantic_segmentation"
+    c.task = SEMSEG
     c.classification = ml_collections.ConfigDict({
         "label_smoothing": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "mixup_prob": 1.0,
         "mixup_switch_prob": 0.5, "randaugment": "", "random_erase": 0.0,
@@ -144,7 +145,7 @@ def use_imagenet_recipe(config: ml_collections.ConfigDict, variant: str, batch: 
     epochs of ``train_images // batch`` steps; ``configs/imagenet.py`` lists it."""
     use_variant(config, variant)
     big = variant in ("b3", "b4", "b5")
-    config.task = "image_classification"
+    config.task = CLASSIFY
     config.data.crop_size = (224, 224)
     config.model.overrides.drop_path_rate = 0.3 if big else 0.1
     config.classification.update(label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0,
@@ -169,7 +170,7 @@ def recipe(config: ml_collections.ConfigDict) -> Recipe:
     settings = config.optimizer.to_dict()
     scale = settings.pop("scale_lr_with_batch", False)
     out = Recipe(**settings, total_steps=config.total_steps)
-    if scale and config.task == "semantic_segmentation":
+    if scale and config.task == SEMSEG:
         out = dataclasses.replace(out, learning_rate=out.learning_rate * config.batch_size / RECIPE_BATCH)
     return out
 
@@ -177,7 +178,7 @@ def recipe(config: ml_collections.ConfigDict) -> Recipe:
 def batch_notes(config: ml_collections.ConfigDict) -> list[str]:
     """What a segmentation run says at start about its batch: a global batch other than
     the recipe's (and what the learning rate then is), and BatchNorm over one image."""
-    if config.task != "semantic_segmentation":
+    if config.task != SEMSEG:
         return []
     notes = []
     lr = recipe(config).learning_rate
@@ -348,7 +349,7 @@ def validate(config: ml_collections.ConfigDict, process_count: int = 1) -> None:
                           f"got {config.data.worker_processes}")
     _validate_task(config)
     _validate_loss(config)
-    if config.model.binary and config.task != "semantic_segmentation":
+    if config.model.binary and config.task != SEMSEG:
         raise ConfigError(f"model.binary=True is for semantic segmentation; task={config.task!r}")
     if int(config.model.num_channels) < 1:
         raise ConfigError(f"model.num_channels must be at least 1; got {config.model.num_channels!r}")
@@ -369,7 +370,6 @@ def validate(config: ml_collections.ConfigDict, process_count: int = 1) -> None:
 def _validate_task(config: ml_collections.ConfigDict) -> None:
     from segformer_jax.data import DATASETS, task_of_dataset
     from segformer_jax.optim import SCHEDULES
-    from segformer_jax.tasks import TASK_NAMES
     if config.task not in TASK_NAMES:
         raise ConfigError(f"task must be one of {TASK_NAMES}; got {config.task!r}")
     if config.data.name not in DATASETS:

@@ -61,8 +61,8 @@ class Page:
                  workdir: str | os.PathLike | None = None):
         from segformer_jax import visualize
         from segformer_jax.checkpoint import load_for_inference
-        from segformer_jax.evaluation import scored_class_names
-        from segformer_jax.predict import Segmenter
+        from segformer_jax.evaluators import scored_class_names
+        from segformer_jax.segmenter import Segmenter
         config, variables = load_for_inference(checkpoint)
         if config.num_channels != 3:
             from segformer_jax.errors import InputError
@@ -78,8 +78,8 @@ class Page:
 
     def segment(self, path: str | os.PathLike | None) -> tuple[np.ndarray, str, str, str]:
         from segformer_jax import visualize
-        from segformer_jax.evaluation import logits_to_mask
-        from segformer_jax.predict import read_image, save_mask
+        from segformer_jax.evaluators import logits_to_mask
+        from segformer_jax.images import read_image, save_mask
         if path is None:
             raise InputError("upload an image first")
         rgb = read_image(path)

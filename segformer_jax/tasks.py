@@ -22,10 +22,8 @@ import jax
 import ml_collections
 
 from segformer_jax import mixup
+from segformer_jax.constants import CLASSIFY, SEMSEG
 from segformer_jax.losses import make_loss
-
-SEMSEG, CLASSIFY = "semantic_segmentation", "image_classification"
-TASK_NAMES = (SEMSEG, CLASSIFY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +91,7 @@ def make_evaluator(config: ml_collections.ConfigDict, model: Any, eval_split: An
     transform (short side to ``crop / classification.test_crop_pct``, centre crop), batches
     of ``classification.eval_batch_size``. ``max_examples``: the first examples only.
     """
-    from segformer_jax.evaluation import ClassificationEvaluator, EvalSettings, SegmentationEvaluator
+    from segformer_jax.evaluators import ClassificationEvaluator, EvalSettings, SegmentationEvaluator
     d = config.data
     where = dict(process_index=jax.process_index(), process_count=jax.process_count(),
                  max_examples=max_examples)

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 
 from segformer_jax.errors import InputError
+from segformer_jax.files import replacing
+from segformer_jax.images import read_band_image, read_image
 from segformer_jax.inference import slide_windows
 
 STRIPE = 4096  # pixels: the width of the canvas rows held at a time
@@ -42,7 +44,7 @@ STRIPE = 4096  # pixels: the width of the canvas rows held at a time
 def open_image(path: str | os.PathLike, num_channels: int) -> Any:
     """An (H, W, bands) array-like of ``path`` for ``tiled_masks``: memory-mapped when the
     file allows it (an uncompressed TIFF of interleaved bands, an ``.npy``), else decoded
-    (``predict.read_image`` for RGB, ``images.read_bands`` otherwise).
+    (``images.read_image`` for RGB, ``images.read_band_image`` otherwise).
 
     Raises ``InputError`` naming the file when it is not an (H, W, ``num_channels``) array
     of integers or floats (a damaged or pickled ``.npy``, another shape, a dtype that is not
@@ -77,7 +79,6 @@ def open_image(path: str | os.PathLike, num_channels: int) -> Any:
         if image is not None and image.ndim == 2:
             image = image[..., None]
     if image is None:
-        from segformer_jax.predict import read_band_image, read_image
         image = read_image(path) if num_channels == 3 else read_band_image(path, num_channels)
     if image.ndim != 3 or image.shape[-1] != num_channels or 0 in image.shape:
         raise InputError(f"{path}: an image of shape {image.shape}; the model takes (H, W, "
@@ -188,15 +189,11 @@ def write_mask_tiff(path: str | os.PathLike, blocks: Iterator[tuple[int, int, np
     whole in memory. A failure leaves no partial file. Returns the path."""
     import tifffile
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    try:
+    with replacing(path) as partial:
         mask = tifffile.memmap(partial, shape=(height, width), dtype=np.dtype(dtype),
                                photometric="minisblack")
         for y0, x0, ids in blocks:
             mask[y0:y0 + ids.shape[0], x0:x0 + ids.shape[1]] = ids
             mask.flush()
         del mask
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     return path

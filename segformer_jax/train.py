@@ -18,7 +18,6 @@ checkpoints together with the others; only process 0 writes logs and metrics.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import json
@@ -29,7 +28,7 @@ import pathlib
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -43,11 +42,13 @@ from segformer_jax import host_memory, run_config, sharding, tasks
 from segformer_jax import workdir as workdirs
 from segformer_jax.checkpoint import TrainCheckpoints
 from segformer_jax.config import SegformerConfig
+from segformer_jax.constants import SEMSEG
 from segformer_jax.errors import DamagedCheckpointError, NonFiniteError, SegformerError, TrainingError, one_line
-from segformer_jax.evaluation import Evaluator
+from segformer_jax.evaluators import Evaluator
+from segformer_jax.files import atomic_write
 from segformer_jax.models.segformer import TASKS, init_variables
 from segformer_jax.optim import learning_rate, make_optimizer
-from segformer_jax.tasks import SEMSEG
+from segformer_jax.progress import Progress
 
 State = dict[str, Any]
 METRICS = "metrics.jsonl"
@@ -176,9 +177,7 @@ class MetricWriter:
         if path.is_file():  # a run killed before its first checkpoint restarts at 0
             kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
                     if line.strip() and _record_step(line) <= start_step]
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text("".join(kept), encoding="utf-8")
-            os.replace(tmp, path)
+            atomic_write(path, "".join(kept))
         self._jsonl = open(path, "a", encoding="utf-8")
         try:
             from tensorboardX import SummaryWriter
@@ -209,52 +208,6 @@ def _record_step(line: str) -> int:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):  # a line cut short by the crash
         return sys.maxsize
-
-
-class Progress:
-    """Step, loss, learning rate, images/s and ETA: one refreshed line on a terminal, one
-    line per log step otherwise (log files).
-
-    Images/s and the ETA count training alone, as big_vision's ``Chrono`` does: from the
-    end of the run's first step (which compiles the program: ``first_step_done``) on,
-    without the time spent in ``paused()`` blocks (evaluations, checkpoint writes).
-    """
-
-    def __init__(self, total: int, start: int, batch_size: int, enabled: bool = True,
-                 clock: Callable[[], float] = time.perf_counter):
-        self.total, self.start, self.batch = total, start, batch_size
-        self.enabled = enabled
-        self.tty = sys.stdout.isatty()
-        self.clock = clock
-        self.timed_from: int | None = None   # the step after which the clock runs
-        self.t0 = 0.0
-        self.excluded = 0.0
-
-    def first_step_done(self, step: int) -> None:
-        self.timed_from, self.t0, self.excluded = step, self.clock(), 0.0
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """Time inside is not training time."""
-        begin = self.clock()
-        try:
-            yield
-        finally:
-            if self.timed_from is not None:
-                self.excluded += self.clock() - begin
-
-    def update(self, step: int, loss: float, lr: float) -> str:
-        done = 0 if self.timed_from is None else step - self.timed_from
-        if done > 0:
-            elapsed = max(self.clock() - self.t0 - self.excluded, 1e-9)
-            eta = int((self.total - step) * elapsed / done)
-            speed = f"{done * self.batch / elapsed:6.1f} img/s  ETA {eta // 60:d}:{eta % 60:02d}"
-        else:
-            speed = "   ... img/s  ETA -:-- (compiling)"
-        line = f"step {step:>6d}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {speed}"
-        if self.enabled:
-            print("\r" + line if self.tty else line, end="" if self.tty else "\n", flush=True)
-        return line
 
 
 # --------------------------------------------------------------------------------------
@@ -389,10 +342,10 @@ def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
 
 
 def _preflight(config: ml_collections.ConfigDict, split: Any) -> None:
-    """``data.check.preflight`` on the records of the run's first batches: an out-of-range
+    """``pipeline.preflight`` on the records of the run's first batches: an out-of-range
     label stops the run before its first step, naming the file and the value."""
     from segformer_jax.data import global_batch_indices
-    from segformer_jax.data.check import PREFLIGHT_BATCHES, preflight
+    from segformer_jax.data.pipeline import PREFLIGHT_BATCHES, preflight
     first = [global_batch_indices(len(split), config.batch_size, config.seed, step)
              for step in range(PREFLIGHT_BATCHES)]
     preflight(split.source, sorted(set(np.concatenate(first).tolist())), split.num_labels,
@@ -411,7 +364,7 @@ def _class_weight(config: ml_collections.ConfigDict, split: Any) -> tuple[float,
                                 f"{split.num_labels} classes ({', '.join(split.class_names[:8])}"
                                 f"{', …' if split.num_labels > 8 else ''})")
         return given
-    from segformer_jax.data.check import class_pixel_statistics
+    from segformer_jax.data.pipeline import class_pixel_statistics
     from segformer_jax.losses import median_frequency_weights
     start = time.perf_counter()
     weights = median_frequency_weights(*class_pixel_statistics(

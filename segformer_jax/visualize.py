@@ -207,3 +207,12 @@ def overlay_with_legend(image: np.ndarray, mask: np.ndarray, colours: np.ndarray
     canvas[:height, :width] = blended
     canvas[origin[0]:origin[0] + strip.shape[0], origin[1]:origin[1] + strip.shape[1]] = strip
     return canvas
+
+
+def preview_rgb(bands: np.ndarray) -> np.ndarray:
+    """uint8 RGB to draw a K-band image's overlay on: its first three bands (one band: grey),
+    each stretched from its 2nd to its 98th percentile."""
+    picked = bands[..., :3] if bands.shape[-1] >= 3 else np.repeat(bands[..., :1], 3, axis=-1)
+    low, high = np.percentile(picked, (2, 98), axis=(0, 1))
+    scaled = (picked.astype(np.float32) - low) / np.maximum(high - low, 1e-6)
+    return np.clip(np.rint(scaled * 255), 0, 255).astype(np.uint8)

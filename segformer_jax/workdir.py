@@ -31,6 +31,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from segformer_jax.errors import TrainingError
+from segformer_jax.files import atomic_write
 
 LOCK = "train.lock"
 CONFIG_JSON = "config.json"
@@ -312,11 +313,4 @@ def record_start(workdir: pathlib.Path, config: Mapping[str, Any], step: int) ->
             f.write(json.dumps(record, sort_keys=True) + "\n")
         f.flush()
         os.fsync(f.fileno())
-    atomic_write_text(workdir / CONFIG_JSON, json.dumps(config, indent=2) + "\n")
-
-
-def atomic_write_text(path: pathlib.Path, text: str) -> None:
-    """``path`` replaced by ``text`` in one rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(workdir / CONFIG_JSON, json.dumps(config, indent=2) + "\n")

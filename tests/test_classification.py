@@ -113,7 +113,7 @@ def test_evaluator_counts_are_exact_with_a_partial_batch(tmp_path):
     """Top-1 / top-5 / per-class over this process's devices, with a partial last batch, equal the
     image-by-image computation."""
     from segformer_jax.data.augment import ClassifyEvalTransform
-    from segformer_jax.evaluation import ClassificationEvaluator
+    from segformer_jax.evaluators import ClassificationEvaluator
 
     split = data.load_split("synthetic_classification", "validation", data_dir=tmp_path,
                             num_train=1, num_validation=21)

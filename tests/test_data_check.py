@@ -17,7 +17,7 @@ import pytest
 from test_train import ROOT, TINY_OVERRIDES
 
 from segformer_jax.constants import IGNORE_INDEX
-from segformer_jax.data import check
+from segformer_jax.data import check, pipeline
 
 CLASSES = ("road", "car", "tree")
 
@@ -156,11 +156,11 @@ def test_palette_and_absent_class(tmp_path):
 
 
 def test_label_problem_is_the_one_rule():
-    assert check.label_problem([0, 1, 2, 255], 3, "m") is None
-    assert "[3]" in check.label_problem([0, 3], 3, "m")
-    assert "1-based" in check.label_problem([0, 1, 2, 3], 3, "m")
-    assert check.label_problem([0, 1, 2, 3, 255], 3, "m", reduce_zero_label=True) is None
-    assert "[4]" in check.label_problem([0, 4], 3, "m", reduce_zero_label=True)
+    assert pipeline.label_problem([0, 1, 2, 255], 3, "m") is None
+    assert "[3]" in pipeline.label_problem([0, 3], 3, "m")
+    assert "1-based" in pipeline.label_problem([0, 1, 2, 3], 3, "m")
+    assert pipeline.label_problem([0, 1, 2, 3, 255], 3, "m", reduce_zero_label=True) is None
+    assert "[4]" in pipeline.label_problem([0, 4], 3, "m", reduce_zero_label=True)
 
 
 def test_built_dataset_is_checked(tmp_path, capsys):
@@ -243,7 +243,7 @@ def test_one_based_masks_without_zero_are_named_one_based(tmp_path):
     status, out, _ = _check(root, "--reduce-zero-label")
     assert status == 0 and "verdict      ready to train" in out
     # the trainer's rule says the same
-    assert "1-based" in check.label_problem([1, 2, 3], 3, "m")
+    assert "1-based" in pipeline.label_problem([1, 2, 3], 3, "m")
 
 
 def _shapes_mask(h=40, w=56):

@@ -253,16 +253,16 @@ def test_an_out_of_range_label_past_the_preflight_stops_the_pipeline(tmp_path):
     and the pipeline used to train it silently as ignored pixels. With num_labels it raises
     the preflight's own message, naming the record and its file, at the batch holding it."""
     batch, seed = 2, 0
-    first = {int(i) for s in range(check.PREFLIGHT_BATCHES)
+    first = {int(i) for s in range(pipeline.PREFLIGHT_BATCHES)
              for i in pipeline.global_batch_indices(10, batch, seed, s)}
     late = next(i for i in range(10) if i not in first)
     name = f"img{late}.png"  # records keep the sorted file order
     data = sd.load_split("folder", "train", tmp_path / "tfds", _folder(tmp_path / "f", name))
     assert data.source[late]["file_name"].decode() == name
-    check.preflight(data.source, sorted(first), data.num_labels, data.reduce_zero_label)  # passes
+    pipeline.preflight(data.source, sorted(first), data.num_labels, data.reduce_zero_label)  # passes
     step = next(s for s in range(10)
                 if late in pipeline.global_batch_indices(10, batch, seed, s).tolist())
-    expected = check.record_label_problem(data.source[late], late, 3, False)
+    expected = pipeline.record_label_problem(data.source[late], late, 3, False)
     assert expected.startswith(f"record {late} ({name}): label value(s) [3] out of range")
     with pytest.raises(DatasetError) as err:
         with sd.train_batches(data.source, _TRANSFORM, batch, seed=seed, num_steps=10,

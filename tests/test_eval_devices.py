@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from segformer_jax.evaluation import same_shape_groups
+from segformer_jax.evaluators import same_shape_groups
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,7 +20,7 @@ import json, sys
 import jax, numpy as np
 from experiments.benchmark_eval import RandomSplit, compare
 from segformer_jax import SegformerConfig
-from segformer_jax.evaluation import EvalSettings
+from segformer_jax.evaluators import EvalSettings
 
 config = SegformerConfig.from_variant("b0", num_labels=4, hidden_sizes=(8, 16, 24, 32),
                                       depths=(1, 1, 1, 1), num_attention_heads=(1, 2, 3, 4),

@@ -17,8 +17,10 @@ import pytest
 import segformer_jax as sj
 from segformer_jax import checkpoint as ck
 from segformer_jax import evaluate as ev
-from segformer_jax import evaluation
+from segformer_jax import evaluators
+from segformer_jax import images as img
 from segformer_jax import predict as pr
+from segformer_jax import segmenter as sg
 from segformer_jax import visualize as vis
 from segformer_jax.checkpoint import save_model
 from segformer_jax.data.synthetic import CLASS_NAMES
@@ -159,23 +161,23 @@ def test_banded_logits_to_mask_equals_the_full_resize():
     from segformer_jax.models.ops import resize_bilinear
     logits = np.random.default_rng(0).standard_normal((2, 7, 9, 5), dtype=np.float32)
     full = resize_bilinear(logits, (50, 70)).argmax(-1)
-    np.testing.assert_array_equal(evaluation.logits_to_mask(logits, (50, 70)), full)
-    np.testing.assert_array_equal(evaluation.logits_to_mask(logits, (50, 70), chunk_elements=999), full)
+    np.testing.assert_array_equal(evaluators.logits_to_mask(logits, (50, 70)), full)
+    np.testing.assert_array_equal(evaluators.logits_to_mask(logits, (50, 70), chunk_elements=999), full)
     same_h = resize_bilinear(logits, (7, 40)).argmax(-1)
-    np.testing.assert_array_equal(evaluation.logits_to_mask(logits, (7, 40), chunk_elements=99), same_h)
+    np.testing.assert_array_equal(evaluators.logits_to_mask(logits, (7, 40), chunk_elements=99), same_h)
 
 
 def test_test_size_and_plan(tiny):
     config, variables, _, _ = tiny
-    assert pr.inference_size(50, 70, 32) == (32, 64)
-    assert pr.inference_size(375, 500, 512) == (512, 704)           # ADE's aligned test size
-    seg = pr.Segmenter(config, variables, size=32)
+    assert sg.inference_size(50, 70, 32) == (32, 64)
+    assert sg.inference_size(375, 500, 512) == (512, 704)           # ADE's aligned test size
+    seg = sg.Segmenter(config, variables, size=32)
     assert seg.plan(50, 70)[1] == "whole"
     # Long side capped at 4 x size (mmcv's rescale into (128, 32)), as evaluate does.
     assert seg.plan(30, 200) == ((32, 128), "slide", 32, 24)
-    assert pr.Segmenter(config, variables, size=32, crop=16).plan(50, 70)[1:] == ("slide", 16, 12)
+    assert sg.Segmenter(config, variables, size=32, crop=16).plan(50, 70)[1:] == ("slide", 16, 12)
     with pytest.raises(InputError):
-        pr.Segmenter(config, variables, mode="whole", crop=16)
+        sg.Segmenter(config, variables, mode="whole", crop=16)
     assert pr.output_stems(["a/x.png", "b/x.jpg", "y.png"]) == ["x", "x-1", "y"]
 
 
@@ -196,7 +198,7 @@ def test_predict_writes_masks_and_overlays(tiny, images, tmp_path, capsys):
     assert "(slide)" in captured.out and "(whole)" in captured.out
     assert not (out / "broken_mask.png").exists()
 
-    segmenter = pr.Segmenter(config, variables, size=32)
+    segmenter = sg.Segmenter(config, variables, size=32)
     for key in order:
         if key == "broken":
             continue
@@ -207,7 +209,7 @@ def test_predict_writes_masks_and_overlays(tiny, images, tmp_path, capsys):
         assert mask_img.mode == "L" and mask_img.size == (width, height)
         mask = np.asarray(mask_img)
         assert mask.max() < NUM_LABELS
-        np.testing.assert_array_equal(mask, segmenter(pr.read_image(images[key])))
+        np.testing.assert_array_equal(mask, segmenter(img.read_image(images[key])))
         assert overlay.mode == "RGB"
         if key == "wide":                                     # legend below
             assert overlay.size[0] >= width and overlay.size[1] > height
@@ -215,7 +217,7 @@ def test_predict_writes_masks_and_overlays(tiny, images, tmp_path, capsys):
             assert overlay.size[0] > width and overlay.size[1] >= height
         np.testing.assert_array_equal(
             np.asarray(overlay)[:height, :width],
-            vis.overlay(pr.read_image(images[key]), mask, vis.palette(NUM_LABELS), 0.5))
+            vis.overlay(img.read_image(images[key]), mask, vis.palette(NUM_LABELS), 0.5))
 
 
 def test_predict_command_line(tiny, images, tmp_path):
@@ -235,7 +237,7 @@ def test_predict_command_line(tiny, images, tmp_path):
         assert overlay.size == PIL.Image.open(images[key]).size   # --legend none
     # same weights, same masks as the model checkpoint gives in-process
     config, variables = ck.load_for_inference(hub_dir)
-    expected = pr.Segmenter(config, variables, size=32)(pr.read_image(images["rgb"]))
+    expected = sg.Segmenter(config, variables, size=32)(img.read_image(images["rgb"]))
     np.testing.assert_array_equal(np.asarray(PIL.Image.open(out / "rgb_mask.png")), expected)
 
 
@@ -255,7 +257,7 @@ def test_predict_errors(tiny, images, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
     with pytest.raises(InputError, match="broken.png"):
-        pr.read_image(images["broken"])
+        img.read_image(images["broken"])
 
 
 def test_predict_names_an_image_past_pils_pixel_limit(tiny, images, tmp_path, capsys, monkeypatch):
@@ -272,12 +274,12 @@ def test_predict_names_an_image_past_pils_pixel_limit(tiny, images, tmp_path, ca
 def test_predict_and_evaluate_choose_the_same_test_size():
     """predict --size 512 and evaluate's ADE20K preset give every image the same test size."""
     from segformer_jax.data.transforms import EvalTransform
-    settings = evaluation.eval_settings("ade20k")
+    settings = evaluators.eval_settings("ade20k")
     transform = EvalTransform(img_scale=settings.img_scale, size_divisor=settings.size_divisor)
     for h, w in ((375, 500), (512, 683), (100, 1000), (1000, 300), (30, 200), (2000, 2000)):
         image = np.zeros((h, w, 3), np.uint8)
         evaluated = transform({"image": image, "segmentation_mask": image[..., :1]})["image"].shape[:2]
-        assert pr.inference_size(h, w, 512) == evaluated, (h, w)
+        assert sg.inference_size(h, w, 512) == evaluated, (h, w)
 
 
 def test_binary_model_is_thresholded_and_scored_on_two_classes(tmp_path):
@@ -300,7 +302,7 @@ def test_binary_model_is_thresholded_and_scored_on_two_classes(tmp_path):
                         "segmentation_mask": mask, "file_name": b"x"})
     split = SplitData(source=records, class_names=("crack",), reduce_zero_label=False,
                       name="folder", split="validation")
-    summary = evaluation.evaluate(config, variables, split, img_scale=None, size_divisor=32)
+    summary = evaluators.evaluate_split(config, variables, split, img_scale=None, size_divisor=32)
     assert summary["class_names"] == ("background", "crack")
 
     from segformer_jax.constants import MEAN_RGB, STD_RGB, round_up
@@ -320,22 +322,22 @@ def test_binary_model_is_thresholded_and_scored_on_two_classes(tmp_path):
     assert 0 < cm[:, 1].sum() < cm.sum()   # the random head predicts both classes here
     # Multi-scale/flip averages the sigmoid (not a softmax over one channel, which is 1):
     # at one scale it is the whole-image prediction (the first image is already aligned).
-    whole = evaluation.evaluate(config, variables, split, img_scale=None, size_divisor=32,
+    whole = evaluators.evaluate_split(config, variables, split, img_scale=None, size_divisor=32,
                                 max_examples=1)
-    single = evaluation.evaluate(config, variables, split, img_scale=None, size_divisor=32,
+    single = evaluators.evaluate_split(config, variables, split, img_scale=None, size_divisor=32,
                                  max_examples=1, scales=(1.0,))
     np.testing.assert_array_equal(single["confusion_matrix"], whole["confusion_matrix"])
-    flipped = evaluation.evaluate(config, variables, split, img_scale=None, size_divisor=32,
+    flipped = evaluators.evaluate_split(config, variables, split, img_scale=None, size_divisor=32,
                                   max_examples=1, flip=True)["confusion_matrix"]
     assert 0 < flipped[:, 1].sum() < flipped.sum()
-    mask = evaluation.logits_to_mask(np.array([[[[-0.5], [0.0]], [[2.0], [1e-3]]]], np.float32),
+    mask = evaluators.logits_to_mask(np.array([[[[-0.5], [0.0]], [[2.0], [1e-3]]]], np.float32),
                                      (2, 2))
     assert mask.tolist() == [[[0, 0], [1, 1]]]
 
 
 def test_uint16_masks_for_many_classes(tmp_path):
     mask = np.array([[0, 300], [299, 7]])
-    pr.save_mask(tmp_path / "m.png", mask, num_labels=301)
+    img.save_mask(tmp_path / "m.png", mask, num_labels=301)
     back = PIL.Image.open(tmp_path / "m.png")
     assert np.asarray(back).tolist() == mask.tolist() and back.mode.startswith("I")
 
@@ -372,7 +374,7 @@ def test_evaluate_matches_an_independent_computation(tiny, tmp_path):
     split = load_split("synthetic", "validation", data_dir=tmp_path, num_train=2,
                        num_validation=3, size_range=(48, 64))
     seen = []
-    summary = evaluation.evaluate(config, variables, split, img_scale=(64, 32), size_divisor=32,
+    summary = evaluators.evaluate_split(config, variables, split, img_scale=(64, 32), size_divisor=32,
                           progress=lambda done, total: seen.append((done, total)))
     assert seen == [(1, 3), (2, 3), (3, 3)] and summary["num_examples"] == 3
     assert summary["settings"]["mode"] == "whole"
@@ -390,14 +392,14 @@ def test_evaluate_matches_an_independent_computation(tiny, tmp_path):
     assert summary["aAcc"] == pytest.approx(inter.sum() / cm.sum(), rel=1e-12)
     assert summary["class_names"] == CLASS_NAMES
 
-    first = evaluation.evaluate(config, variables, split, img_scale=(64, 32), size_divisor=32,
+    first = evaluators.evaluate_split(config, variables, split, img_scale=(64, 32), size_divisor=32,
                         max_examples=1)
     assert first["num_examples"] == 1 and first["confusion_matrix"].sum() < cm.sum()
     wrong = sj.SegformerConfig.from_variant("b0", num_labels=4)
     with pytest.raises(EvaluationError, match="4 classes"):
-        evaluation.evaluate(wrong, variables, split)
+        evaluators.evaluate_split(wrong, variables, split)
     with pytest.raises(EvaluationError, match="crop"):
-        evaluation.evaluate(config, variables, split, mode="slide")
+        evaluators.evaluate_split(config, variables, split, mode="slide")
 
 
 def _folder_dataset(root):
@@ -434,7 +436,7 @@ def test_evaluate_command_line(tiny, tmp_path, capsys):
     config, variables = ck.load_for_inference(hub_dir)
     split = load_split("folder", "validation", data_dir=tmp_path / "tfds",
                        manual_dir=tmp_path / "folder")
-    summary = evaluation.evaluate(config, variables, split, img_scale=(64, 32), size_divisor=32)
+    summary = evaluators.evaluate_split(config, variables, split, img_scale=(64, 32), size_divisor=32)
     np.testing.assert_array_equal(summary["confusion_matrix"], cm)
     assert record["mIoU"] == pytest.approx(summary["mIoU"], rel=1e-12)
 
@@ -506,9 +508,9 @@ def test_a_stride_larger_than_the_crop_is_refused_before_any_work(tiny, images, 
         assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: " + message), err
     assert not out.exists() and not (tmp_path / "tfds").exists()
     with pytest.raises(InputError, match="stride 60 is larger than the crop 32"):
-        pr.Segmenter(*tiny[:2], size=64, crop=32, stride=60)
+        sg.Segmenter(*tiny[:2], size=64, crop=32, stride=60)
     with pytest.raises(EvaluationError, match="--stride 60 is larger than --crop 32"):
-        evaluation.eval_settings("synthetic", crop=32, stride=60)
+        evaluators.eval_settings("synthetic", crop=32, stride=60)
 
 
 def test_data_options_are_typed_and_checked_before_any_work(tiny, tmp_path, capsys):

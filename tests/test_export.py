@@ -18,7 +18,7 @@ import segformer_jax as sj
 from segformer_jax import export
 from segformer_jax.checkpoint import save_model
 from segformer_jax.errors import InputError
-from segformer_jax.evaluation import logits_to_mask
+from segformer_jax.evaluators import logits_to_mask
 from segformer_jax.models.segformer import SegformerForSemanticSegmentation
 from segformer_jax.processing import SegformerImageProcessor
 

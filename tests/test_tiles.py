@@ -14,7 +14,7 @@ import PIL.Image
 import pytest
 
 import segformer_jax as sj
-from segformer_jax.predict import Segmenter
+from segformer_jax.segmenter import Segmenter
 
 TINY = dict(hidden_sizes=(8, 16, 24, 32), num_attention_heads=(1, 2, 3, 4), depths=(1, 1, 1, 1),
             decoder_hidden_size=16)
@@ -96,7 +96,7 @@ def test_predict_tiled_writes_the_slide_mask_as_a_tiff(tmp_path, capsys):
     assert "scene.tif: windows [##############################] 100% 15/15" in err  # 3 x 5 windows
     tiled = tifffile.imread(tmp_path / "tiled/scene_mask.tif")
     np.testing.assert_array_equal(tiled, np.asarray(PIL.Image.open(tmp_path / "slide/scene_mask.png")))
-    assert not list((tmp_path / "tiled").glob("*.partial"))
+    assert not list((tmp_path / "tiled").glob(".*.tmp-*"))   # files.replacing removed it
 
 
 def test_write_mask_tiff_leaves_nothing_on_failure(tmp_path):

@@ -206,7 +206,7 @@ def test_metric_writer_keeps_one_record_per_step_across_restarts(tmp_path):
 def test_progress_counts_training_time_only():
     """Images/s and the ETA start after the first (compiling) step and leave out the time
     paused for evaluations and checkpoints, as big_vision's Chrono does."""
-    from segformer_jax.train import Progress
+    from segformer_jax.progress import Progress
     now = [0.0]
     progress = Progress(total=104, start=0, batch_size=8, enabled=False, clock=lambda: now[0])
     now[0] = 30.0                                      # the first step compiled for 30 s

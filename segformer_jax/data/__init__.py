@@ -31,7 +31,7 @@ directory to delete (nothing is ever deleted here). Then::
     transform = train_transform("ade20k", reduce_zero_label=data.reduce_zero_label)
     batches = train_batches(data.source, transform, global_batch_size=16, seed=0)
     validation = load_split("ade20k", "validation", ...)
-    scores = segformer_jax.evaluation.evaluate(config, variables, validation)
+    scores = segformer_jax.evaluators.evaluate_split(config, variables, validation)
 
 (the rescale, crop and test sizes of each dataset are in ``presets``).
 
@@ -47,7 +47,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from segformer_jax.constants import IGNORE_INDEX
+from segformer_jax.constants import CLASSIFY, IGNORE_INDEX, SEMSEG
 from segformer_jax.data.pipeline import TrainBatches, eval_batches, global_batch_indices, train_batches
 from segformer_jax.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASS_NAMES
 from segformer_jax.data.transforms import EvalTransform, TrainTransform, train_transform
@@ -61,9 +61,9 @@ DATASETS = SEGMENTATION_DATASETS + CLASSIFICATION_DATASETS
 def task_of_dataset(name: str) -> str:
     """The task whose records dataset ``name`` holds."""
     if name in CLASSIFICATION_DATASETS:
-        return "image_classification"
+        return CLASSIFY
     if name in SEGMENTATION_DATASETS:
-        return "semantic_segmentation"
+        return SEMSEG
     raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
 
 
@@ -83,7 +83,7 @@ class SplitData:
     name: str
     split: str
     ignore_index: int = IGNORE_INDEX
-    task: str = "semantic_segmentation"
+    task: str = SEMSEG
     num_channels: int = 3  # the images' bands (a folder of K-band images: K)
 
     @property
@@ -251,7 +251,7 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     check_shards(builder, base)
     metadata = builder.info.metadata or {}
     task = task_of_dataset(name)
-    if task == "image_classification":  # TFDS's ImageNet has no metadata: its label feature
+    if task == CLASSIFY:  # TFDS's ImageNet has no metadata: its label feature
         class_names = tuple(builder.info.features["label"].names)
         reduce = False
     else:

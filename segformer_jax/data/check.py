@@ -20,7 +20,7 @@ as built (``load_split``): the label values of its stored masks, after the datas
 ``reduce_zero_label``.
 
 ``label_problem`` (in ``pipeline``) is the one rule for an out-of-range label; the trainer
-applies it to the records of its first batches (``preflight``) before its first step, and
+applies it to the records of its first batches (``pipeline.preflight``) before its first step, and
 the input pipeline to every record it reads; both stop with the same message.
 """
 
@@ -36,8 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from segformer_jax.cli import ArgumentParser
 from segformer_jax.constants import IGNORE_INDEX
-from segformer_jax.data.pipeline import label_problem, record_label_problem
+from segformer_jax.data.pipeline import label_problem
 from segformer_jax.errors import DatasetError, SegformerError
 from segformer_jax.images import (
     LOSSY_FORMATS,
@@ -55,7 +56,6 @@ BACKGROUND_NAMES = frozenset({"background", "bg", "_background_", "unlabeled", "
                               "void", "ignore", "none", "other", "others", "nothing", "empty",
                               "clutter", "__background__"})
 SHOWN_FILES = 3      # files named per finding
-PREFLIGHT_BATCHES = 2  # global batches whose records the trainer checks before its first step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,25 +192,6 @@ def _files(paths: Sequence[Any]) -> str:
     shown = ", ".join(str(p) for p in paths[:SHOWN_FILES])
     more = len(paths) - SHOWN_FILES
     return shown + (f" and {more} more" if more > 0 else "")
-
-
-def class_pixel_statistics(source: Any, num_labels: int, reduce_zero_label: bool,
-                           progress: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """Over every record of ``source``: the pixels of each class (as trained: after
-    ``reduce_zero_label``, ignored pixels left out) and the pixels of the images in which
-    each class appears, the two inputs of median frequency balancing."""
-    class_pixels = np.zeros(num_labels, np.int64)
-    image_pixels = np.zeros(num_labels, np.int64)
-    for i in range(len(source)):
-        mask = np.asarray(source[i]["segmentation_mask"]).astype(np.int64).ravel()
-        if reduce_zero_label:
-            mask = np.where((mask == 0) | (mask == IGNORE_INDEX), IGNORE_INDEX, mask - 1)
-        counts = np.bincount(mask[(mask >= 0) & (mask < num_labels)], minlength=num_labels)
-        class_pixels += counts
-        image_pixels += np.where(counts > 0, mask.size, 0)
-        if progress is not None:
-            progress(i + 1, len(source))
-    return class_pixels, image_pixels
 
 
 def label_counts(counts: Mapping[str, collections.Counter]) -> collections.Counter:
@@ -551,8 +532,8 @@ def format_report(report: Report) -> str:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     from segformer_jax.data import SEGMENTATION_DATASETS
-    p = argparse.ArgumentParser(prog="python -m segformer_jax.data.check",
-                                description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m segformer_jax.data.check",
+                       description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True, choices=SEGMENTATION_DATASETS)
     p.add_argument("--manual-dir", default=None, help="the folder (folder) or the archives")
     p.add_argument("--data-dir", default=None, help="where built datasets live (not folder)")
@@ -579,17 +560,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(format_report(report))
     return 1 if report.errors else 0
-
-
-def preflight(source: Any, indices: Iterable[int], num_labels: int,
-              reduce_zero_label: bool) -> None:
-    """The trainer's cheap check: the stored masks of records ``indices`` (its first
-    batches) hold no out-of-range label; raises ``DatasetError`` naming the file and value.
-    (The input pipeline applies the same rule to every record it reads afterwards.)"""
-    for i in indices:
-        problem = record_label_problem(source[int(i)], int(i), num_labels, reduce_zero_label)
-        if problem is not None:
-            raise DatasetError(problem)
 
 
 if __name__ == "__main__":

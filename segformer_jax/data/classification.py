@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from segformer_jax.constants import CLASSIFY
 from segformer_jax.data.common import IMAGE_EXTENSIONS, DatasetError, encode_png, folder_name, read_image
 from segformer_jax.data.synthetic import CLASSIFICATION_CLASS_NAMES, generate_classification_example
 
@@ -63,7 +64,7 @@ class ClassificationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=T
         return tfds.core.DatasetInfo(
             builder=self, description=self.DESCRIPTION,
             features=classification_features(self.class_names), disable_shuffling=True,
-            metadata=tfds.core.MetadataDict(class_names=list(self.class_names), task="image_classification"))
+            metadata=tfds.core.MetadataDict(class_names=list(self.class_names), task=CLASSIFY))
 
     def _generate_examples(self, *args: Any, **kwargs: Any) -> Iterator[tuple[str, dict]]:
         raise NotImplementedError  # subclasses return their generators from _split_generators

@@ -248,6 +248,6 @@ class Folder(SegmentationBuilder):
                 image, size = read_image(image_data, str(image_path))
             check_same_size(size, mask, str(image_path), str(mask_path))
             # num_labels itself is a class id once data.reduce_zero_label shifts the labels
-            # down; whether it is right is the trainer's check (data.check.preflight).
+            # down; whether it is right is the trainer's check (data.pipeline.preflight).
             check_labels(mask, num_labels + 1, str(mask_path), ignore=(IGNORE_INDEX,))
             yield name, make_example(image if image_data is not None else bands, mask, name)

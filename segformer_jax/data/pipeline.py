@@ -86,6 +86,9 @@ def process_rows(global_batch_size: int, process_index: int = 0,
 # Labels out of range, records that cannot be read
 
 
+PREFLIGHT_BATCHES = 2  # global batches whose records the trainer checks before its first step
+
+
 def label_problem(values: Iterable[int], num_labels: int, where: str,
                   reduce_zero_label: bool = False) -> str | None:
     """The message for label values outside ``0..num_labels-1`` and not ``IGNORE_INDEX``, as
@@ -134,6 +137,36 @@ def record_label_problem(record: Mapping[str, Any], index: int, num_labels: int,
                             reduce_zero_label)
     return None if problem is None else (problem + "; run python -m segformer_jax.data.check "
                                          "for the whole dataset")
+
+
+def preflight(source: Any, indices: Iterable[int], num_labels: int,
+              reduce_zero_label: bool) -> None:
+    """The trainer's cheap check: the stored masks of records ``indices`` (its first
+    batches) hold no out-of-range label; raises ``DatasetError`` naming the file and value.
+    (The input pipeline applies the same rule to every record it reads afterwards.)"""
+    for i in indices:
+        problem = record_label_problem(source[int(i)], int(i), num_labels, reduce_zero_label)
+        if problem is not None:
+            raise DatasetError(problem)
+
+
+def class_pixel_statistics(source: Any, num_labels: int, reduce_zero_label: bool,
+                           progress: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Over every record of ``source``: the pixels of each class (as trained: after
+    ``reduce_zero_label``, ignored pixels left out) and the pixels of the images in which
+    each class appears, the two inputs of median frequency balancing."""
+    class_pixels = np.zeros(num_labels, np.int64)
+    image_pixels = np.zeros(num_labels, np.int64)
+    for i in range(len(source)):
+        mask = np.asarray(source[i]["segmentation_mask"]).astype(np.int64).ravel()
+        if reduce_zero_label:
+            mask = np.where((mask == 0) | (mask == IGNORE_INDEX), IGNORE_INDEX, mask - 1)
+        counts = np.bincount(mask[(mask >= 0) & (mask < num_labels)], minlength=num_labels)
+        class_pixels += counts
+        image_pixels += np.where(counts > 0, mask.size, 0)
+        if progress is not None:
+            progress(i + 1, len(source))
+    return class_pixels, image_pixels
 
 
 def _dataset_directory(source: Any) -> str | None:

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from segformer_jax.config import SegformerConfig
+from segformer_jax.constants import CLASSIFY, SEMSEG
 from segformer_jax.models.head import SegformerDecodeHead
 from segformer_jax.models.mit import MixTransformer, dense_init, scanned_mix_transformer
 
@@ -70,8 +71,8 @@ class SegformerForImageClassification(nn.Module):
 
 
 TASKS = {
-    "semantic_segmentation": SegformerForSemanticSegmentation,
-    "image_classification": SegformerForImageClassification,
+    SEMSEG: SegformerForSemanticSegmentation,
+    CLASSIFY: SegformerForImageClassification,
 }
 
 
@@ -100,7 +101,7 @@ def _transformers_init(abstract: Any, key: jax.Array, std: float) -> Any:
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def init_variables(config: SegformerConfig, task: str = "semantic_segmentation",
+def init_variables(config: SegformerConfig, task: str = SEMSEG,
                    seed: int = 0) -> dict[str, Any]:
     """Fresh variables of the model for ``task`` with transformers' initialisation.
 
@@ -113,13 +114,13 @@ def init_variables(config: SegformerConfig, task: str = "semantic_segmentation",
         jax.random.key(seed))
 
 
-def init_head_variables(config: SegformerConfig, task: str = "semantic_segmentation",
+def init_head_variables(config: SegformerConfig, task: str = SEMSEG,
                         seed: int = 0) -> dict[str, Any]:
     """Fresh variables of the task head alone, laid out as in the whole model's tree.
 
     Cheaper than ``init_variables`` for deep encoders: the encoder is never traced.
     """
-    if task == "image_classification":
+    if task == CLASSIFY:
         head = nn.Dense(config.num_labels)
         inputs: Any = jax.ShapeDtypeStruct((1, config.hidden_sizes[-1]), jnp.float32)
         wrap = "classifier"

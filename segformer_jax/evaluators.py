@@ -460,7 +460,7 @@ class ClassificationEvaluator:
         return f"top-1 {100 * result['top1']:.2f} top-5 {100 * result['top5']:.2f}"
 
 
-def evaluate(config: SegformerConfig, variables: Mapping[str, Any], split_data: Any,
+def evaluate_split(config: SegformerConfig, variables: Mapping[str, Any], split_data: Any,
              mode: str | None = None, *, crop: int | None = None, stride: int | None = None,
              img_scale: Any = PRESET, size_divisor: Any = PRESET,
              scales: Sequence[float] | None = None, flip: bool = False,
