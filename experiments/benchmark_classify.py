@@ -35,71 +35,37 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from experiments import benchmark_inference as bi
-from experiments import benchmark_train as bt
-from experiments import train_steps, xla_stats
+from experiments import harness, train_steps, xla_stats
 from segformer_jax import host_memory
-
-NUM_CLASSES = 1000  # ImageNet-1k
 
 
 def parse_args(argv: list[str] | None = None) -> Any:
-    p = bi.benchmark_parser("experiments.benchmark_classify", __doc__, 32, 10,
+    p = harness.benchmark_parser("experiments.benchmark_classify", __doc__, 32, 10,
                             "untimed steps after the first one")
     p.set_defaults(size=(224, 224))
-    return bi.parse_checked(p, argv)
-
-
-def recipe_config(variant: str, batch: int) -> Any:
-    """The run config of ``configs/imagenet.py:VARIANT`` at global batch ``batch``."""
-    from segformer_jax.run_config import default_config, use_imagenet_recipe
-    config = default_config()
-    use_imagenet_recipe(config, variant, batch=batch)
-    return config
-
-
-def random_batch(batch: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    images = rng.standard_normal((batch, height, width, 3), dtype=np.float32)
-    return images, rng.integers(0, NUM_CLASSES, batch).astype(np.int32)
-
-
-def jax_classify_step(run: Any, config: Any, variables: dict, images: np.ndarray,
-                      labels: np.ndarray) -> train_steps.Compiled:
-    """Compiles the recipe's step for one device-resident batch and runs it once."""
-    step = train_steps.build(run, config, pretrained=variables)
-    return train_steps.compile_step(step, train_steps.device_batch(images, labels, step.mesh))
-
-
-def jax_eval_loss(config: Any, variables: dict, images: np.ndarray, labels: np.ndarray) -> float:
-    import optax
-
-    from segformer_jax.models.segformer import SegformerForImageClassification
-    logits = jax.jit(SegformerForImageClassification(config).apply)(variables, jnp.asarray(images))
-    return float(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(labels)).mean())
+    return harness.parse_checked(p, argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     from segformer_jax import init_variables, run_config
     args = parse_args(argv)
     height, width = args.size
-    torch = bi.import_torch(args.skip_torch, args.threads)
-    bi.print_machine(torch)
+    torch = harness.import_torch(args.skip_torch, args.threads)
+    harness.print_machine(torch)
 
-    run = recipe_config(args.variant, args.batch)
-    config = run_config.model_config(run, NUM_CLASSES)
+    run = train_steps.classify_recipe_config(args.variant, args.batch)
+    config = run_config.model_config(run, train_steps.CLASSIFY_CLASSES)
     if args.skip_torch:
         torch_model = None
         variables = init_variables(config, task="image_classification")
     else:
-        torch_model = bi.build_torch_model(config, "image_classification")
-        config, variables = bi.convert(torch_model)
+        torch_model = harness.build_torch_model(config, "image_classification")
+        config, variables = harness.convert(torch_model)
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
     c = run.classification
-    print(f"model          MiT-{args.variant} classifier, {NUM_CLASSES} classes, "
+    print(f"model          MiT-{args.variant} classifier, {train_steps.CLASSIFY_CLASSES} classes, "
           f"{n_params / 1e6:.2f} M parameters; drop-path {config.drop_path_rate}")
     print(f"recipe         mixup {c.mixup_alpha} / cutmix {c.cutmix_alpha} (switch "
           f"{c.mixup_switch_prob}), label smoothing {c.label_smoothing}, AdamW lr "
@@ -107,21 +73,21 @@ def main(argv: list[str] | None = None) -> None:
     print(f"input          batch {args.batch}, {height}x{width}; warmup {args.warmup}, "
           f"repeats {args.repeats}")
 
-    images, labels = random_batch(args.batch, height, width)
-    jax_eval = jax_eval_loss(config, variables, images, labels)
+    images, labels = train_steps.classify_random_batch(args.batch, height, width)
+    jax_eval = train_steps.jax_classify_eval_loss(config, variables, images, labels)
     torch_eval = None
     if torch_model is not None:
-        device = bt.torch_device(None)
+        device = harness.torch_device(None)
         torch_model.to(device)
         pixel_values = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
         torch_labels = torch.from_numpy(labels.astype(np.int64)).to(device)
-        torch_eval = bt.torch_eval_loss(torch_model, pixel_values, torch_labels)
+        torch_eval = harness.torch_eval_loss(torch_model, pixel_values, torch_labels)
 
-    ours = jax_classify_step(run, config, variables, images, labels)
+    ours = train_steps.jax_classify_step(run, config, variables, images, labels)
     del variables  # donated with the state
     print(f"jax compile    trace + lower {ours.lower_s:.2f} s, XLA compile {ours.compile_s:.2f} s, "
           f"first step {ours.first_step_s:.2f} s")
-    rss_after_jax = bi.process_peak_rss_bytes()
+    rss_after_jax = harness.process_peak_rss_bytes()
     calls = {"jax": ours.one_step}
     if torch_model is not None:
         torch_model.train()
@@ -139,23 +105,23 @@ def main(argv: list[str] | None = None) -> None:
         torch_step()  # allocates AdamW's moments
         print(f"torch ({device.type})    first step {time.perf_counter() - start:.2f} s")
         calls["torch"] = torch_step
-    timings = bi.time_interleaved(calls, args.warmup, args.repeats)
+    timings = harness.time_interleaved(calls, args.warmup, args.repeats)
     ours_timing = timings["jax"]
-    print(f"jax            {ours_timing}   {bt.images_per_s(args.batch, ours_timing):7.2f} img/s")
+    print(f"jax            {ours_timing}   {harness.images_per_s(args.batch, ours_timing):7.2f} img/s")
     head = (f"classify {args.variant} bs{args.batch} {height}x{width}: jax "
-            f"{ours_timing.median_ms:.1f} ms/step ({bt.images_per_s(args.batch, ours_timing):.2f} img/s)")
+            f"{ours_timing.median_ms:.1f} ms/step ({harness.images_per_s(args.batch, ours_timing):.2f} img/s)")
     if torch_model is not None:
         torch_timing = timings["torch"]
-        bt.print_torch_rounds(args.batch, ours_timing, torch_timing)
+        harness.print_torch_rounds(args.batch, ours_timing, torch_timing)
         print(f"loss           eval mode, same batch: jax {jax_eval:.5f}   torch {torch_eval:.5f}   "
               f"|diff| {abs(jax_eval - torch_eval):.2e}")
         head += (f", torch {torch_timing.median_ms:.1f} ms/step "
-                 f"({bt.images_per_s(args.batch, torch_timing):.2f} img/s), speed-up "
+                 f"({harness.images_per_s(args.batch, torch_timing):.2f} img/s), speed-up "
                  f"{torch_timing.median_ms / ours_timing.median_ms:.2f}x (torch/jax)")
     flops = xla_stats.flops(ours.compiled)
     if flops is not None:
         print(f"compute        XLA cost analysis of the step: {flops / args.batch / 1e9:.2f} GFLOP per image")
-    bt.print_memory(ours.compiled, rss_after_jax)
+    harness.print_memory(ours.compiled, rss_after_jax)
     print(head)
 
 

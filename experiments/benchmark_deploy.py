@@ -45,10 +45,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import benchmark_inference as bi
+from experiments import harness
 from segformer_jax import SegformerConfig, export
 
-NUM_LABELS = bi.NUM_LABELS
+NUM_LABELS = harness.NUM_LABELS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,16 +56,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", default="b0,b2", help="comma-separated (default b0,b2)")
-    p.add_argument("--size", type=bi.parse_size, default=(512, 512), help="N or HxW (default 512)")
+    p.add_argument("--size", type=harness.parse_size, default=(512, 512), help="N or HxW (default 512)")
     p.add_argument("--repeats", type=int, default=10, help="timed rounds (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs of each (default 2)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = p.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in args.variants if v not in bi.PAPER_GMACS]
+    unknown = [v for v in args.variants if v not in harness.PAPER_GMACS]
     if unknown or not args.variants:
         p.error(f"--variants: unknown {unknown or args.variants}; expected from "
-                f"{', '.join(sorted(bi.PAPER_GMACS))}")
+                f"{', '.join(sorted(harness.PAPER_GMACS))}")
     if args.repeats < 1 or args.warmup < 0:
         p.error("--repeats must be >= 1, --warmup >= 0")
     return args
@@ -109,14 +109,14 @@ def runners(config: SegformerConfig, variables: dict, torch_model: Any, size: tu
         prepare[name] = seconds + time.perf_counter() - start
         calls[name] = lambda run=run: run(images)
     pixel_values = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-    calls["torch"] = lambda: bi.run_torch(torch_model, pixel_values).numpy().transpose(0, 2, 3, 1)
+    calls["torch"] = lambda: harness.run_torch(torch_model, pixel_values).numpy().transpose(0, 2, 3, 1)
     return calls, prepare
 
 
 def bench_variant(variant: str, size: tuple[int, int], warmup: int, repeats: int) -> list[tuple]:
     config = SegformerConfig.from_variant(variant, num_labels=NUM_LABELS)
-    torch_model = bi.build_torch_model(config)
-    config, variables = bi.convert(torch_model)
+    torch_model = harness.build_torch_model(config)
+    config, variables = harness.convert(torch_model)
     variables = jax.device_put(variables)
     images = np.random.default_rng(0).standard_normal((1, *size, 3), dtype=np.float32)
     with tempfile.TemporaryDirectory() as workdir:
@@ -125,7 +125,7 @@ def bench_variant(variant: str, size: tuple[int, int], warmup: int, repeats: int
         reference = calls["jax jit"]()
         agreement = {name: float(np.max(np.abs(call() - reference)))
                      for name, call in calls.items()}
-        timings = bi.time_interleaved(calls, warmup, repeats)
+        timings = harness.time_interleaved(calls, warmup, repeats)
     base = timings["jax jit"].median_ms
     return [(variant, name, timings[name], timings[name].median_ms / base, agreement[name],
              prepare.get(name)) for name in calls]
@@ -133,8 +133,8 @@ def bench_variant(variant: str, size: tuple[int, int], warmup: int, repeats: int
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    torch = bi.import_torch(False, args.threads)
-    bi.print_machine(torch)
+    torch = harness.import_torch(False, args.threads)
+    harness.print_machine(torch)
     import onnxruntime
     print(f"  onnxruntime  {onnxruntime.__version__}")
     height, width = args.size

@@ -341,25 +341,23 @@ def measure_model_step_ms(crop: int, batch: int, task: str = "semantic_segmentat
     import jax
 
     import segformer_jax
-    from experiments import benchmark_train as bt
+    from experiments import harness, train_steps
+    from experiments.harness import time_calls
     if task == "image_classification":
-        from experiments import benchmark_classify as bc
-        from experiments.benchmark_inference import time_calls
-        run = bc.recipe_config("b0", batch)
+        run = train_steps.classify_recipe_config("b0", batch)
         from segformer_jax.run_config import model_config
-        config = model_config(run, bc.NUM_CLASSES)
-        images, labels = bc.random_batch(batch, crop, crop)
+        config = model_config(run, train_steps.CLASSIFY_CLASSES)
+        images, labels = train_steps.classify_random_batch(batch, crop, crop)
         variables = segformer_jax.init_variables(config, task=task)
-        result = bc.jax_classify_step(run, config, variables, images, labels)
+        result = train_steps.jax_classify_step(run, config, variables, images, labels)
         timing = time_calls(result.one_step, warmup=2, repeats=5)
         print(f"model          b0 classification step (ImageNet recipe), batch {batch}, "
               f"{crop}x{crop}: {timing}")
         return timing.median_ms
-    config = segformer_jax.SegformerConfig.from_variant("b0", num_labels=bt.NUM_LABELS)
+    config = segformer_jax.SegformerConfig.from_variant("b0", num_labels=harness.NUM_LABELS)
     variables = segformer_jax.init_variables(config)
-    images, labels = bt.random_batch(batch, crop, crop, config.num_channels)
-    from experiments.benchmark_inference import time_calls
-    result = bt.jax_train_step(config, variables, images, labels)
+    images, labels = train_steps.random_batch(batch, crop, crop, config.num_channels)
+    result = train_steps.jax_train_step(config, variables, images, labels)
     timing = time_calls(result.one_step, warmup=2, repeats=5)
     print(f"model          b0 train step, batch {batch}, {crop}x{crop}, jax "
           f"{jax.default_backend()}: compile {result.lower_s + result.compile_s:.1f} s; "

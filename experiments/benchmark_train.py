@@ -48,159 +48,52 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: never touch the network
 
 import argparse
-import dataclasses
-import statistics
-import time
-from collections.abc import Callable
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import segformer_jax
-from experiments import benchmark_inference as bi
-from experiments import train_steps, xla_stats
-from experiments.benchmark_inference import Timing, mib
+from experiments import harness, train_steps, xla_stats
 from segformer_jax import SegformerConfig, host_memory
 from segformer_jax.constants import IGNORE_INDEX
 
-NUM_LABELS = bi.NUM_LABELS  # ADE20K
+NUM_LABELS = harness.NUM_LABELS  # ADE20K
 
 
 # -- command line -----------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = bi.benchmark_parser("experiments.benchmark_train", __doc__, 2, 10, "untimed steps after the first one")
+    p = harness.benchmark_parser("experiments.benchmark_train", __doc__, 2, 10, "untimed steps after the first one")
     p.add_argument("--torch-device", default=None,
                    help="torch device (default: cuda if available, else cpu)")
-    return bi.parse_checked(p, argv)
+    return harness.parse_checked(p, argv)
 
 
 # -- data -------------------------------------------------------------------------------
 
-def random_batch(batch: int, height: int, width: int, channels: int = 3,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """float32 NHWC images ~ N(0, 1) and int32 (B, H, W) labels: 16x16-pixel blocks of random
-    classes 0..NUM_LABELS-1, about 10 % of the blocks 255 (ignored)."""
-    rng = np.random.default_rng(seed)
-    images = rng.standard_normal((batch, height, width, channels), dtype=np.float32)
-    blocks = rng.integers(0, NUM_LABELS, (batch, -(-height // 16), -(-width // 16)))
-    blocks[rng.random(blocks.shape) < 0.1] = IGNORE_INDEX
-    labels = blocks.repeat(16, axis=1).repeat(16, axis=2)[:, :height, :width]
-    return images, np.ascontiguousarray(labels, dtype=np.int32)
-
 
 # -- ours -------------------------------------------------------------------------------
-
-def jax_train_step(config: SegformerConfig, variables: dict, images: np.ndarray,
-                   labels: np.ndarray) -> train_steps.Compiled:
-    """Compiles ``segformer_jax.train``'s step for one device-resident batch and runs it once,
-    from ``variables`` (the default run config: seed 0, the NVlabs recipe, float32)."""
-    from segformer_jax.run_config import default_config
-    step = train_steps.build(default_config(), config, pretrained=variables)
-    return train_steps.compile_step(step, train_steps.device_batch(images, labels, step.mesh))
-
-
-def jax_eval_loss(config: SegformerConfig, variables: dict, images: np.ndarray,
-                  labels: np.ndarray) -> float:
-    """Our loss in eval mode (running BN statistics, no dropout / drop-path)."""
-    from segformer_jax.losses import segmentation_loss
-
-    model = segformer_jax.SegformerForSemanticSegmentation(config)
-    logits = jax.jit(model.apply)(variables, jnp.asarray(images))
-    return float(segmentation_loss(logits, jnp.asarray(labels), IGNORE_INDEX, "valid"))
 
 
 # -- torch ------------------------------------------------------------------------------
 
-@dataclasses.dataclass
-class TorchStep:
-    first_step_s: float
-    first_loss: float
-    one_step: Callable[[], Any]
-
-
-def torch_device(requested: str | None) -> Any:
-    import torch
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def torch_eval_loss(torch_model: Any, pixel_values: Any, labels: Any) -> float:
-    import torch
-    torch_model.eval()
-    with torch.inference_mode():
-        return float(torch_model(pixel_values=pixel_values, labels=labels).loss)
-
-
-def torch_train_step(torch_model: Any, pixel_values: Any, labels: Any) -> TorchStep:
-    """zero_grad -> fwd + CE on upsampled logits -> bwd -> AdamW, in train mode: run once."""
-    import torch
-
-    torch_model.train()
-    opt = torch.optim.AdamW(torch_model.parameters(), lr=6e-5, weight_decay=0.01)
-    sync = torch.cuda.synchronize if pixel_values.device.type == "cuda" else (lambda: None)
-
-    def one_step() -> Any:
-        opt.zero_grad(set_to_none=True)
-        loss = torch_model(pixel_values=pixel_values, labels=labels).loss
-        loss.backward()
-        opt.step()
-        sync()
-        return loss
-
-    start = time.perf_counter()
-    first_loss = float(one_step().detach())  # also allocates AdamW's moments
-    first_step_s = time.perf_counter() - start
-    return TorchStep(first_step_s, first_loss, one_step)
-
 
 # -- report -----------------------------------------------------------------------------
-
-def images_per_s(batch: int, timing: Timing) -> float:
-    return batch / (timing.median_ms / 1e3)
-
-
-def print_torch_rounds(batch: int, ours: Timing, theirs: Timing) -> None:
-    """torch's timing line, then the per-round ratios of two step timings taken in turn."""
-    print(f"torch          {theirs}   {images_per_s(batch, theirs):7.2f} img/s")
-    per_round = [t / j for t, j in zip(theirs.seconds, ours.seconds)]
-    print(f"rounds         torch/jax per round: median {statistics.median(per_round):.2f}x, "
-          f"min {min(per_round):.2f}x, max {max(per_round):.2f}x")
-
-
-def print_memory(compiled: Any, rss_after_jax: int) -> None:
-    fields = xla_stats.memory_fields(compiled)
-    print("memory")
-    if fields is None:
-        print("  XLA program                          not reported by this backend")
-    else:
-        for label, value in fields.items():
-            print(f"  XLA {label:<33}{mib(value) if value is not None else 'not reported'}")
-        total = xla_stats.program_bytes(compiled)
-        print(f"  XLA args + temps + outputs - aliased "
-              f"{mib(total) if total is not None else 'not reported'}"
-              "  (donated state: outputs reuse the arguments' buffers)")
-    print(f"  process peak RSS after the jax steps {mib(rss_after_jax)}")
-    print(f"  process peak RSS at the end          {mib(bi.process_peak_rss_bytes())}"
-          "  (ru_maxrss of the whole process: both frameworks and models)")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     height, width = args.size
-    torch = bi.import_torch(args.skip_torch, args.threads)
-    bi.print_machine(torch)
+    torch = harness.import_torch(args.skip_torch, args.threads)
+    harness.print_machine(torch)
 
     config = SegformerConfig.from_variant(args.variant, num_labels=NUM_LABELS)
     if args.skip_torch:
         torch_model = None
         variables = segformer_jax.init_variables(config)
     else:
-        torch_model = bi.build_torch_model(config)
-        config, variables = bi.convert(torch_model)
+        torch_model = harness.build_torch_model(config)
+        config, variables = harness.convert(torch_model)
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(variables["params"]))
     print(f"model          SegFormer-{args.variant}, {NUM_LABELS} classes, "
           f"{n_params / 1e6:.2f} M parameters; dropout {config.classifier_dropout_prob} "
@@ -208,36 +101,36 @@ def main(argv: list[str] | None = None) -> None:
     print(f"input          batch {args.batch}, {height}x{width}, float32 images, int32 labels "
           f"({IGNORE_INDEX} ignored); warmup {args.warmup}, repeats {args.repeats}")
 
-    images, labels = random_batch(args.batch, height, width, config.num_channels)
+    images, labels = train_steps.random_batch(args.batch, height, width, config.num_channels)
 
     # Loss check first: the training steps change both models' weights (and donate ours).
-    jax_eval = jax_eval_loss(config, variables, images, labels)
+    jax_eval = train_steps.jax_eval_loss(config, variables, images, labels)
     torch_eval = None
     if torch_model is not None:
-        device = torch_device(args.torch_device)
+        device = harness.torch_device(args.torch_device)
         torch_model.to(device)
         pixel_values = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
         torch_labels = torch.from_numpy(labels.astype(np.int64)).to(device)
-        torch_eval = torch_eval_loss(torch_model, pixel_values, torch_labels)
+        torch_eval = harness.torch_eval_loss(torch_model, pixel_values, torch_labels)
 
-    ours = jax_train_step(config, variables, images, labels)
+    ours = train_steps.jax_train_step(config, variables, images, labels)
     del variables  # its buffers may have been donated with the state
     print(f"jax compile    trace + lower {ours.lower_s:.2f} s, XLA compile {ours.compile_s:.2f} s, "
           f"first step {ours.first_step_s:.2f} s")
-    rss_after_jax = bi.process_peak_rss_bytes()
+    rss_after_jax = harness.process_peak_rss_bytes()
     calls = {"jax": ours.one_step}
     theirs = None
     if torch_model is not None:
-        theirs = torch_train_step(torch_model, pixel_values, torch_labels)
+        theirs = harness.torch_train_step(torch_model, pixel_values, torch_labels)
         print(f"torch ({device.type})    first step {theirs.first_step_s:.2f} s")
         calls["torch"] = theirs.one_step
     # Steps of the two in turn, so that the machine's drift slows both alike.
-    timings = bi.time_interleaved(calls, args.warmup, args.repeats)
+    timings = harness.time_interleaved(calls, args.warmup, args.repeats)
     ours_timing = timings["jax"]
-    print(f"jax            {ours_timing}   {images_per_s(args.batch, ours_timing):7.2f} img/s")
+    print(f"jax            {ours_timing}   {harness.images_per_s(args.batch, ours_timing):7.2f} img/s")
     if theirs is not None:
         torch_timing = timings["torch"]
-        print_torch_rounds(args.batch, ours_timing, torch_timing)
+        harness.print_torch_rounds(args.batch, ours_timing, torch_timing)
 
     print("loss")
     if theirs is None:
@@ -257,21 +150,21 @@ def main(argv: list[str] | None = None) -> None:
     if flops is not None:
         print(f"compute        XLA cost analysis of the step: {flops / args.batch / 1e9:.2f} "
               f"GFLOP per image (forward + backward + optimiser)")
-        peak = bi.cpu_peak_flops() if jax.default_backend() == "cpu" else None
+        peak = harness.cpu_peak_flops() if jax.default_backend() == "cpu" else None
         if peak is not None:
             rate = flops / (ours_timing.median_ms / 1000)
             print(f"               {rate / 1e9:.1f} GFLOP/s = {100 * rate / peak[0]:.1f} % of the "
                   f"CPU's float32 peak {peak[0] / 1e9:.0f} GFLOP/s ({peak[1]})")
-    print_memory(ours.compiled, rss_after_jax)
+    harness.print_memory(ours.compiled, rss_after_jax)
 
     head = (f"train {args.variant} bs{args.batch} {height}x{width}: "
             f"jax {ours_timing.median_ms:.1f} ms/step "
-            f"({images_per_s(args.batch, ours_timing):.2f} img/s)")
+            f"({harness.images_per_s(args.batch, ours_timing):.2f} img/s)")
     if theirs is None:
         print(f"{head}, torch skipped")
     else:
         print(f"{head}, torch {torch_timing.median_ms:.1f} ms/step "
-              f"({images_per_s(args.batch, torch_timing):.2f} img/s), "
+              f"({harness.images_per_s(args.batch, torch_timing):.2f} img/s), "
               f"speed-up {torch_timing.median_ms / ours_timing.median_ms:.2f}x (torch/jax)")
 
 

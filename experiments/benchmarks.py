@@ -30,11 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import benchmark_inference as bi
-from experiments import benchmark_train as bt
+from experiments import harness, train_steps
 from segformer_jax.tables import markdown_table
 
-# The paper's Table 1 parameter counts (M, ADE20K model); its GFLOPs are bi.PAPER_GMACS.
+# The paper's Table 1 parameter counts (M, ADE20K model); its GFLOPs are harness.PAPER_GMACS.
 PAPER_PARAMS_M = {"b0": 3.8, "b1": 13.7, "b2": 27.5, "b3": 47.3, "b4": 64.1, "b5": 84.7}
 
 
@@ -64,11 +63,11 @@ HEADER = ["kind", "variant", "size", "batch", "segformer_jax ms", "transformers 
 def _models(variant: str, skip_torch: bool) -> tuple[Any, Any, Any]:
     """(config, our variables, the torch model or None), on the same weights."""
     from segformer_jax import SegformerConfig, init_variables
-    config = SegformerConfig.from_variant(variant, num_labels=bi.NUM_LABELS)
+    config = SegformerConfig.from_variant(variant, num_labels=harness.NUM_LABELS)
     if skip_torch:
         return config, init_variables(config), None
-    torch_model = bi.build_torch_model(config)
-    config, variables = bi.convert(torch_model)
+    torch_model = harness.build_torch_model(config)
+    config, variables = harness.convert(torch_model)
     return config, variables, torch_model
 
 
@@ -82,13 +81,13 @@ def inference_row(variant: str, size: tuple[int, int], batch: int, warmup: int, 
     x = jnp.asarray(images)
     fn = jax.jit(segformer_jax.SegformerForSemanticSegmentation(config).apply)
     ours = np.asarray(jax.block_until_ready(fn(variables, x)))  # compiles
-    jax_time = bi.time_calls(lambda: jax.block_until_ready(fn(variables, x)), warmup, repeats)
+    jax_time = harness.time_calls(lambda: jax.block_until_ready(fn(variables, x)), warmup, repeats)
     if torch_model is None:
         return Row("inference", variant, size, batch, jax_time.median_ms, None, "–")
     import torch
     pixel_values = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-    theirs = bi.run_torch(torch_model, pixel_values).numpy()
-    torch_time = bi.time_calls(lambda: bi.run_torch(torch_model, pixel_values), warmup, repeats)
+    theirs = harness.run_torch(torch_model, pixel_values).numpy()
+    torch_time = harness.time_calls(lambda: harness.run_torch(torch_model, pixel_values), warmup, repeats)
     diff = float(np.max(np.abs(ours.transpose(0, 3, 1, 2) - theirs)))
     return Row("inference", variant, size, batch, jax_time.median_ms, torch_time.median_ms,
                f"logits max diff {diff:.1e}")
@@ -98,24 +97,24 @@ def train_row(variant: str, size: tuple[int, int], batch: int, warmup: int, repe
               skip_torch: bool, torch_device: str | None) -> Row:
     """benchmark_train.py's measurement: our jitted update against torch's AdamW step."""
     config, variables, torch_model = _models(variant, skip_torch)
-    images, labels = bt.random_batch(batch, *size, config.num_channels)
+    images, labels = train_steps.random_batch(batch, *size, config.num_channels)
     agreement = "–"
     if torch_model is not None:
         import torch
-        device = bt.torch_device(torch_device)
+        device = harness.torch_device(torch_device)
         torch_model.to(device)
         pixel_values = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
         torch_labels = torch.from_numpy(labels.astype(np.int64)).to(device)
         # Loss check first: training changes both models' weights (and donates ours).
-        diff = abs(bt.jax_eval_loss(config, variables, images, labels)
-                   - bt.torch_eval_loss(torch_model, pixel_values, torch_labels))
+        diff = abs(train_steps.jax_eval_loss(config, variables, images, labels)
+                   - harness.torch_eval_loss(torch_model, pixel_values, torch_labels))
         agreement = f"eval loss diff {diff:.1e}"
-    ours = bt.jax_train_step(config, variables, images, labels)
+    ours = train_steps.jax_train_step(config, variables, images, labels)
     del variables  # donated with the state
     calls = {"jax": ours.one_step}
     if torch_model is not None:
-        calls["torch"] = bt.torch_train_step(torch_model, pixel_values, torch_labels).one_step
-    timings = bi.time_interleaved(calls, warmup, repeats)  # in turn: the machine's drift hits both
+        calls["torch"] = harness.torch_train_step(torch_model, pixel_values, torch_labels).one_step
+    timings = harness.time_interleaved(calls, warmup, repeats)  # in turn: the machine's drift hits both
     torch_ms = timings["torch"].median_ms if "torch" in timings else None
     return Row("train", variant, size, batch, timings["jax"].median_ms, torch_ms, agreement)
 
@@ -125,11 +124,11 @@ def paper_table(variants: list[str]) -> str:
     from segformer_jax import SegformerConfig, init_variables
     rows = []
     for v in variants:
-        config = SegformerConfig.from_variant(v, num_labels=bi.NUM_LABELS)
+        config = SegformerConfig.from_variant(v, num_labels=harness.NUM_LABELS)
         abstract = jax.eval_shape(lambda c=config: init_variables(c))
         params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"]))
-        gmacs, side = bi.PAPER_GMACS[v]
-        ours = bi.paper_style_macs(config, side, side) / 1e9
+        gmacs, side = harness.PAPER_GMACS[v]
+        ours = harness.paper_style_macs(config, side, side) / 1e9
         rows.append([v, f"{params / 1e6:.3f}", f"{PAPER_PARAMS_M[v]}", f"{side}×{side}",
                      f"{ours:.2f}", f"{gmacs}"])
     return markdown_table(["variant", "params, ours (M, 150 classes)", "params, paper (M)", "input",
@@ -156,13 +155,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     try:
         args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-        args.sizes = [bi.parse_size(s.strip()) for s in args.sizes.split(",") if s.strip()]
+        args.sizes = [harness.parse_size(s.strip()) for s in args.sizes.split(",") if s.strip()]
     except argparse.ArgumentTypeError as e:
         p.error(str(e))
     args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    unknown = [v for v in args.variants if v not in bi.PAPER_GMACS]
+    unknown = [v for v in args.variants if v not in harness.PAPER_GMACS]
     if unknown:
-        p.error(f"unknown variant(s) {unknown}; choose from {sorted(bi.PAPER_GMACS)}")
+        p.error(f"unknown variant(s) {unknown}; choose from {sorted(harness.PAPER_GMACS)}")
     if not args.kinds or set(args.kinds) - {"inference", "train"}:
         p.error(f"--kinds takes inference and/or train; got {args.kinds}")
     if min(args.infer_batch, args.train_batch, args.repeats) < 1 or args.warmup < 0:
@@ -177,8 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.paper:
         print(paper_table(sorted(PAPER_PARAMS_M)))
         return
-    torch = bi.import_torch(args.skip_torch, args.threads)
-    bi.print_machine(torch)
+    torch = harness.import_torch(args.skip_torch, args.threads)
+    harness.print_machine(torch)
     rows = []
     for variant in args.variants:
         for size in args.sizes:
@@ -190,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(train_row(variant, size, args.train_batch, args.warmup, args.repeats,
                                       args.skip_torch, args.torch_device))
                 print(f"  done: train {variant} {size[0]}x{size[1]}", flush=True)
-    print(f"\nfloat32, {bi.NUM_LABELS}-class ADE20K head, same weights in both frameworks; median "
+    print(f"\nfloat32, {harness.NUM_LABELS}-class ADE20K head, same weights in both frameworks; median "
           f"of {args.repeats} after {args.warmup} warm-up calls (training: after one more step)\n")
     print(markdown_table(HEADER, [r.cells() for r in rows]))
 

@@ -17,7 +17,7 @@ import platform
 import jax
 
 from experiments import train_steps
-from experiments.benchmark_train import random_batch
+from experiments.train_steps import random_batch
 
 
 def measure(variant: str, scan: bool, size: int, batch: int, steps: int) -> dict[str, float]:

@@ -33,8 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import benchmark_inference as bi
-from experiments import train_steps, xla_stats
+from experiments import harness, train_steps, xla_stats
 
 
 def cpu_name() -> str:
@@ -66,7 +65,7 @@ def measure_inference(model: Any, variables: Any, size: tuple[int, int], batch: 
     compiled = forward.lower(variables, images).compile()
     flops = xla_stats.flops(compiled)
     jax.block_until_ready(compiled(variables, images))
-    timing = bi.time_calls(lambda: jax.block_until_ready(compiled(variables, images)), warmup, repeats)
+    timing = harness.time_calls(lambda: jax.block_until_ready(compiled(variables, images)), warmup, repeats)
     return {"gflops": None if flops is None else flops / batch / 1e9,
             "infer_size": list(size), "infer_batch": batch,
             "infer_ms": timing.median_ms, "infer_images_per_s": batch / (timing.median_ms / 1e3)}
@@ -110,6 +109,6 @@ def measure_point(config: ml_collections.ConfigDict, measure: dict[str, Any],
     del variables
     out.update(measure_training(config, seg_config, measure["train_warmup"],
                                 measure["train_repeats"]))
-    out["peak_rss_bytes"] = bi.process_peak_rss_bytes()
+    out["peak_rss_bytes"] = harness.process_peak_rss_bytes()
     out["machine"] = machine()
     return out

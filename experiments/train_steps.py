@@ -19,7 +19,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments.benchmark_inference import Timing, time_calls
+import segformer_jax
+from experiments.harness import NUM_LABELS, Timing, time_calls
+from segformer_jax import SegformerConfig
+from segformer_jax.constants import IGNORE_INDEX
 
 
 @dataclasses.dataclass
@@ -125,3 +128,66 @@ def time_steps(train_step: TrainStep, batch: Mapping[str, jax.Array], warmup: in
     c = compile_step(train_step, batch)
     timing = time_calls(c.one_step, warmup, repeats)
     return Timed(c.lower_s, c.compile_s, c.first_step_s, c.first_loss, timing, c.compiled)
+
+
+def random_batch(batch: int, height: int, width: int, channels: int = 3,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """float32 NHWC images ~ N(0, 1) and int32 (B, H, W) labels: 16x16-pixel blocks of random
+    classes 0..NUM_LABELS-1, about 10 % of the blocks 255 (ignored)."""
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch, height, width, channels), dtype=np.float32)
+    blocks = rng.integers(0, NUM_LABELS, (batch, -(-height // 16), -(-width // 16)))
+    blocks[rng.random(blocks.shape) < 0.1] = IGNORE_INDEX
+    labels = blocks.repeat(16, axis=1).repeat(16, axis=2)[:, :height, :width]
+    return images, np.ascontiguousarray(labels, dtype=np.int32)
+
+
+def jax_train_step(config: SegformerConfig, variables: dict, images: np.ndarray,
+                   labels: np.ndarray) -> Compiled:
+    """Compiles ``segformer_jax.train``'s step for one device-resident batch and runs it once,
+    from ``variables`` (the default run config: seed 0, the NVlabs recipe, float32)."""
+    from segformer_jax.run_config import default_config
+    step = build(default_config(), config, pretrained=variables)
+    return compile_step(step, device_batch(images, labels, step.mesh))
+
+
+def jax_eval_loss(config: SegformerConfig, variables: dict, images: np.ndarray,
+                  labels: np.ndarray) -> float:
+    """Our loss in eval mode (running BN statistics, no dropout / drop-path)."""
+    from segformer_jax.losses import segmentation_loss
+
+    model = segformer_jax.SegformerForSemanticSegmentation(config)
+    logits = jax.jit(model.apply)(variables, jnp.asarray(images))
+    return float(segmentation_loss(logits, jnp.asarray(labels), IGNORE_INDEX, "valid"))
+
+
+CLASSIFY_CLASSES = 1000  # ImageNet-1k
+
+
+def classify_recipe_config(variant: str, batch: int) -> Any:
+    """The run config of ``configs/imagenet.py:VARIANT`` at global batch ``batch``."""
+    from segformer_jax.run_config import default_config, use_imagenet_recipe
+    config = default_config()
+    use_imagenet_recipe(config, variant, batch=batch)
+    return config
+
+
+def classify_random_batch(batch: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch, height, width, 3), dtype=np.float32)
+    return images, rng.integers(0, CLASSIFY_CLASSES, batch).astype(np.int32)
+
+
+def jax_classify_step(run: Any, config: Any, variables: dict, images: np.ndarray,
+                      labels: np.ndarray) -> Compiled:
+    """Compiles the recipe's step for one device-resident batch and runs it once."""
+    step = build(run, config, pretrained=variables)
+    return compile_step(step, device_batch(images, labels, step.mesh))
+
+
+def jax_classify_eval_loss(config: Any, variables: dict, images: np.ndarray, labels: np.ndarray) -> float:
+    import optax
+
+    from segformer_jax.models.segformer import SegformerForImageClassification
+    logits = jax.jit(SegformerForImageClassification(config).apply)(variables, jnp.asarray(images))
+    return float(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(labels)).mean())
