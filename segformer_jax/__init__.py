@@ -5,9 +5,11 @@ from segformer_jax.errors import CheckpointError, ConfigError
 from segformer_jax.hub import from_pretrained, save_pretrained
 from segformer_jax.models import (
                                   MixTransformer,
+                                  ModelOutputs,
                                   SegformerDecodeHead,
                                   SegformerForImageClassification,
                                   SegformerForSemanticSegmentation,
+                                  apply_with_outputs,
                                   init_variables,
 )
 
@@ -15,6 +17,6 @@ __all__ = [
     "SegformerConfig", "ConfigError", "CheckpointError",
     "MixTransformer", "SegformerDecodeHead",
     "SegformerForSemanticSegmentation", "SegformerForImageClassification",
-    "init_variables", "from_pretrained", "save_pretrained",
+    "init_variables", "apply_with_outputs", "ModelOutputs", "from_pretrained", "save_pretrained",
 ]
 __version__ = "0.1.0"

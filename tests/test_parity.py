@@ -119,3 +119,77 @@ def test_parameter_counts_equal_transformers_and_paper(variant):
     assert round(ours / 1e6, 1) == PAPER_PARAMS_M[variant]
     if variant in STATE_DICT_ELEMENTS:
         assert state_dict == STATE_DICT_ELEMENTS[variant]
+
+
+@pytest.mark.parametrize("variant", ["b0", "b2"])
+def test_hidden_states_and_attentions_match_transformers(variant, tmp_path):
+    """``apply_with_outputs`` against transformers' ``output_hidden_states=True,
+    output_attentions=True`` at an odd size: every stage's output (ours NHWC, theirs NCHW)
+    and every block's attention probabilities (both (N, heads, queries, keys)), unrolled and
+    scanned; the logits equal a plain ``apply`` bit for bit (asking changes nothing)."""
+    import torch
+    config = sj.SegformerConfig.from_variant(variant, num_labels=150)
+    torch_model = build_hf(config)
+    torch_model.config._attn_implementation = "eager"
+    torch_model.save_pretrained(tmp_path / "hub")
+    config, variables = sj.from_pretrained(tmp_path / "hub")
+    images = random_images(2, 97, 45, seed=3)
+    with torch.no_grad():
+        ref = torch_model(torch.from_numpy(images.transpose(0, 3, 1, 2)), output_hidden_states=True,
+                          output_attentions=True)
+    assert len(ref.attentions) == sum(config.depths) and len(ref.hidden_states) == 4
+    for scan in (False, True):
+        model = sj.SegformerForSemanticSegmentation(config, scan=scan)
+        with jax.default_matmul_precision("highest"):
+            out = jax.jit(lambda v, x: sj.apply_with_outputs(model, v, x))(variables, images)
+            plain = jax.jit(model.apply)(variables, images)
+        np.testing.assert_array_equal(out.logits, plain)
+        assert len(out.hidden_states) == 4 and len(out.attentions) == sum(config.depths)
+        for i, (ours, theirs) in enumerate(zip(out.hidden_states, ref.hidden_states)):
+            _assert_close(ours, theirs.numpy().transpose(0, 2, 3, 1), f"{variant} scan={scan} stage {i + 1}")
+        for i, (ours, theirs) in enumerate(zip(out.attentions, ref.attentions)):
+            _assert_close(ours, theirs.numpy(), f"{variant} scan={scan} block {i} attention")
+            np.testing.assert_allclose(np.asarray(ours).sum(-1), 1.0, atol=1e-5)   # rows sum to one
+
+
+def test_classification_outputs_and_a_plain_apply_forms_no_probabilities(tmp_path):
+    """The classifier returns the same encoder outputs; a plain ``apply`` (nothing mutable)
+    has no attention-probability tensor in its program (the fused attention only)."""
+    import torch
+    config = sj.SegformerConfig.from_variant("b0", num_labels=10)
+    torch_model = build_hf(config, "image_classification")
+    torch_model.config._attn_implementation = "eager"
+    torch_model.save_pretrained(tmp_path)
+    config, variables = sj.from_pretrained(tmp_path)
+    model = sj.SegformerForImageClassification(config)
+    images = random_images(1, 64, 48, seed=4)
+    with torch.no_grad():
+        ref = torch_model(torch.from_numpy(images.transpose(0, 3, 1, 2)), output_hidden_states=True,
+                          output_attentions=True)
+    with jax.default_matmul_precision("highest"):
+        out = sj.apply_with_outputs(model, variables, images)
+    _assert_close(out.logits, ref.logits.numpy(), "class logits")
+    _assert_close(out.hidden_states[-1], ref.hidden_states[-1].numpy().transpose(0, 2, 3, 1), "stage 4")
+    _assert_close(out.attentions[0], ref.attentions[0].numpy(), "block 0 attention")
+    plain = jax.jit(model.apply).lower(variables, images).as_text()
+    asked = jax.jit(lambda v, x: sj.apply_with_outputs(model, v, x)).lower(variables, images).as_text()
+    assert out.attentions[0].shape == (1, 1, 16 * 12, 2 * 1)   # 64×48 / 4; keys reduced 8×8 (VALID)
+    # One more softmax (one exponential) per block when asked, none when not.
+    extra = asked.count("stablehlo.exponential") - plain.count("stablehlo.exponential")
+    assert extra == sum(config.depths)
+
+
+def test_attention_map_figure(b0_hub_dir, tmp_path):
+    """``experiments.attention_map`` on a b0 checkpoint: the map of the centre pixel is the
+    image's size, scaled to a maximum of 1, and the figure is the image twice side by side."""
+    from experiments import attention_map
+    hub_dir, _ = b0_hub_dir
+    out = tmp_path / "map.png"
+    assert attention_map.main(["--checkpoint", str(hub_dir), "--block", "2", "--size", "96",
+                               "--out", str(out)]) == 0
+    import PIL.Image
+    assert PIL.Image.open(out).size == (2 * 96 + 8, 96)
+    config, variables = sj.from_pretrained(hub_dir)
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    heat = attention_map.attention_map(config, variables, rgb, 2, (10, 70))
+    assert heat.shape == (64, 96) and 0.0 <= heat.min() and heat.max() == 1.0

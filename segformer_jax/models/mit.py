@@ -113,6 +113,12 @@ class EfficientSelfAttention(nn.Module):
         v = dense("value")(kv).reshape(n, m, heads, c // heads)
 
         rate = cfg.attention_probs_dropout_prob
+        if self.is_mutable_collection("intermediates"):
+            # Asked for (``apply(..., mutable=["intermediates"])``): the probabilities as
+            # transformers returns them, (N, heads, queries, keys) in float32. Not computed
+            # otherwise, so the attention below stays fused.
+            scores = jnp.einsum("nqhd,nkhd->nhqk", q, k, preferred_element_type=jnp.float32)
+            self.sow("intermediates", "attentions", jax.nn.softmax(scores * (c // heads) ** -0.5, axis=-1))
         if train and rate > 0.0:
             scores = jnp.einsum("nqhd,nkhd->nhqk", q, k).astype(jnp.float32)
             probs = jax.nn.softmax(scores * (c // heads) ** -0.5, axis=-1)
@@ -253,7 +259,7 @@ class _StackedMixTransformer(nn.Module):
         def blocks(i: int, rates: list[float], x: jax.Array) -> jax.Array:
             if not rates:
                 return x
-            stage = nn.scan(step, variable_axes={"params": 0},
+            stage = nn.scan(step, variable_axes={"params": 0, "intermediates": 0},
                             split_rngs={"params": True, "dropout": True}, length=len(rates))
             x, _ = stage(self.config, i, self.dtype, train, self.forms, name=f"blocks_{i}")(
                 x, jnp.asarray(rates, jnp.float32))
@@ -273,6 +279,7 @@ def _stages(encoder: nn.Module, images: jax.Array,
         x = OverlapPatchEmbeddings(encoder.config, i, encoder.dtype, name=f"patch_embeddings_{i}")(x)
         x = blocks(i, rates, x)
         x = layer_norm(f"layer_norm_{i}")(x)
+        encoder.sow("intermediates", "hidden_states", x)   # kept only when asked for
         features.append(x)
     return tuple(features)
 

@@ -12,9 +12,12 @@ Both are linen modules used functionally::
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -74,6 +77,52 @@ TASKS = {
     SEMSEG: SegformerForSemanticSegmentation,
     CLASSIFY: SegformerForImageClassification,
 }
+
+
+@flax.struct.dataclass
+class ModelOutputs:
+    """A model's logits with what transformers returns for ``output_hidden_states=True,
+    output_attentions=True``, in transformers' order.
+
+    ``hidden_states``: each stage's output (after its LayerNorm), (N, h, w, C) here, NCHW in
+    transformers; ``attentions``: each block's attention probabilities over the reduced
+    keys, (N, heads, h·w, h'·w') in both (queries and keys in row-major pixel order), float32.
+    A pytree: a jitted function may return it.
+    """
+
+    logits: jax.Array
+    hidden_states: tuple[jax.Array, ...]
+    attentions: tuple[jax.Array, ...]
+
+
+_BLOCK_NAME = re.compile(r"block_(\d+)_(\d+)$")
+_STAGE_NAME = re.compile(r"blocks_(\d+)$")
+
+
+def encoder_outputs(intermediates: Mapping[str, Any]) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+    """``(hidden_states, attentions)`` from the ``intermediates`` collection of an ``apply``
+    with ``mutable=["intermediates"]``: the encoder's sown values, blocks in order (a
+    scanned encoder's per-stage stacks split back into blocks)."""
+    tree = intermediates.get("intermediates", intermediates)["encoder"]
+    attentions: list[tuple[tuple[int, int], jax.Array]] = []
+    for name, sub in tree.items():
+        if (match := _BLOCK_NAME.match(name)):
+            attentions.append(((int(match[1]), int(match[2])), sub["attention"]["attentions"][0]))
+        elif (match := _STAGE_NAME.match(name)):
+            stacked = sub["layer"]["attention"]["attentions"][0]
+            attentions += [((int(match[1]), j), stacked[j]) for j in range(stacked.shape[0])]
+    return tuple(tree["hidden_states"]), tuple(a for _, a in sorted(attentions, key=lambda t: t[0]))
+
+
+def apply_with_outputs(model: nn.Module, variables: Mapping[str, Any], images: jax.Array,
+                       train: bool = False, rngs: Mapping[str, jax.Array] | None = None) -> ModelOutputs:
+    """``model.apply`` that also returns every stage's output and every block's attention
+    probabilities (``ModelOutputs``), as transformers does when asked. A plain ``apply``
+    computes neither: the probabilities are only formed when the ``intermediates``
+    collection is mutable."""
+    logits, state = model.apply(variables, images, train, rngs=rngs, mutable=["intermediates"])
+    hidden_states, attentions = encoder_outputs(state)
+    return ModelOutputs(logits, hidden_states, attentions)
 
 
 def _transformers_init(abstract: Any, key: jax.Array, std: float) -> Any:
