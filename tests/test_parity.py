@@ -141,7 +141,7 @@ def test_hidden_states_and_attentions_match_transformers(variant, tmp_path):
     for scan in (False, True):
         model = sj.SegformerForSemanticSegmentation(config, scan=scan)
         with jax.default_matmul_precision("highest"):
-            out = jax.jit(lambda v, x: sj.apply_with_outputs(model, v, x))(variables, images)
+            out = jax.jit(lambda v, x, m=model: sj.apply_with_outputs(m, v, x))(variables, images)
             plain = jax.jit(model.apply)(variables, images)
         np.testing.assert_array_equal(out.logits, plain)
         assert len(out.hidden_states) == 4 and len(out.attentions) == sum(config.depths)
