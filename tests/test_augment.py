@@ -165,6 +165,27 @@ def test_eval_transform_equals_timm(name):
     np.testing.assert_allclose(ours["image"], expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("crop", [(173, 251), (251, 173), (224, 225)])
+@pytest.mark.parametrize("name", ["square", *list(PHOTOS)[:1]])
+def test_non_square_eval_crops_equal_timm(name, crop):
+    """A crop whose two scale sizes differ: timm scales the image (aspect kept) to cover both
+    and cuts the centre; no border. (Before: the short side went to min(crop) / crop_pct and
+    a 173 × 251 crop of a square image had 54 black columns.)"""
+    import torch  # noqa: F401
+    import_timm()
+    from timm.data import create_transform
+
+    image = (PIL.Image.fromarray(np.random.default_rng(5).integers(0, 256, (300, 300, 3), np.uint8))
+             if name == "square" else photo(name, size=None))
+    timm_tf = create_transform(crop, is_training=False, interpolation="bicubic", crop_pct=0.875)
+    expected = timm_tf(image).numpy().transpose(1, 2, 0)
+    ours = augment.ClassifyEvalTransform(crop, 0.875)({"image": np.asarray(image), "label": 0})["image"]
+    assert ours.shape == (*crop, 3)
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-6)
+    black = augment.normalize(np.zeros((1, 1, 3), np.uint8))[0, 0]   # a pixel outside the image
+    assert not np.all(np.isclose(ours, black, atol=1e-6), axis=(0, 2)).any()   # no black column
+
+
 def test_train_transform_is_a_function_of_the_generator():
     tf = augment.ClassifyTrainTransform((64, 64))
     example = {"image": np.asarray(photo("chelsea")), "label": 3}

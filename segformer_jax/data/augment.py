@@ -133,14 +133,26 @@ def center_crop(image: PIL.Image.Image, size: tuple[int, int]) -> PIL.Image.Imag
 
 
 class ClassifyEvalTransform:
-    """The recipe's test transform: short side to ``crop / crop_pct`` (bicubic), the centre
-    ``crop``, normalised. Every output has the one shape ``crop``."""
+    """The recipe's test transform, timm's ``transforms_imagenet_eval`` (center mode): each
+    side of ``crop`` over ``crop_pct`` (floored) is the size to scale to; when the two are
+    equal, the short side goes to it (torchvision ``Resize(n)``), otherwise the image is
+    scaled, aspect kept, until it covers both (timm's ``ResizeKeepRatio``, rounding each
+    side); bicubic; then the centre ``crop``, normalised. Every output has the one shape
+    ``crop``, and none has a border (a non-square crop of a square image is cut from a
+    scaled image as wide as the crop, not from a square one)."""
 
     def __init__(self, crop_size: Sequence[int] = (224, 224), crop_pct: float = 0.875):
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
-        self.resize = int(min(self.crop_size) / crop_pct)
+        self.scale_size = tuple(math.floor(side / crop_pct) for side in self.crop_size)
+
+    def resized(self, image: PIL.Image.Image) -> PIL.Image.Image:
+        if self.scale_size[0] == self.scale_size[1]:
+            return resize_short_side(image, self.scale_size[0])
+        w, h = image.size
+        ratio = min(h / self.scale_size[0], w / self.scale_size[1])
+        return image.resize((round(w / ratio), round(h / ratio)), BICUBIC)
 
     def __call__(self, example: Mapping[str, Any]) -> dict[str, Any]:
         image = PIL.Image.fromarray(np.asarray(example["image"]))
-        image = center_crop(resize_short_side(image, self.resize), self.crop_size)
+        image = center_crop(self.resized(image), self.crop_size)
         return {"image": normalize(np.asarray(image)), "label": np.int32(example["label"])}
