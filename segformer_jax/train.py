@@ -28,6 +28,7 @@ import pathlib
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -861,16 +862,20 @@ def _define_flags(flag_values: Any) -> None:
 
 
 def _repeated_save_error(record: logging.LogRecord) -> bool:
-    """False (hide) for Orbax's logs of a write that failed for want of space."""
+    """False (hide) for Orbax's logs of a write that failed for want of space: logged by
+    Orbax, or by asyncio about a future whose exception was raised in Orbax's code (its
+    "Future exception was never retrieved", logged when the future is collected, at exit)."""
     text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
-    return not (("orbax" in text or f"{os.sep}orbax{os.sep}" in record.pathname)
-                and ("RESOURCE_EXHAUSTED" in text or "No space left" in text))
+    where = [record.pathname]
+    if record.exc_info and record.exc_info[2] is not None:
+        where += [frame.filename for frame in traceback.extract_tb(record.exc_info[2])]
+    from_orbax = "orbax" in text or any(f"{os.sep}orbax{os.sep}" in path for path in where)
+    return not (from_orbax and ("RESOURCE_EXHAUSTED" in text or "No space left" in text))
 
 
 def _late_write_callback(unraisable: Any) -> None:
     """Hides TensorStore's "Event loop is closed" of writes that end after Orbax closed its
     event loop (a failed save); anything else goes to Python's own hook."""
-    import traceback
     frames = traceback.extract_tb(unraisable.exc_traceback)
     if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
             and frames and frames[0].name == "call_soon_threadsafe"):
