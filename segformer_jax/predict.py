@@ -30,6 +30,11 @@ states the bound; ``--stripe`` is its knob), with a progress bar; the mask is wr
 is made into ``DIR/<stem>_mask.tif``, a memory-mapped uncompressed TIFF (no overlay). It
 equals ``--mode slide`` on an image already at its test size.
 
+``--format cityscapes`` writes what the Cityscapes test server (and cityscapesScripts'
+``evalPixelLevelSemanticLabeling``) reads: for each ``CITY_SEQ_FRAME_leftImg8bit.png`` a PNG
+of the same name in ``DIR`` holding Cityscapes *label ids* (the model's train ids mapped back
+by ``data.cityscapes_labels``), no overlay; the model must have the 19 classes.
+
 K-band models (``model.num_channels``) read multi-band TIFFs, files of K bands and
 directories of band files (``images.read_bands``), normalised with the training run's
 ``data.mean`` / ``data.std`` (``checkpoint.normalisation_of``); the overlay is drawn on the
@@ -46,6 +51,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -56,6 +62,7 @@ import PIL.Image
 from segformer_jax import host_memory, progress, visualize
 from segformer_jax.checkpoint import load_for_inference
 from segformer_jax.cli import ArgumentParser, positive_int
+from segformer_jax.data import cityscapes_labels
 from segformer_jax.errors import InputError, SegformerError
 from segformer_jax.evaluators import logits_to_mask, scored_class_names
 from segformer_jax.images import read_band_image, read_image, save_mask
@@ -65,6 +72,7 @@ from segformer_jax.visualize import preview_rgb
 
 MASK_SUFFIX, OVERLAY_SUFFIX = "_mask.png", "_overlay.png"
 TILED_MASK_SUFFIX = "_mask.tif"  # --mode tiled: written block by block
+CITYSCAPES_NAME = re.compile(r"^.+_\d{6}_\d{6}_leftImg8bit\.png$")
 
 
 def output_stems(paths: Sequence[str | os.PathLike]) -> list[str]:
@@ -121,7 +129,22 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="opacity of the class colours in the overlay (default 0.5)")
     parser.add_argument("--legend", choices=("auto", "right", "bottom", "none"), default="auto",
                         help="where the legend goes (default: right, below for wide images)")
+    parser.add_argument("--format", choices=("png", "cityscapes"), default="png",
+                        help="png: class-id masks and overlays (default); cityscapes: the test "
+                             "server's files, CITY_SEQ_FRAME_leftImg8bit.png holding label ids")
     args = parser.parse_args(argv)
+    if args.format == "cityscapes":
+        if args.mode == "tiled":
+            parser.error("--format cityscapes writes PNGs; not with --mode tiled")
+        names = [pathlib.Path(p).name for p in args.images]
+        wrong = [n for n in names if not CITYSCAPES_NAME.match(n)]
+        if wrong:
+            parser.error(f"--format cityscapes: {wrong[0]} is not named as a Cityscapes image "
+                         "(CITY_SEQUENCE_FRAME_leftImg8bit.png); the server matches results to "
+                         "images by that name")
+        if len(set(names)) < len(names):
+            parser.error("--format cityscapes: two images have the same file name; the server's "
+                         "results are one file per image name")
     if args.mode == "whole" and (args.crop or args.stride):
         parser.error("--crop/--stride are for sliding-window inference, not --mode whole")
     if args.stripe and args.mode != "tiled":
@@ -159,6 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 1
 
+    if args.format == "cityscapes" and config.num_labels != len(cityscapes_labels.TRAIN_ID_TO_LABEL_ID):
+        print(f"error: --format cityscapes needs a model of Cityscapes' 19 classes (train ids); "
+              f"{args.checkpoint} has {config.num_labels}", file=sys.stderr)
+        return 1
     # A binary model's masks hold 0 (background) and 1 (its class): two names.
     names = list(scored_class_names(config.num_labels,
                                     [config.id2label[i] for i in range(config.num_labels)]))
@@ -178,6 +205,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         logits, mode = segmenter.logits(image)
         mask = logits_to_mask(logits, image.shape[:2])[0]
+        if args.format == "cityscapes":
+            result = out / pathlib.Path(path).name
+            try:
+                save_mask(result, cityscapes_labels.train_ids_to_label_ids(mask), 34)   # 8-bit
+            except OSError as e:
+                print(f"error: {out}: cannot write the outputs ({e.strerror or e})", file=sys.stderr)
+                return 1
+            print(f"{path}: {image.shape[0]}x{image.shape[1]} ({mode}) -> {result.name} (label ids)",
+                  flush=True)
+            continue
         rgb = image if config.num_channels == 3 else preview_rgb(image)
         figure = visualize.overlay_with_legend(rgb, mask, colours, names, args.alpha, args.legend)
         mask_path, overlay_path = out / f"{stem}{MASK_SUFFIX}", out / f"{stem}{OVERLAY_SUFFIX}"

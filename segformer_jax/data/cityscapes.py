@@ -7,7 +7,7 @@ extracted), or their extracted ``leftImg8bit/`` and ``gtFine/`` folders. Splits:
 so its masks are all 255).
 
 The ``*_gtFine_labelIds.png`` masks hold the 34 labelIds; they are mapped to trainIds at build
-time with the official table (``LABEL_ID_TO_TRAIN_ID``, from cityscapesScripts'
+time with the official table (``cityscapes_labels.LABEL_ID_TO_TRAIN_ID``, from cityscapesScripts'
 ``labels.py``): every labelId without a trainId, and any value that is not a labelId, -> 255.
 Unlike TFDS's own ``cityscapes`` builder, image sizes are not fixed.
 """
@@ -19,10 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from segformer_jax.data.cityscapes_labels import label_ids_to_train_ids
 from segformer_jax.data.common import (
-    IGNORE_INDEX,
     DatasetError,
     FileStore,
     SegmentationBuilder,
@@ -44,57 +42,6 @@ CLASS_NAMES: tuple[str, ...] = (
     "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
     "motorcycle", "bicycle",
 )
-
-# labelId -> trainId (cityscapesScripts helpers/labels.py); 255 = ignored in evaluation.
-LABEL_ID_TO_TRAIN_ID: dict[int, int] = {
-    0: 255,   # unlabeled
-    1: 255,   # ego vehicle
-    2: 255,   # rectification border
-    3: 255,   # out of roi
-    4: 255,   # static
-    5: 255,   # dynamic
-    6: 255,   # ground
-    7: 0,     # road
-    8: 1,     # sidewalk
-    9: 255,   # parking
-    10: 255,  # rail track
-    11: 2,    # building
-    12: 3,    # wall
-    13: 4,    # fence
-    14: 255,  # guard rail
-    15: 255,  # bridge
-    16: 255,  # tunnel
-    17: 5,    # pole
-    18: 255,  # polegroup
-    19: 6,    # traffic light
-    20: 7,    # traffic sign
-    21: 8,    # vegetation
-    22: 9,    # terrain
-    23: 10,   # sky
-    24: 11,   # person
-    25: 12,   # rider
-    26: 13,   # car
-    27: 14,   # truck
-    28: 15,   # bus
-    29: 255,  # caravan
-    30: 255,  # trailer
-    31: 16,   # train
-    32: 17,   # motorcycle
-    33: 18,   # bicycle
-}  # license plate is labelId -1: not representable in the PNGs, and -> 255 like any other value
-
-
-_TABLE = np.full(256, IGNORE_INDEX, np.uint8)
-for _label_id, _train_id in LABEL_ID_TO_TRAIN_ID.items():
-    _TABLE[_label_id] = _train_id
-
-
-def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
-    """uint8 trainIds (0..18, 255) of an integer labelId map."""
-    ids = np.asarray(label_ids).astype(np.int64)
-    return np.where((ids >= 0) & (ids < 256), _TABLE[np.clip(ids, 0, 255)], IGNORE_INDEX
-                    ).astype(np.uint8)
-
 
 def instructions(manual_dir: str | Path = "<manual_dir>") -> str:
     return (f"put {IMAGES_ZIP} (from {URLS[IMAGES_ZIP]}) and {LABELS_ZIP} (from "
