@@ -592,3 +592,63 @@ def test_pipeline_over_a_built_dataset(tmp_path, DatasetError):
     expected = transform(T.as_example(data.source[index]), np.random.default_rng([0, 0, 1]))
     np.testing.assert_array_equal(batches[0]["image"][1], expected["image"])
     np.testing.assert_array_equal(batches[0]["label"][1], expected["label"])
+
+
+# ----------------------------------------------------------------------------- as people unzip them
+
+def _extract(members, root):
+    for name, payload in members.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(payload)
+
+
+def test_ade20k_unzipped_into_a_folder_of_the_archives_name(tmp_path, DatasetError):
+    """``unzip ADEChallengeData2016.zip -d ADEChallengeData2016`` nests the folder twice; the
+    builder finds it there."""
+    members, expected = _ade_members()
+    _extract(members, tmp_path / "man" / "ADEChallengeData2016")
+    _check_ade(tmp_path / "tfds", tmp_path / "man", expected, members)
+
+
+def test_ade20k_with_only_the_validation_images_evaluates(tmp_path, DatasetError):
+    members, expected = _ade_members()
+    _extract({k: v for k, v in members.items() if "/training/" not in k}, tmp_path / "man")
+    val = sd.load_split("ade20k", "validation", tmp_path / "tfds", tmp_path / "man")
+    assert len(val) == 2
+    with pytest.raises(DatasetError, match=r"has no split 'train'; it has \['validation'\]: .*"
+                                           r"built from a copy without that split's images"):
+        sd.load_split("ade20k", "train", tmp_path / "tfds", tmp_path / "man")
+
+
+def test_ade20k_says_where_it_looked_and_what_it_found(tmp_path, DatasetError):
+    (tmp_path / "man" / "ADEChallengeData2016" / "photos").mkdir(parents=True)
+    (tmp_path / "man" / "notes.txt").write_text("x")
+    with pytest.raises(DatasetError) as err:
+        sd.load_split("ade20k", "validation", tmp_path / "tfds", tmp_path / "man")
+    message = str(err.value)
+    assert f"under {tmp_path / 'man' / 'ADEChallengeData2016'}, {tmp_path / 'man'};" in message
+    assert "holds ADEChallengeData2016/, notes.txt" in message
+
+
+def test_cityscapes_unzipped_into_folders_of_the_archives_names(tmp_path, DatasetError):
+    """``unzip leftImg8bit_trainvaltest.zip -d leftImg8bit_trainvaltest`` (and gtFine's
+    alike): the builder finds ``leftImg8bit/`` and ``gtFine/`` one level down."""
+    import zipfile
+    (tmp_path / "zips").mkdir()
+    expected = _cityscapes_zips(tmp_path / "zips")
+    man = tmp_path / "man"
+    for archive in ("leftImg8bit_trainvaltest", "gtFine_trainvaltest"):
+        with zipfile.ZipFile(tmp_path / "zips" / f"{archive}.zip") as z:
+            z.extractall(man / archive)
+    data = sd.load_split("cityscapes", "validation", tmp_path / "tfds", man)
+    assert len(data) == 1 and data.source[0]["file_name"].decode() in expected
+
+
+def test_cityscapes_says_where_it_looked_and_what_it_found(tmp_path, DatasetError):
+    man = tmp_path / "man"
+    (man / "leftImg8bit_trainvaltest" / "images").mkdir(parents=True)
+    with pytest.raises(DatasetError) as err:
+        sd.load_split("cityscapes", "validation", tmp_path / "tfds", man)
+    message = str(err.value)
+    assert f"nor an extracted leftImg8bit/ in {man} or {man / 'leftImg8bit_trainvaltest'}" in message
+    assert f"({man} holds leftImg8bit_trainvaltest/)" in message

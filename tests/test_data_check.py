@@ -168,6 +168,7 @@ def test_built_dataset_is_checked(tmp_path, capsys):
                          "validation"])
     out = capsys.readouterr().out
     assert status == 0 and "verdict      ready to train" in out and "background" in out
+    assert "note: [splits-read] read split 'validation' of synthetic; it also has " in out
 
 
 def test_bad_flags(tmp_path, capsys):

@@ -246,8 +246,13 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     builder = prepare(name, data_dir, manual_dir, num_channels, **options)
     base = split.split("[", 1)[0]
     if base not in builder.info.splits:
+        built_from = ""
+        if name in ("ade20k", "cityscapes"):   # built from what the manual dir held
+            built_from = (f": {builder.data_dir} was built from a copy without that split's "
+                          f"images; add them to the manual dir and delete {builder.data_dir} to "
+                          f"build it again")
         raise DatasetError(f"dataset {name!r} has no split {base!r}; it has "
-                           f"{sorted(builder.info.splits)}")
+                           f"{sorted(builder.info.splits)}{built_from}")
     check_shards(builder, base)
     metadata = builder.info.metadata or {}
     task = task_of_dataset(name)

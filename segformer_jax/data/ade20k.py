@@ -72,19 +72,36 @@ _IMAGE_RE = re.compile(r"^(?P<prefix>(?:.*/)?)images/(?P<split>training|validati
                        r"(?P<stem>[^/]+)\.(?:jpg|jpeg|png)$", re.IGNORECASE)
 
 
+def _entries(folder: Path, limit: int = 8) -> str:
+    """What ``folder`` holds, for an error message: its first entries, folders marked '/'."""
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    shown = ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    return shown or "nothing"
+
+
+def candidate_folders(manual_dir: Path) -> list[Path]:
+    """Where an extracted copy may be: unzipped into a folder of the archive's name (which
+    nests ``ADEChallengeData2016/ADEChallengeData2016/``), extracted in place, or the
+    folder itself."""
+    return [manual_dir / FOLDER_NAME / FOLDER_NAME, manual_dir / FOLDER_NAME, manual_dir]
+
+
 def find_source(manual_dir: str | Path) -> Path:
-    """The extracted folder (preferred: no decompression) or the zip inside ``manual_dir``."""
     manual_dir = Path(manual_dir)
     if not manual_dir.is_dir():
         raise DatasetError(f"ADE20K: manual_dir {manual_dir} does not exist: "
                            f"{instructions(manual_dir)}")
-    for folder in (manual_dir / FOLDER_NAME, manual_dir):
-        if (folder / "images" / "training").is_dir() or (folder / "images" / "validation").is_dir():
+    candidates = candidate_folders(manual_dir)
+    for folder in candidates:
+        if any((folder / "images" / split).is_dir() for split in SPLITS.values()):
             return folder
-    if (manual_dir / ZIP_NAME).is_file():
-        return manual_dir / ZIP_NAME
+    for archive in (manual_dir / ZIP_NAME, manual_dir / FOLDER_NAME / ZIP_NAME):
+        if archive.is_file():
+            return archive
+    looked = ", ".join(str(c) for c in candidates if c.is_dir())
     raise DatasetError(f"ADE20K: neither {ZIP_NAME} nor an extracted {FOLDER_NAME}/ folder in "
-                       f"{manual_dir}: {instructions(manual_dir)}")
+                       f"{manual_dir}: no images/training/ or images/validation/ under {looked}; "
+                       f"{manual_dir} holds {_entries(manual_dir)}. {instructions(manual_dir)}")
 
 
 class Ade20k(SegmentationBuilder):
@@ -115,11 +132,12 @@ class Ade20k(SegmentationBuilder):
                     raise DatasetError(f"{store.where(name)}: no annotation for this image "
                                        f"(expected {store.where(annotation)})")
                 pairs[split_of[folder]].append((name, annotation, name.rsplit("/", 1)[-1]))
-        for split, items in pairs.items():
-            if not items:
-                raise DatasetError(f"{source}: no images under images/{SPLITS[split]}/; "
-                                   f"{instructions(source.parent)}")
-        return {split: self._examples(source, items) for split, items in pairs.items()}
+        if not any(pairs.values()):
+            raise DatasetError(f"{source}: no images under images/training/ or "
+                               f"images/validation/; {instructions(source.parent)}")
+        # A copy with one split (only the validation images, to evaluate) builds that split;
+        # load_split names the one it lacks.
+        return {split: self._examples(source, items) for split, items in pairs.items() if items}
 
     def _examples(self, source: Path, items: list[tuple[str, str, str]]) -> Iterator:
         with FileStore(source) as store:

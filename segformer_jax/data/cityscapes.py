@@ -53,22 +53,31 @@ INSTRUCTIONS = instructions()
 
 
 def find_sources(manual_dir: str | Path) -> tuple[Path, Path]:
-    """(images source, labels source): each an extracted folder or the zip in ``manual_dir``."""
+    """(images source, labels source): each an extracted folder or the zip in ``manual_dir``.
+
+    An extracted ``leftImg8bit/`` (``gtFine/``) is found in ``manual_dir`` or one level down,
+    in a folder of the archive's name (``leftImg8bit_trainvaltest/leftImg8bit/``: what
+    unzipping into a folder per archive makes); the source is the folder holding it."""
     manual_dir = Path(manual_dir)
     if not manual_dir.is_dir():
         raise DatasetError(f"Cityscapes: manual_dir {manual_dir} does not exist: "
                            f"{instructions(manual_dir)}")
     found = []
     for archive, folder in ((IMAGES_ZIP, "leftImg8bit"), (LABELS_ZIP, "gtFine")):
-        if (manual_dir / folder).is_dir():
-            found.append(manual_dir)  # members are named leftImg8bit/... and gtFine/...
+        parents = [manual_dir, manual_dir / archive.removesuffix(".zip")]
+        parent = next((p for p in parents if (p / folder).is_dir()), None)
+        if parent is not None:
+            found.append(parent)  # members are named leftImg8bit/... and gtFine/...
         elif (manual_dir / archive).is_file():
             found.append(manual_dir / archive)
         else:
-            raise DatasetError(f"Cityscapes: {manual_dir / archive} not found: put {archive} "
-                               f"(from {URLS[archive]}) into {manual_dir}, or its extracted "
-                               f"{folder}/ folder (a free login at cityscapes-dataset.com is "
-                               f"needed)")
+            held = sorted(p.name + ("/" if p.is_dir() else "") for p in manual_dir.iterdir())
+            raise DatasetError(f"Cityscapes: {manual_dir / archive} not found, nor an extracted "
+                               f"{folder}/ in {' or '.join(str(p) for p in parents)} "
+                               f"({manual_dir} holds {', '.join(held[:8]) or 'nothing'}"
+                               f"{' and more' if len(held) > 8 else ''}): put {archive} (from "
+                               f"{URLS[archive]}) into {manual_dir}, or its extracted {folder}/ "
+                               f"folder (a free login at cityscapes-dataset.com is needed)")
     return found[0], found[1]
 
 
