@@ -52,10 +52,12 @@ def build(config: ml_collections.ConfigDict, seg_config: Any,
     tx = make_optimizer(run_config.recipe(config), config.accumulate_steps)
     if abstract:
         state, state_sharding = state_layout(seg_config, tx, config.seed, mesh,
-                                             config.mesh.fsdp_min_size, config.task)
+                                             config.mesh.fsdp_min_size, config.task,
+                                             run_config.uses_ema(config))
     else:
         state, state_sharding = create_state(seg_config, tx, config.seed, mesh, pretrained,
-                                             config.mesh.fsdp_min_size, config.task)
+                                             config.mesh.fsdp_min_size, config.task,
+                                             run_config.uses_ema(config))
     step = jit_train_step(model, tx, config, seg_config, mesh, state_sharding)
     return TrainStep(model, tx, mesh, state, state_sharding, step)
 

@@ -473,17 +473,18 @@ def training_step_dir(path: str | os.PathLike) -> pathlib.Path | None:
     return None if found is None else found[0] / str(found[1][-1])
 
 
-def load_training_run(path: str | os.PathLike
+def load_training_run(path: str | os.PathLike, ema: bool = False
                       ) -> tuple[SegformerConfig, dict[str, Any], pathlib.Path] | None:
     """``(config, variables, step directory)`` of a training-run path (None if it is not
     one): a step directory as it is; for a workdir, its newest intact step. A damaged newest
     step (files lost or changed, NaN weights) is reported by a warning naming it and the
-    step used instead; ``DamagedCheckpointError`` when no step is intact."""
+    step used instead; ``DamagedCheckpointError`` when no step is intact. ``ema``: the EMA
+    of the weights the run kept (``optimizer.ema_decay``) instead of the weights."""
     path = pathlib.Path(path).absolute()
     if not path.is_dir():
         return None
     if _is_step_dir(path):
-        return (*load_training_checkpoint(path), path)
+        return (*load_training_checkpoint(path, ema), path)
     found = _training_steps(path)
     if found is None:
         return None
@@ -491,7 +492,7 @@ def load_training_run(path: str | os.PathLike
     damaged: list[str] = []
     for step in reversed(steps):
         try:
-            config, variables = load_training_checkpoint(checkpoints / str(step))
+            config, variables = load_training_checkpoint(checkpoints / str(step), ema)
         except DamagedCheckpointError as e:
             damaged.append(str(e))
             continue
@@ -513,9 +514,11 @@ def local_target(metadata_tree: Any) -> Any:
                         if _is_array(m) else m, metadata_tree, is_leaf=_is_array)
 
 
-def load_training_checkpoint(step_dir: str | os.PathLike) -> tuple[SegformerConfig, dict[str, Any]]:
-    """``(config, {'params', 'batch_stats'})`` of a ``TrainCheckpoints`` step directory, the
-    weights checked against the fingerprint saved with them (``DamagedCheckpointError``)."""
+def load_training_checkpoint(step_dir: str | os.PathLike,
+                             ema: bool = False) -> tuple[SegformerConfig, dict[str, Any]]:
+    """``(config, {'params', 'batch_stats'})`` of a ``TrainCheckpoints`` step directory (with
+    ``ema``, of the EMA of the weights the run kept), the weights checked against the
+    fingerprint saved with them (``DamagedCheckpointError``)."""
     import orbax.checkpoint as ocp
     step_dir = pathlib.Path(step_dir).absolute()
     try:
@@ -538,9 +541,16 @@ def load_training_checkpoint(step_dir: str | os.PathLike) -> tuple[SegformerConf
             state = checkpointer.restore(step_dir / "state", local_target(tree))
     except Exception as e:  # noqa: BLE001
         raise unreadable(e, f"{step_dir}: its files cannot be read back") from None
+    if ema:
+        if "ema" not in state:
+            raise CheckpointError(f"{step_dir}: the run kept no EMA of the weights (train with "
+                                  "--config.optimizer.ema_decay=0.9998, say, to have one)")
+        check_fingerprint({"ema": state["ema"]}, meta.get("fingerprint"), str(step_dir), ("ema/",))
+        state = state["ema"]
     # A classification state has no BatchNorm: its empty batch_stats may not be stored.
     variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
-    check_fingerprint(variables, meta.get("fingerprint"), str(step_dir), ("params/", "batch_stats/"))
+    if not ema:
+        check_fingerprint(variables, meta.get("fingerprint"), str(step_dir), ("params/", "batch_stats/"))
     return config, variables
 
 
@@ -681,7 +691,7 @@ def _load_hub(path: pathlib.Path) -> tuple[SegformerConfig, dict[str, Any], str]
     return config, variables, task
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[SegformerConfig, dict[str, Any], str]:
+def load_checkpoint(path: str | os.PathLike, ema: bool = False) -> tuple[SegformerConfig, dict[str, Any], str]:
     """``(config, variables, task)`` of the model in any checkpoint we read, of either task.
 
     ``path`` is one of:
@@ -694,11 +704,19 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[SegformerConfig, dict[str,
       step directory ``checkpoints/<step>``: ``params`` + ``batch_stats`` of the state, the
       config from the step's ``meta`` record.
 
+    ``ema``: a training run's EMA of the weights (refused for any other kind of path).
     Raises ``CheckpointError`` (or ``ConfigError``) naming ``path`` otherwise.
     """
     path = pathlib.Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file or directory")
+    if ema:
+        run = load_training_run(path, ema=True)
+        if run is None:
+            raise CheckpointError(f"{path}: --ema reads a training workdir or step directory "
+                                  "(the EMA lives in the train state); this is not one")
+        config, variables, _ = run
+        return config, variables, task_of(variables)
     if path.is_dir() and is_model_checkpoint(path):
         return load_model(path)
     if path.is_file() and path.suffix.lower() not in WEIGHT_SUFFIXES:

@@ -1,7 +1,7 @@
 """Converts between Hub checkpoints and our Orbax model checkpoints.
 
     python -m segformer_jax.convert to-orbax HUB_DIR_OR_FILE OUT_DIR [--task T] [--num-labels K]
-    python -m segformer_jax.convert to-hub   ORBAX_DIR_OR_TRAIN_WORKDIR OUT_DIR
+    python -m segformer_jax.convert to-hub   ORBAX_DIR_OR_TRAIN_WORKDIR OUT_DIR [--ema]
 
 ``to-orbax`` reads anything ``segformer_jax.from_pretrained`` reads (Hub directories with
 safetensors or pytorch_model.bin, transformers 5 names, NVlabs ``.pth``); ``to-hub`` writes
@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
                                            "directory (safetensors)")
     to_hub.add_argument("source")
     to_hub.add_argument("output")
+    to_hub.add_argument("--ema", action="store_true",
+                        help="a training run's EMA of the weights (optimizer.ema_decay) instead")
     for p in (to_orbax, to_hub):
         p.add_argument("--overwrite", action="store_true", help="replace a non-empty output")
     args = parser.parse_args(argv)
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             config, variables = from_pretrained(args.source, task=args.task, num_labels=args.num_labels)
             out = save_model(args.output, config, variables, args.task, overwrite=args.overwrite)
         else:  # a model checkpoint, a training workdir (its latest step) or a step directory
-            config, variables, task = load_checkpoint(args.source)
+            config, variables, task = load_checkpoint(args.source, ema=args.ema)
         if args.command == "to-hub":
             _refuse_non_empty(args.output, args.overwrite)
             out = save_pretrained(args.output, config, variables, task)

@@ -48,6 +48,8 @@ class Recipe:
     warmup_lr: float = 1e-6     # cosine: the learning rate of step 0 (not scaled with batch)
     no_decay: str = "norm"      # "norm": mmcv's custom_keys groups | "1d": timm's ndim <= 1 rule
     clip_grad_norm: float = 0.0  # > 0: clip the global gradient norm first (PVT v2 b3-b5: 1.0)
+    ema_decay: float = 0.0      # > 0: keep an EMA of the weights (timm's ModelEmaV3; e.g. 0.9998)
+    ema_warmup: bool = False    # ModelEmaV3's use_warmup: decay 1 - (1 + s)^(-2/3), capped
 
 
 def poly_with_warmup(recipe: Recipe, base_lr: float | None = None) -> optax.Schedule:
@@ -152,3 +154,30 @@ def make_optimizer(recipe: Recipe, accumulate_steps: int = 1) -> optax.GradientT
     if accumulate_steps > 1:  # one optimiser step (and schedule step) per k micro-batches
         tx = optax.MultiSteps(tx, every_k_schedule=accumulate_steps)
     return tx
+
+
+# --------------------------------------------------------------------------------------
+# EMA of the weights
+
+
+def ema_decay(step: jax.Array, recipe: Recipe) -> jax.Array:
+    """timm ``ModelEmaV3.get_decay(step)`` (``update_after_step`` 0, ``min_decay`` 0) for
+    the update after optimiser step ``step`` (1, 2, ...): 0 at the first (the average starts
+    as the weights), then ``ema_decay``; with ``ema_warmup``, ``1 - (1 + s)^(-2/3)`` for
+    ``s = step - 1`` (gamma 1, power 2/3, timm's defaults), capped at ``ema_decay``."""
+    s = jnp.maximum(jnp.asarray(step) - 1, 0).astype(jnp.float32)
+    decay = jnp.float32(recipe.ema_decay)
+    if recipe.ema_warmup:
+        decay = jnp.clip(1.0 - (1.0 + s) ** jnp.float32(-2.0 / 3.0), 0.0, decay)
+    return jnp.where(s <= 0, jnp.float32(0.0), decay)
+
+
+def ema_update(average: Any, values: Any, decay: jax.Array) -> Any:
+    """``average.lerp_(values, 1 - decay)`` on every floating leaf (parameters and BatchNorm
+    statistics alike, as ``ModelEmaV3`` without ``exclude_buffers``); other leaves copied."""
+    def lerp(a: jax.Array, v: jax.Array) -> jax.Array:
+        if not jnp.issubdtype(a.dtype, jnp.floating):
+            return v
+        return a + (1.0 - decay).astype(a.dtype) * (v.astype(a.dtype) - a)
+    return jax.tree.map(lerp, average, values)
+

@@ -175,6 +175,11 @@ def recipe(config: ml_collections.ConfigDict) -> Recipe:
     return out
 
 
+def uses_ema(config: ml_collections.ConfigDict) -> bool:
+    """Whether the run keeps an EMA of its weights (``optimizer.ema_decay`` > 0)."""
+    return float(config.optimizer.get("ema_decay", 0.0) or 0.0) > 0.0
+
+
 def batch_notes(config: ml_collections.ConfigDict) -> list[str]:
     """What a segmentation run says at start about its batch: a global batch other than
     the recipe's (and what the learning rate then is), and BatchNorm over one image."""
@@ -382,6 +387,9 @@ def _validate_task(config: ml_collections.ConfigDict) -> None:
                           f"got {config.optimizer.schedule!r}")
     if config.optimizer.no_decay not in ("norm", "1d"):
         raise ConfigError(f"optimizer.no_decay must be 'norm' or '1d'; got {config.optimizer.no_decay!r}")
+    if not 0.0 <= float(config.optimizer.ema_decay) < 1.0:
+        raise ConfigError(f"optimizer.ema_decay must be in [0, 1) (0: no EMA of the weights; "
+                          f"timm's default 0.9998); got {config.optimizer.ema_decay!r}")
     c = config.classification
     for key, low, high, closed in (("label_smoothing", 0.0, 1.0, False), ("mixup_prob", 0.0, 1.0, True),
                                    ("mixup_switch_prob", 0.0, 1.0, True), ("random_erase", 0.0, 1.0, True),

@@ -48,7 +48,7 @@ from segformer_jax.errors import DamagedCheckpointError, NonFiniteError, Segform
 from segformer_jax.evaluators import Evaluator
 from segformer_jax.files import atomic_write
 from segformer_jax.models.segformer import TASKS, init_variables
-from segformer_jax.optim import learning_rate, make_optimizer
+from segformer_jax.optim import Recipe, ema_decay, ema_update, learning_rate, make_optimizer
 from segformer_jax.progress import Progress
 
 State = dict[str, Any]
@@ -60,15 +60,20 @@ METRICS = "metrics.jsonl"
 
 
 def initial_state(seg_config: SegformerConfig, tx, seed: int,
-                  pretrained: Mapping[str, Any] | None = None, task: str = SEMSEG) -> State:
+                  pretrained: Mapping[str, Any] | None = None, task: str = SEMSEG,
+                  ema: bool = False) -> State:
     """``{'step', 'params', 'batch_stats', 'opt_state'}`` (``batch_stats`` is empty for the
-    classification model, which has no BatchNorm)."""
+    classification model, which has no BatchNorm), and with ``ema`` an ``'ema'`` copy of
+    ``params`` and ``batch_stats`` (``optimizer.ema_decay``), which the steps average."""
     variables = (pretrained if pretrained is not None
                  else init_variables(seg_config, task=task, seed=seed))
     params = jax.tree.map(jnp.asarray, variables["params"])
-    return {"step": jnp.zeros((), jnp.int32), "params": params,
-            "batch_stats": jax.tree.map(jnp.asarray, dict(variables.get("batch_stats", {}))),
-            "opt_state": tx.init(params)}
+    state = {"step": jnp.zeros((), jnp.int32), "params": params,
+             "batch_stats": jax.tree.map(jnp.asarray, dict(variables.get("batch_stats", {}))),
+             "opt_state": tx.init(params)}
+    if ema:
+        state["ema"] = {"params": params, "batch_stats": state["batch_stats"]}
+    return state
 
 
 def model_for_run(config: ml_collections.ConfigDict, seg_config: SegformerConfig) -> Any:
@@ -81,10 +86,11 @@ def model_for_run(config: ml_collections.ConfigDict, seg_config: SegformerConfig
 
 
 def state_layout(seg_config: SegformerConfig, tx, seed: int, mesh: Mesh,
-                 fsdp_min_size: int | None = None, task: str = SEMSEG) -> tuple[State, Any]:
+                 fsdp_min_size: int | None = None, task: str = SEMSEG,
+                 ema: bool = False) -> tuple[State, Any]:
     """The state's shapes (``ShapeDtypeStruct``s carrying their shardings) and the shardings
     of its leaves on ``mesh``, computed without materialising anything."""
-    shapes = jax.eval_shape(lambda: initial_state(seg_config, tx, seed, task=task))
+    shapes = jax.eval_shape(lambda: initial_state(seg_config, tx, seed, task=task, ema=ema))
     shardings = sharding.state_shardings(shapes, mesh, fsdp_min_size or sharding.MIN_FSDP_SIZE)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             shapes, shardings)
@@ -93,16 +99,17 @@ def state_layout(seg_config: SegformerConfig, tx, seed: int, mesh: Mesh,
 
 def create_state(seg_config: SegformerConfig, tx, seed: int, mesh: Mesh,
                  pretrained: Mapping[str, Any] | None = None,
-                 fsdp_min_size: int | None = None, task: str = SEMSEG) -> tuple[State, Any]:
+                 fsdp_min_size: int | None = None, task: str = SEMSEG,
+                 ema: bool = False) -> tuple[State, Any]:
     """The initial state born sharded on ``mesh`` (shapes first, no full host copy of a
     fresh model), and the shardings of its leaves."""
-    _, shardings = state_layout(seg_config, tx, seed, mesh, fsdp_min_size, task)
+    _, shardings = state_layout(seg_config, tx, seed, mesh, fsdp_min_size, task, ema)
     if pretrained is None:
-        return jax.jit(lambda: initial_state(seg_config, tx, seed, task=task),
+        return jax.jit(lambda: initial_state(seg_config, tx, seed, task=task, ema=ema),
                        out_shardings=shardings)(), shardings
     variables = {k: dict(pretrained.get(k, {})) for k in ("params", "batch_stats")}
     variables = jax.device_put(variables, {k: shardings[k] for k in variables})
-    build = jax.jit(lambda v: initial_state(seg_config, tx, seed, v, task), out_shardings=shardings)
+    build = jax.jit(lambda v: initial_state(seg_config, tx, seed, v, task, ema), out_shardings=shardings)
     return build(variables), shardings
 
 
@@ -110,10 +117,13 @@ def create_state(seg_config: SegformerConfig, tx, seed: int, mesh: Mesh,
 # The steps
 
 
-def make_train_step(model: Any, tx, seed: int,
-                    objective: tasks.Objective) -> Callable[[State, dict], tuple[State, dict]]:
+def make_train_step(model: Any, tx, seed: int, objective: tasks.Objective,
+                    recipe: Recipe | None = None,
+                    accumulate_steps: int = 1) -> Callable[[State, dict], tuple[State, dict]]:
     """The update: the task's inputs (``objective``: a mixed batch, soft targets), forward in
-    train mode, the task's loss, AdamW, new BN stats."""
+    train mode, the task's loss, AdamW, new BN stats; with an ``'ema'`` in the state, its
+    average moved towards the new weights (``optim.ema_update`` at ``recipe``'s decay) once
+    per optimiser step (every ``accumulate_steps`` micro-batches)."""
 
     def train_step(state: State, batch: dict) -> tuple[State, dict]:
         dropout_key = jax.random.fold_in(jax.random.key(seed), state["step"])
@@ -131,6 +141,12 @@ def make_train_step(model: Any, tx, seed: int,
         new_state = {"step": state["step"] + 1, "params": params,
                      "batch_stats": updates.get("batch_stats", state["batch_stats"]),
                      "opt_state": opt_state}
+        if "ema" in state:
+            current = {"params": params, "batch_stats": new_state["batch_stats"]}
+            opt_step, micro = jnp.divmod(new_state["step"], accumulate_steps)
+            moved = ema_update(state["ema"], current, ema_decay(opt_step, recipe))
+            new_state["ema"] = (moved if accumulate_steps == 1 else
+                                jax.tree.map(lambda m, e: jnp.where(micro == 0, m, e), moved, state["ema"]))
         return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
     return train_step
@@ -143,15 +159,18 @@ def jit_train_step(model: Any, tx, config: ml_collections.ConfigDict,
     the state (the sweeps, the benchmarks and the memory report time this very program)."""
     objective = tasks.objective(config, seg_config.num_labels, seg_config.semantic_loss_ignore_index,
                                 class_weight)
-    step = make_train_step(model, tx, config.seed, objective)
+    step = make_train_step(model, tx, config.seed, objective, run_config.recipe(config),
+                           config.accumulate_steps)
     return jax.jit(step, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                    out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
 
 
-def host_variables(state: State, mesh: Mesh) -> dict[str, Any]:
-    """The model's variables, whole, on this process's first device (for evaluation, which
-    scores each process's share of the split on that process's devices)."""
-    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+def host_variables(state: State, mesh: Mesh, ema: bool = False) -> dict[str, Any]:
+    """The model's variables (``ema``: their average), whole, on this process's first
+    device (for evaluation, which scores each process's share of the split on that
+    process's devices)."""
+    source = state["ema"] if ema else state
+    variables = {"params": source["params"], "batch_stats": source["batch_stats"]}
     whole = jax.jit(lambda v: v, out_shardings=sharding.replicated(mesh))(variables)
     return jax.device_put(jax.tree.map(np.asarray, whole), jax.local_devices()[0])
 
@@ -442,7 +461,7 @@ def initial_run_state(run: Run) -> tuple[State, Any]:
                                             num_labels=run.seg_config.num_labels, seed=config.seed,
                                             num_channels=run.seg_config.num_channels)
     return create_state(run.seg_config, run.tx, config.seed, run.mesh, pretrained,
-                        config.mesh.fsdp_min_size, config.task)
+                        config.mesh.fsdp_min_size, config.task, run_config.uses_ema(config))
 
 
 def resume(run: Run, checkpoints: TrainCheckpoints, state: State,
@@ -678,6 +697,14 @@ def run_loop(run: Run, checkpoints: TrainCheckpoints, state: State, state_shardi
                     if is_main:
                         print(f"\nstep {step}: validation {run.evaluator.headline(evaluated)}",
                               flush=True)
+                    if "ema" in state:   # the average scored too, logged beside (val_ema/)
+                        with progress.paused():
+                            averaged = run.evaluator(host_variables(state, run.mesh, ema=True))
+                        scalars.update({f"val_ema/{k}": v
+                                        for k, v in run.evaluator.scalars(averaged).items()})
+                        if is_main:
+                            print(f"step {step}: validation, EMA of the weights "
+                                  f"{run.evaluator.headline(averaged)}", flush=True)
                 writer.write(step, scalars)
                 if multi_process and checkpoints.reached_preemption(step):
                     stop.received = "SIGTERM (preemption)"

@@ -232,10 +232,12 @@ RESUME_REFUSED = {
                 "config.json gives predict and evaluate one normalisation)",
     "optimizer.no_decay": "the optimiser's state is laid out by it",
 }
-# optimizer.clip_grad_norm may change its value, not be switched on or off (one more
-# transformation in the optimiser's state).
+# optimizer.clip_grad_norm and optimizer.ema_decay may change their value, not be switched on
+# or off (one more transformation in the optimiser's state; an average in the train state).
 _SWITCHES = {"optimizer.clip_grad_norm": "switching gradient clipping on or off changes the "
-                                          "optimiser's state"}
+                                          "optimiser's state",
+             "optimizer.ema_decay": "switching the EMA of the weights on or off changes the "
+                                    "train state (it holds the average)"}
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
