@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
 
-@pytest.mark.parametrize("name", ["ade20k", "cityscapes", "folder"])
+@pytest.mark.parametrize("name", ["ade20k", "cityscapes", "coco_stuff", "folder"])
 @pytest.mark.parametrize("variant", ["b0", "b2", "b5"])
 def test_config_files(name, variant):
     config = load(f"{CONFIGS / name}.py:{variant}")
@@ -25,6 +25,9 @@ def test_config_files(name, variant):
     if name == "ade20k":
         assert config.data.crop_size == ((640, 640) if variant == "b5" else (512, 512))
         assert config.data.eval_scale == ((2048, 640) if variant == "b5" else (2048, 512))
+    if name == "coco_stuff":   # the paper: 80k steps of 16, 512² crops, short side 512 aligned to 32
+        assert (config.total_steps, config.batch_size, config.data.crop_size) == (80_000, 16, (512, 512))
+        assert config.data.eval_scale == (2048, 512) and config.data.eval_size_divisor == 32
 
 
 def test_quickstart_and_overrides():

@@ -1,4 +1,4 @@
-"""Datasets: the embedded synthetic shapes set, ADE20K, Cityscapes and your own folders.
+"""Datasets: the embedded synthetic shapes set, ADE20K, Cityscapes, COCO-Stuff and your own folders.
 
 Every dataset is a TFDS builder (``tfds.core.GeneratorBasedBuilder``) written as ArrayRecord,
 so ``load_split`` gives a random-access source; nothing is downloaded at run time:
@@ -8,6 +8,8 @@ so ``load_split`` gives a random-access source; nothing is downloaded at run tim
   folder), 150 classes, stored raw 0..150 and reduced (0 -> ignore) by the transforms;
 * ``"cityscapes"``: ``leftImg8bit_trainvaltest.zip`` + ``gtFine_trainvaltest.zip`` from
   ``manual_dir``, labelIds mapped to the 19 trainIds (255 = ignore);
+* ``"coco_stuff"``: COCO-Stuff 164k's three archives from ``manual_dir``, the raw ids mapped
+  to 171 classes as mmsegmentation's converter maps them (``coco_stuff.py``);
 * ``"folder"``: ``manual_dir=ROOT`` with ``ROOT/images/<split>/``, ``ROOT/masks/<split>/`` and
   ``ROOT/classes.txt``.
 
@@ -53,7 +55,7 @@ from segformer_jax.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASS_NAMES
 from segformer_jax.data.transforms import EvalTransform, TrainTransform, train_transform
 from segformer_jax.errors import DatasetError  # imports nothing: TFDS stays unloaded
 
-SEGMENTATION_DATASETS = ("synthetic", "ade20k", "cityscapes", "folder")
+SEGMENTATION_DATASETS = ("synthetic", "ade20k", "cityscapes", "coco_stuff", "folder")
 CLASSIFICATION_DATASETS = ("synthetic_classification", "imagenet2012", "image_folder")
 DATASETS = SEGMENTATION_DATASETS + CLASSIFICATION_DATASETS
 
@@ -149,6 +151,9 @@ def get_builder(name: str, data_dir: str | os.PathLike | None = None,
     if name == "cityscapes":
         from segformer_jax.data.cityscapes import Cityscapes
         return Cityscapes(data_dir=data_dir)
+    if name == "coco_stuff":
+        from segformer_jax.data.coco_stuff import CocoStuff
+        return CocoStuff(data_dir=data_dir)
     if name == "folder":
         from segformer_jax.data.folder import Folder
         return Folder(root=_expand(manual_dir), data_dir=data_dir, num_channels=num_channels)
@@ -247,7 +252,7 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     base = split.split("[", 1)[0]
     if base not in builder.info.splits:
         built_from = ""
-        if name in ("ade20k", "cityscapes"):   # built from what the manual dir held
+        if name in ("ade20k", "cityscapes", "coco_stuff"):   # built from what the manual dir held
             built_from = (f": {builder.data_dir} was built from a copy without that split's "
                           f"images; add them to the manual dir and delete {builder.data_dir} to "
                           f"build it again")

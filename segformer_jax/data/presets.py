@@ -7,6 +7,7 @@ dataset) and by the trainer's validation, so the three cannot drift apart:
     ade20k      (2048, 512)                  512²       (2048, 512)    32       whole
                 (2048, 640) for B5           640²       (2048, 640)
     cityscapes  (2048, 1024)                 1024²      (2048, 1024)   -        slide 1024 / 768
+    coco_stuff  (2048, 512)                  512²       (2048, 512)    32       whole
     synthetic   (256, 128)                   96²        (256, 128)     32       whole
     folder      (2048, 512)                  512²       (2048, 512)    32       whole
 
@@ -45,6 +46,9 @@ SETTINGS: dict[str, DatasetSettings] = {
     "ade20k": _short_side(512),
     "cityscapes": DatasetSettings((2048, 1024), (1024, 1024), (2048, 1024), None,
                                   "slide", 1024, 768),
+    # The paper: "we rescale the short side of the image to the training crop size and keep
+    # the aspect ratio for ADE20K and COCO-Stuff"; mmseg's coco-stuff164k test scale (2048, 512).
+    "coco_stuff": _short_side(512),
     "synthetic": DatasetSettings((256, 128), (96, 96), (256, 128), SIZE_DIVISOR),
     "folder": _short_side(512),
 }
