@@ -19,27 +19,20 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.harness import time_calls
 from segformer_jax.models import ops
 from segformer_jax.tables import markdown_table
 
 
 def _median_ms(fn: Callable[..., object], args: tuple, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    """Median wall-clock ms of ``fn(*args)`` (results awaited)."""
+    return time_calls(lambda: jax.block_until_ready(fn(*args)), warmup, repeats).median_ms
 
 
 def resize_rows(batch: int, side: int, size: int, channels: int, warmup: int,

@@ -24,9 +24,7 @@ import gzip
 import json
 import pathlib
 import re
-import statistics
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,18 +32,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.harness import time_calls
 from segformer_jax import host_memory
 from segformer_jax.tables import markdown_table
 
 
 def _median_ms(fn: Callable[..., Any], args: tuple, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    """Median wall-clock ms of ``fn(*args)`` (results awaited), after one untimed call."""
+    return time_calls(lambda: jax.block_until_ready(fn(*args)), 1, repeats).median_ms
 
 
 def _forward_backward(module: Any, x: jax.Array, repeats: int, *train: bool) -> tuple[float, float]:

@@ -4,7 +4,6 @@ run end to end, exact resume after SIGKILL, and the refusals."""
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
@@ -13,6 +12,7 @@ import jax
 import numpy as np
 import PIL.Image
 import pytest
+from test_train import _kill_once_saved
 
 import segformer_jax as sj
 from segformer_jax import data
@@ -188,13 +188,7 @@ def test_classification_run_logs_and_scores(classification_run):
 def test_classification_resume_after_sigkill_is_exact(classification_run):
     root, reference, _ = classification_run
     proc = _run(root / "b", root / "tfds", wait=False, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    checkpoint_4 = root / "b" / "checkpoints" / "4"
-    for line in proc.stdout:
-        if line.startswith("step ") and checkpoint_4.is_dir():
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    _kill_once_saved(proc, root / "b" / "checkpoints" / "4")
     done = _run(root / "b", root / "tfds")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming from" in done.stdout

@@ -6,14 +6,13 @@ loads."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_train import _final_state, _run
+from test_train import _final_state, _kill_once_saved, _run
 
 import segformer_jax as sj
 from segformer_jax import tasks
@@ -127,13 +126,7 @@ def test_resume_after_sigkill_is_exact_with_the_average(ema_run):
     root, reference, _ = ema_run
     proc = _run(root / "b", root / "tfds", "--config.optimizer.ema_decay=0.9", wait=False,
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    checkpoint_4 = root / "b" / "checkpoints" / "4"
-    for line in proc.stdout:
-        if line.startswith("step ") and checkpoint_4.is_dir():
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    _kill_once_saved(proc, root / "b" / "checkpoints" / "4")
     done = _run(root / "b", root / "tfds", "--config.optimizer.ema_decay=0.9")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming from" in done.stdout

@@ -68,6 +68,17 @@ def _final_state(workdir, step):
         return c.restore(workdir / "checkpoints" / str(step) / "state")
 
 
+def _kill_once_saved(proc: subprocess.Popen, checkpoint) -> None:
+    """SIGKILL a training process (stdout piped) once ``checkpoint`` is in place (Orbax
+    renames it there when complete): no chance to save anything, a real crash."""
+    for line in proc.stdout:
+        if line.startswith("step ") and checkpoint.is_dir():
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
@@ -80,13 +91,7 @@ def uninterrupted(tmp_path_factory):
 def test_resume_after_sigkill_is_exact(uninterrupted):
     root, reference, _ = uninterrupted
     proc = _run(root / "b", root / "tfds", wait=False, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    checkpoint_4 = root / "b" / "checkpoints" / "4"  # Orbax renames it into place when complete
-    for line in proc.stdout:
-        if line.startswith("step ") and checkpoint_4.is_dir():
-            proc.send_signal(signal.SIGKILL)  # no chance to save anything: a real crash
-            break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    _kill_once_saved(proc, root / "b" / "checkpoints" / "4")
     saved = sorted(int(p.name) for p in (root / "b" / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and max(saved) < 12
 
