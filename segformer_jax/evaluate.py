@@ -4,7 +4,7 @@
         [--data-dir D] [--manual-dir M] [--mode whole|slide] [--crop N --stride N]
         [--scales 0.5,0.75,1.0,1.25,1.5,1.75] [--flip] [--img-scale LONG,SHORT|none]
         [--size-divisor N|none] [--max-examples N] [--batch-windows N] [--json OUT]
-        [--data-option KEY=VALUE ...]
+        [--cityscapes-results DIR] [--data-option KEY=VALUE ...]
         [--corruptions all|paper|common|NAME,... [--severities 1,2,3,4,5|paper] [--out DIR]]
 
 ``PATH``: a Hub directory or weight file, a model checkpoint or a training workdir (see
@@ -20,6 +20,11 @@ means over images. ``--scales`` / ``--flip`` run mmseg's multi-scale (+ flip) te
 softmax averaged over the augmentations, each scale ratio applied to the preset's image
 scale. ``--crop`` alone switches to sliding-window inference; ``--stride`` defaults to 3/4
 of the crop and may not exceed it (pixels between the windows would be in none).
+
+``--cityscapes-results DIR`` (Cityscapes) also writes each image's prediction as the
+evaluation server reads it (label ids, named as the image; ``predict --format cityscapes``'s
+files). ``--split test`` needs it: the public test labels are all "unlabeled", so that
+split is evaluated only into these files (it is built, on first use, only when asked for).
 
 ``--data-option KEY=VALUE`` sets a builder option of the synthetic sets (``num_train``,
 ``num_validation``, ``seed``, ``size_range``), typed as the option's default (``8``,
@@ -221,6 +226,10 @@ def parse_args(argv: Sequence[str]):
     parser.add_argument("--batch-size", type=positive_int, default=CLASSIFICATION_DEFAULTS["batch_size"],
                         help="classification: images per forward pass (default 64)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
+    parser.add_argument("--cityscapes-results", metavar="DIR",
+                        help="also write each image's prediction as the Cityscapes test server "
+                             "reads it (label ids, named as the image) into DIR; --split test "
+                             "needs it (its public labels are all 'unlabeled')")
     parser.add_argument("--corruptions", type=_corruptions, metavar="NAMES",
                         help="robustness: all, paper, common, a family (noise, blur, weather, "
                              "digital) or names, comma-separated")
@@ -238,6 +247,16 @@ def parse_args(argv: Sequence[str]):
     elif args.json:
         parser.error("--json is the plain evaluation's; a robustness evaluation writes "
                      "robustness.json into --out")
+    if args.cityscapes_results:
+        if args.dataset != "cityscapes":
+            parser.error("--cityscapes-results writes the Cityscapes server's files; it goes with "
+                         "--dataset cityscapes")
+        if args.corruptions:
+            parser.error("--cityscapes-results goes with a plain evaluation, not --corruptions")
+    elif args.dataset == "cityscapes" and args.split.split("[", 1)[0] == "test":
+        parser.error("--split test: Cityscapes' public test labels are all 'unlabeled', so "
+                     "there is nothing to score; add --cityscapes-results DIR to write the "
+                     "predictions for the evaluation server")
     if args.dataset == "folder" and not args.manual_dir:
         parser.error("--dataset folder needs --manual-dir ROOT (the folder with classes.txt, "
                      "images/ and masks/)")
@@ -282,25 +301,46 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _robustness(args, config, variables, split, start)
         report = progress.reporter(
             lambda done, total, rate: f"evaluated {done}/{total} images ({rate:.1f} img/s)")
+        write = _server_writer(args.cityscapes_results) if args.cityscapes_results else None
         summary = evaluate_split(config, variables, split, args.mode, crop=args.crop,
                                  stride=args.stride, img_scale=args.img_scale,
                                  size_divisor=args.size_divisor, scales=args.scales, flip=args.flip,
                                  max_examples=args.max_examples, batch_windows=args.batch_windows,
-                                 progress=report, mean=mean, std=std)
+                                 progress=report, mean=mean, std=std, on_prediction=write)
     except (SegformerError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if args.cityscapes_results:
+        print(f"{summary['num_examples']} predictions written to {args.cityscapes_results} "
+              f"(Cityscapes label ids, the server's format)")
     s = summary["settings"]
     how = (f"{s['mode']}" + (f" crop {s['crop']} stride {s['stride']}" if s["mode"] == "slide" else "")
            + (f", scales {s['scales']}" if s["scales"] else "") + (", flip" if s["flip"] else ""))
     print(f"{args.dataset} {args.split}: {summary['num_examples']} images, {how}, "
           f"img_scale {s['img_scale'] or 'native'}, size_divisor {s['size_divisor']}; "
           f"{time.perf_counter() - start:.0f} s")
-    print(metrics.format_table(summary))
+    if summary["confusion_matrix"].sum():
+        print(metrics.format_table(summary))
+    else:
+        print(f"no labelled pixels in {args.dataset} {args.split}: no scores")
     if args.json:
         return _write_json(args.json, to_json(summary, checkpoint=str(args.checkpoint),
                                               dataset=args.dataset, split=args.split))
     return 0
+
+
+def _server_writer(directory: str) -> Callable[[str, Any], None]:
+    """Writes a prediction (train ids) as the Cityscapes server reads it: an 8-bit PNG of
+    label ids named as the image (``<city>_<seq>_<frame>_leftImg8bit.png``), as ``predict
+    --format cityscapes`` does."""
+    from segformer_jax.data.cityscapes_labels import train_ids_to_label_ids
+    from segformer_jax.images import save_mask
+    out = pathlib.Path(directory).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write(file_name: str, mask: Any) -> None:
+        save_mask(out / pathlib.PurePosixPath(file_name).name, train_ids_to_label_ids(mask), 34)
+    return write
 
 
 def _check_task(args: argparse.Namespace, task: str) -> None:

@@ -281,7 +281,8 @@ class SegmentationEvaluator:
                  max_examples: int | None = None, batch_windows: int = 1,
                  progress: Callable[[int, int], None] | None = None,
                  process_index: int = 0, process_count: int = 1,
-                 devices: Sequence[Any] | None = None):
+                 devices: Sequence[Any] | None = None,
+                 on_prediction: Callable[[str, np.ndarray], None] | None = None):
         from segformer_jax.data.transforms import EvalTransform
         num_labels = model.config.num_labels
         dataset_classes = split.num_labels
@@ -296,6 +297,7 @@ class SegmentationEvaluator:
         self.inference = Inference(model.apply, self.mesh)
         self.batch_windows = -(-max(int(batch_windows), 1) // self.rows) * self.rows
         self.progress = progress
+        self.on_prediction = on_prediction   # (file name, mask at the label's size): writers
         self.process_index, self.process_count = process_index, process_count
         self.source = split.source if max_examples is None else _Head(split.source, max_examples)
         if settings.multiscale:  # the augmentations resize the original image themselves
@@ -332,13 +334,15 @@ class SegmentationEvaluator:
             if self.progress is not None:
                 self.progress(done, total)
 
-    def _predictions(self, variables: Any, source: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(prediction, label) of each example of ``source``, at the label's size."""
+    def _predictions(self, variables: Any,
+                     source: Any) -> Iterator[tuple[np.ndarray, np.ndarray, str]]:
+        """(prediction, label, file name) of each example of ``source``, at the label's size."""
         s = self.settings
         if s.multiscale or s.mode == "slide":
             for example in self._examples(source):
                 label = np.asarray(example["label"])
-                yield logits_to_mask(self.logits(variables, example["image"]), label.shape[1:3]), label
+                yield (logits_to_mask(self.logits(variables, example["image"]), label.shape[1:3]),
+                       label, str(example["file_name"][0]))
             return
         layout = NamedSharding(self.mesh, PartitionSpec("data"))
         for group in same_shape_groups(self._examples(source), self.rows):
@@ -347,7 +351,7 @@ class SegmentationEvaluator:
             logits = self.inference.whole(variables, jax.device_put(np.concatenate([images, filler]), layout))
             for i, example in enumerate(group):  # one row per device, fetched one at a time
                 label = np.asarray(example["label"])
-                yield logits_to_mask(_row(logits, i), label.shape[1:3]), label
+                yield logits_to_mask(_row(logits, i), label.shape[1:3]), label, str(example["file_name"][0])
 
     def confusion_matrix(self, variables: Any, source: Any = None) -> np.ndarray:
         """The split's confusion matrix (rows = ground truth), exact int64, all processes.
@@ -358,7 +362,9 @@ class SegmentationEvaluator:
         k = len(self.class_names)
         total = metrics.zeros(k)
         variables = jax.device_put(variables, NamedSharding(self.mesh, PartitionSpec()))
-        for pred, label in self._predictions(variables, self.source if source is None else source):
+        for pred, label, file_name in self._predictions(variables, self.source if source is None else source):
+            if self.on_prediction is not None:
+                self.on_prediction(file_name, pred[0])
             total = metrics.update(total, metrics.confusion_matrix(pred, label, k, self.ignore_index))
         return sum_over_processes(total)
 
@@ -466,11 +472,14 @@ def evaluate_split(config: SegformerConfig, variables: Mapping[str, Any], split_
              scales: Sequence[float] | None = None, flip: bool = False,
              max_examples: int | None = None, batch_windows: int = 1,
              progress: Callable[[int, int], None] | None = None,
-             mean: Sequence[float] = MEAN_RGB, std: Sequence[float] = STD_RGB) -> dict[str, Any]:
+             mean: Sequence[float] = MEAN_RGB, std: Sequence[float] = STD_RGB,
+             on_prediction: Callable[[str, np.ndarray], None] | None = None) -> dict[str, Any]:
     """Scores of ``variables`` on a ``data.SplitData`` (``SegmentationEvaluator``'s result).
 
     ``mode`` / ``crop`` / ``stride`` / ``img_scale`` / ``size_divisor`` default to the
-    dataset's presets (``eval_settings``); ``mean`` / ``std``: the per-band normalisation.
+    dataset's presets (``eval_settings``); ``mean`` / ``std``: the per-band normalisation;
+    ``on_prediction(file_name, mask)`` is given each image's predicted class ids at its
+    label's size (the Cityscapes server's files are written from it).
     """
     from segformer_jax.models.segformer import SegformerForSemanticSegmentation
     settings = dataclasses.replace(eval_settings(split_data.name, mode, crop, stride, img_scale,
@@ -478,7 +487,8 @@ def evaluate_split(config: SegformerConfig, variables: Mapping[str, Any], split_
                                    mean=tuple(mean), std=tuple(std))
     evaluator = SegmentationEvaluator(SegformerForSemanticSegmentation(config), split_data,
                                       settings, max_examples=max_examples,
-                                      batch_windows=batch_windows, progress=progress)
+                                      batch_windows=batch_windows, progress=progress,
+                                      on_prediction=on_prediction)
     return evaluator(jax.device_put(dict(variables)))
 
 

@@ -1,6 +1,7 @@
-"""``predict --format cityscapes``: the test server's files, scored by cityscapesScripts' own
-evaluation (``evalPixelLevelSemanticLabeling``), equal to what ``evaluate`` reports for the
-same model on the same images."""
+"""``predict --format cityscapes`` and ``evaluate --cityscapes-results``: the test server's
+files, scored by cityscapesScripts' own evaluation (``evalPixelLevelSemanticLabeling``),
+equal to what ``evaluate`` reports for the same model on the same images; the test split
+(labels all "unlabeled") evaluated into server files."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def test_train_ids_and_label_ids_are_inverse_on_the_19_classes():
 
 LABEL_IDS = [0, 1, 7, 8, 11, 21, 23, 24, 26, 33]   # unlabeled, ego vehicle and eight classes
 FILES = {"train": [("aachen", "000000_000019")],
-         "val": [("frankfurt", "000000_000294"), ("munster", "000001_000019")]}
+         "val": [("frankfurt", "000000_000294"), ("munster", "000001_000019")],
+         "test": [("berlin", "000000_000019"), ("bielefeld", "000000_000321")]}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,8 @@ def city(tmp_path_factory):
             base = f"{city_name}_{frame}"
             for folder, suffix, array in (
                     ("leftImg8bit", "leftImg8bit", rng.integers(0, 256, (32, 64, 3), dtype=np.uint8)),
-                    ("gtFine", "gtFine_labelIds", np.asarray(LABEL_IDS, np.uint8)[
+                    ("gtFine", "gtFine_labelIds", np.zeros((32, 64), np.uint8) if split == "test"
+                     else np.asarray(LABEL_IDS, np.uint8)[   # the release's test labels: all 0
                         rng.integers(0, len(LABEL_IDS), (4, 8))].repeat(8, 0).repeat(8, 1))):
                 path = root / folder / split / city_name / f"{base}_{suffix}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,8 +77,12 @@ def test_server_files_score_as_evaluate_does(city, monkeypatch):
     assert evaluate.main(["--checkpoint", str(city / "model"), "--dataset", "cityscapes",
                           "--manual-dir", str(city), "--data-dir", str(city / "tfds"), "--split",
                           "validation", "--mode", "whole", "--img-scale", "128,32",
-                          "--json", str(city / "eval.json")]) == 0
+                          "--json", str(city / "eval.json"),
+                          "--cityscapes-results", str(city / "eval_results")]) == 0
     ours = json.loads((city / "eval.json").read_text())
+    for name in written:   # evaluate's server files: predict's, pixel for pixel
+        np.testing.assert_array_equal(np.asarray(PIL.Image.open(city / "eval_results" / name)),
+                                      np.asarray(PIL.Image.open(results / name)))
     per_class = {name: v["IoU"] for name, v in ours["per_class"].items()}
     assert len(per_class) == 19
     for name, mine in per_class.items():   # theirs also lists the ignored labels, as NaN
@@ -101,3 +108,23 @@ def test_the_server_format_refuses_what_the_server_cannot_match(city, tmp_path, 
                          "--format", "cityscapes"]) == 1
     assert "needs a model of Cityscapes' 19 classes" in capsys.readouterr().err
     assert not (tmp_path / "o" / named.name).exists()
+
+
+def test_the_test_split_is_evaluated_into_server_files(city, tmp_path, capsys):
+    common = ["--checkpoint", str(city / "model"), "--dataset", "cityscapes", "--manual-dir",
+              str(city), "--data-dir", str(city / "tfds"), "--split", "test", "--mode", "whole",
+              "--img-scale", "128,32"]
+    with pytest.raises(SystemExit):   # nothing to score, nothing written: refused up front
+        evaluate.main(common)
+    assert "add --cityscapes-results DIR" in capsys.readouterr().err
+    assert evaluate.main([*common, "--cityscapes-results", str(tmp_path / "server")]) == 0
+    out = capsys.readouterr().out
+    assert "cityscapes test: 2 images" in out and "no labelled pixels in cityscapes test: no scores" in out
+    images = sorted((city / "leftImg8bit/test").rglob("*_leftImg8bit.png"))
+    assert sorted(p.name for p in (tmp_path / "server").iterdir()) == sorted(p.name for p in images)
+    assert predict.main([*map(str, images), "--checkpoint", str(city / "model"), "--out",
+                         str(tmp_path / "predicted"), "--size", "32", "--mode", "whole",
+                         "--format", "cityscapes"]) == 0
+    for image in images:   # the same label ids as predict writes for the same images
+        np.testing.assert_array_equal(np.asarray(PIL.Image.open(tmp_path / "server" / image.name)),
+                                      np.asarray(PIL.Image.open(tmp_path / "predicted" / image.name)))

@@ -178,7 +178,14 @@ def test_cityscapes_zips_map_label_ids_to_train_ids(tmp_path, DatasetError):
             want = np.vectorize(mapping.get)(raw).astype(np.uint8)
             np.testing.assert_array_equal(ex["segmentation_mask"][..., 0], want)
             assert ex["image"].shape == (32, 64, 3)
+        if split == "validation":  # the test split is not built with the others...
+            built = sd.prepare("cityscapes", tmp_path / "tfds", tmp_path)
+            assert set(built.info.splits) == {"train", "validation"}
+            assert not list((tmp_path / "tfds").glob("segformer_cityscapes_test*"))
     assert sizes == {"train": 2, "validation": 1, "test": 1}
+    # ... but on its own when asked for, beside them.
+    assert set(sd.prepare("cityscapes", tmp_path / "tfds", tmp_path, split="test").info.splits) == {"test"}
+    assert list((tmp_path / "tfds").glob("segformer_cityscapes_test/*/dataset_info.json"))
 
 
 def test_cityscapes_missing_labels_zip_names_the_file(tmp_path, DatasetError):

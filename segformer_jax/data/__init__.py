@@ -7,7 +7,8 @@ so ``load_split`` gives a random-access source; nothing is downloaded at run tim
 * ``"ade20k"``: ADEChallengeData2016 from ``manual_dir`` (the official zip or the extracted
   folder), 150 classes, stored raw 0..150 and reduced (0 -> ignore) by the transforms;
 * ``"cityscapes"``: ``leftImg8bit_trainvaltest.zip`` + ``gtFine_trainvaltest.zip`` from
-  ``manual_dir``, labelIds mapped to the 19 trainIds (255 = ignore);
+  ``manual_dir``, labelIds mapped to the 19 trainIds (255 = ignore); its ``test`` split
+  (masks all 255) is built on its own, only when asked for;
 * ``"coco_stuff"``: COCO-Stuff 164k's three archives from ``manual_dir``, the raw ids mapped
   to 171 classes as mmsegmentation's converter maps them (``coco_stuff.py``);
 * ``"folder"``: ``manual_dir=ROOT`` with ``ROOT/images/<split>/``, ``ROOT/masks/<split>/`` and
@@ -108,9 +109,12 @@ def _expand(path: str | os.PathLike | None) -> str | None:
 
 
 def get_builder(name: str, data_dir: str | os.PathLike | None = None,
-                manual_dir: str | os.PathLike | None = None, num_channels: int = 3,
-                **options: Any) -> Any:
+                manual_dir: str | os.PathLike | None = None, num_channels: int = 3, *,
+                split: str | None = None, **options: Any) -> Any:
     """The TFDS builder of dataset ``name`` (one of ``DATASETS``); nothing is built yet.
+
+    ``split``: the split to be read, where it decides the builder: Cityscapes' ``"test"``
+    has one of its own (``cityscapes.CityscapesTest``), built only when asked for.
 
     ``options``: for ``"synthetic"`` and ``"synthetic_classification"``, ``num_train``,
     ``num_validation``, ``seed``, ``size_range`` (see ``synthetic_builder.check_options``:
@@ -149,8 +153,8 @@ def get_builder(name: str, data_dir: str | os.PathLike | None = None,
         from segformer_jax.data.ade20k import Ade20k
         return Ade20k(data_dir=data_dir)
     if name == "cityscapes":
-        from segformer_jax.data.cityscapes import Cityscapes
-        return Cityscapes(data_dir=data_dir)
+        from segformer_jax.data.cityscapes import Cityscapes, CityscapesTest
+        return (CityscapesTest if split == "test" else Cityscapes)(data_dir=data_dir)
     if name == "coco_stuff":
         from segformer_jax.data.coco_stuff import CocoStuff
         return CocoStuff(data_dir=data_dir)
@@ -167,14 +171,14 @@ def get_builder(name: str, data_dir: str | os.PathLike | None = None,
 
 
 def prepare(name: str, data_dir: str | os.PathLike | None = None,
-            manual_dir: str | os.PathLike | None = None, num_channels: int = 3,
-            **options: Any) -> Any:
+            manual_dir: str | os.PathLike | None = None, num_channels: int = 3, *,
+            split: str | None = None, **options: Any) -> Any:
     """``get_builder``, then builds the dataset unless ``data_dir`` already holds it."""
     import tensorflow_datasets as tfds
 
     from segformer_jax.data.common import damaged_message
     check_data_dir(data_dir)
-    builder = get_builder(name, data_dir, manual_dir, num_channels, **options)
+    builder = get_builder(name, data_dir, manual_dir, num_channels, split=split, **options)
     # Never look for a prepared copy on Google Cloud Storage: nothing is downloaded, ever
     # (and on a closed network the look-up can stall for a minute per build).
     config = tfds.download.DownloadConfig(manual_dir=_expand(manual_dir), try_download_gcs=False)
@@ -248,8 +252,8 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     ``split`` is a split name (``train``, ``validation``, ``test``, or a folder's subfolder),
     optionally with TFDS slicing (``"train[:100]"``). A bad input raises ``DatasetError``.
     """
-    builder = prepare(name, data_dir, manual_dir, num_channels, **options)
     base = split.split("[", 1)[0]
+    builder = prepare(name, data_dir, manual_dir, num_channels, split=base, **options)
     if base not in builder.info.splits:
         built_from = ""
         if name in ("ade20k", "cityscapes", "coco_stuff"):   # built from what the manual dir held

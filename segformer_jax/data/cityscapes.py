@@ -3,8 +3,10 @@
 ``manual_dir`` holds ``leftImg8bit_trainvaltest.zip`` and ``gtFine_trainvaltest.zip`` from
 https://www.cityscapes-dataset.com/downloads/ (login needed; they are read in place, never
 extracted), or their extracted ``leftImg8bit/`` and ``gtFine/`` folders. Splits: ``train``
-(2,975), ``validation`` (500) and ``test`` (1,525; its public labels are all "unlabeled",
-so its masks are all 255).
+(2,975) and ``validation`` (500) in ``Cityscapes``; ``test`` (1,525 images whose public
+labels are all "unlabeled", so its masks are all 255) in ``CityscapesTest``, a builder of
+its own, so that it is built only when asked for (``load_split("cityscapes", "test")``:
+predictions for the evaluation server), not with every training run's dataset.
 
 The ``*_gtFine_labelIds.png`` masks hold the 34 labelIds; they are mapped to trainIds at build
 time with the official table (``cityscapes_labels.LABEL_ID_TO_TRAIN_ID``, from cityscapesScripts'
@@ -95,6 +97,7 @@ class Cityscapes(SegmentationBuilder):
     DESCRIPTION = ("Cityscapes gtFine semantic segmentation, 19 classes (trainIds), 255 = "
                    "ignore.")
     HOMEPAGE = "https://www.cityscapes-dataset.com/"
+    BUILT_SPLITS: tuple[str, ...] = ("train", "validation")
 
     def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
         images_source, labels_source = find_sources(
@@ -109,6 +112,8 @@ class Cityscapes(SegmentationBuilder):
                 if not match:
                     continue
                 split, city, base = match["split"], match["city"], match["base"]
+                if split_of[split] not in self.BUILT_SPLITS:
+                    continue
                 key = f"{split}/{city}/{base}_gtFine_labelIds.png"
                 if key not in label_names:
                     raise DatasetError(f"{images.where(name)}: no gtFine labels for this image "
@@ -116,8 +121,9 @@ class Cityscapes(SegmentationBuilder):
                 items[split_of[split]].append(
                     (name, label_names[key], f"{city}/{base}_leftImg8bit.png"))
         if not any(items.values()):
-            raise DatasetError(f"Cityscapes: no leftImg8bit/<split>/<city>/*_leftImg8bit.png "
-                               f"images in {images_source}: {INSTRUCTIONS}")
+            folders = " or ".join(f"leftImg8bit/{SPLITS[s]}/" for s in self.BUILT_SPLITS)
+            raise DatasetError(f"Cityscapes: no <city>/*_leftImg8bit.png images in {folders} "
+                               f"of {images_source}: {INSTRUCTIONS}")
         return {split: self._examples(images_source, labels_source, pairs)
                 for split, pairs in items.items() if pairs}
 
@@ -131,3 +137,12 @@ class Cityscapes(SegmentationBuilder):
                 check_same_size(size, label_ids, image_where, mask_where)
                 yield file_name, make_example(image_bytes, label_ids_to_train_ids(label_ids),
                                               file_name)
+
+
+class CityscapesTest(Cityscapes):
+    """Cityscapes' test split alone (its masks all 255): predictions for the server."""
+
+    name = "segformer_cityscapes_test"
+    DESCRIPTION = ("Cityscapes leftImg8bit test images (1,525); the public labels are all "
+                   "'unlabeled' (255): for writing the evaluation server's files.")
+    BUILT_SPLITS = ("test",)
