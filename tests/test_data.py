@@ -182,6 +182,11 @@ def test_cityscapes_zips_map_label_ids_to_train_ids(tmp_path, DatasetError):
             built = sd.prepare("cityscapes", tmp_path / "tfds", tmp_path)
             assert set(built.info.splits) == {"train", "validation"}
             assert not list((tmp_path / "tfds").glob("segformer_cityscapes_test*"))
+            from segformer_jax.data.check import check_built
+            notes = [f.message for f in check_built("cityscapes", "validation", data_dir=tmp_path / "tfds",
+                                                    manual_dir=tmp_path).findings if f.code == "splits-read"]
+            assert notes == ["read split 'validation' of cityscapes; it also has train, test (built "
+                             "when asked for) (--split NAME checks another)"]
     assert sizes == {"train": 2, "validation": 1, "test": 1}
     # ... but on its own when asked for, beside them.
     assert set(sd.prepare("cityscapes", tmp_path / "tfds", tmp_path, split="test").info.splits) == {"test"}
