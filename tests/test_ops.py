@@ -120,7 +120,14 @@ def test_resize_backward_equals_autodiff(shape, size):
                                   ops.resize_axis(ops.resize_axis(x, 1, size[0]), 2, size[1]))
 
 
-@pytest.mark.parametrize("shape", [(2, 9, 13, 6), (1, 4, 3, 16), (1, 1, 1, 2)])
+def test_kernel_gradient_row_groups():
+    # All rows up to 16; else the largest divisor up to 16, or 14 with zero rows padded.
+    assert [ops.row_group(h) for h in (1, 7, 16, 24, 33, 56, 128, 17, 61)] == [1, 7, 16, 12, 11, 14, 16, 14, 14]
+
+
+# Heights 24, 33, 17 and 61: two or more row groups (``row_group``), 17 and 61 with padded rows.
+@pytest.mark.parametrize("shape", [(2, 9, 13, 6), (1, 4, 3, 16), (1, 1, 1, 2), (2, 24, 5, 3),
+                                   (1, 33, 3, 2), (1, 17, 6, 4), (1, 61, 2, 3)])
 def test_depthwise_conv_backward_equals_autodiff(shape):
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.standard_normal(shape, dtype=np.float32))
