@@ -333,13 +333,13 @@ def _server_writer(directory: str) -> Callable[[str, Any], None]:
     """Writes a prediction (train ids) as the Cityscapes server reads it: an 8-bit PNG of
     label ids named as the image (``<city>_<seq>_<frame>_leftImg8bit.png``), as ``predict
     --format cityscapes`` does."""
-    from segformer_jax.data.cityscapes_labels import train_ids_to_label_ids
+    from segformer_jax.data.cityscapes_labels import NUM_LABEL_IDS, train_ids_to_label_ids
     from segformer_jax.images import save_mask
     out = pathlib.Path(directory).expanduser()
     out.mkdir(parents=True, exist_ok=True)
 
     def write(file_name: str, mask: Any) -> None:
-        save_mask(out / pathlib.PurePosixPath(file_name).name, train_ids_to_label_ids(mask), 34)
+        save_mask(out / pathlib.PurePosixPath(file_name).name, train_ids_to_label_ids(mask), NUM_LABEL_IDS)
     return write
 
 

@@ -208,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.format == "cityscapes":
             result = out / pathlib.Path(path).name
             try:
-                save_mask(result, cityscapes_labels.train_ids_to_label_ids(mask), 34)   # 8-bit
+                save_mask(result, cityscapes_labels.train_ids_to_label_ids(mask),
+                          cityscapes_labels.NUM_LABEL_IDS)
             except OSError as e:
                 print(f"error: {out}: cannot write the outputs ({e.strerror or e})", file=sys.stderr)
                 return 1

@@ -61,6 +61,9 @@ def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
                     ).astype(np.uint8)
 
 
+# How many label ids there are (0..33): the server's files hold label ids, so 8-bit PNGs.
+NUM_LABEL_IDS = len(LABEL_ID_TO_TRAIN_ID)
+
 # trainId -> labelId: the inverse on the 19 evaluated classes; an ignored pixel (255) -> 0
 # ("unlabeled"), which the evaluation ignores as well.
 TRAIN_ID_TO_LABEL_ID: dict[int, int] = {t: label for label, t in LABEL_ID_TO_TRAIN_ID.items() if t != IGNORE_INDEX}
