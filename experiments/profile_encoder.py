@@ -3,7 +3,7 @@ and forward + backward, at the shapes of a training step, and the whole step's
 ``jax.profiler`` trace summed by XLA operation kind.
 
     python -m experiments.profile_encoder [--task image_classification] [--variant b0]
-        [--batch 32] [--size 224] [--repeats 5]
+        [--batch 32] [--size 224] [--repeats 5] [--tiny]
 
 Part 1: per stage, the overlapping patch embedding, one block, and the block's attention
 (with its sequence-reduction conv) and Mix-FFN (dense, depthwise conv, GELU, dense) apart,
@@ -13,7 +13,9 @@ step (``experiments.train_steps``) traced for two steps after warming up; the tr
 events (XLA:CPU thunks and fusions) summed by kind with their share, the names' trailing
 numbers dropped. Both on the backend this runs on, in milliseconds, median of
 ``--repeats``. The sums of part 1 exceed the step: each part pays its own dispatch and
-loses fusion across its borders.
+loses fusion across its borders. ``--tiny``: the variant's tiny form (widths 8-32, one
+block a stage; ``TINY_MODEL``), for a check that the script runs (a test does, on a CPU),
+at a fraction of the compile time.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ from experiments.harness import time_calls
 from segformer_jax import host_memory
 from segformer_jax.tables import markdown_table
 
+# ``--tiny``: the model overrides of experiments.accelerator_report's tiny settings.
+TINY_MODEL = {"hidden_sizes": (8, 16, 24, 32), "num_attention_heads": (1, 2, 3, 4),
+              "depths": (1, 1, 1, 1), "decoder_hidden_size": 16}
+
 
 def _median_ms(fn: Callable[..., Any], args: tuple, repeats: int) -> float:
     """Median wall-clock ms of ``fn(*args)`` (results awaited), after one untimed call."""
@@ -54,11 +60,13 @@ def _forward_backward(module: Any, x: jax.Array, repeats: int, *train: bool) -> 
     return _median_ms(jax.jit(apply), (params, x), repeats), _median_ms(grad, (params, x), repeats)
 
 
-def part_rows(variant: str, batch: int, size: int, repeats: int) -> list[tuple[str, float, float, int]]:
-    """``(part, forward ms, forward + backward ms, times per step)`` of the encoder's parts."""
+def part_rows(variant: str, batch: int, size: int, repeats: int,
+              overrides: dict[str, Any] | None = None) -> list[tuple[str, float, float, int]]:
+    """``(part, forward ms, forward + backward ms, times per step)`` of the encoder's parts
+    (``overrides``: model config fields set over the variant's, e.g. ``TINY_MODEL``)."""
     import segformer_jax as sj
     from segformer_jax.models import mit
-    config = sj.SegformerConfig.from_variant(variant, num_labels=1000)
+    config = sj.SegformerConfig.from_variant(variant, num_labels=1000, **(overrides or {}))
     rng = np.random.default_rng(0)
     rows = []
     x = jnp.asarray(rng.standard_normal((batch, size, size, 3), np.float32))
@@ -76,9 +84,10 @@ def part_rows(variant: str, batch: int, size: int, repeats: int) -> list[tuple[s
     return rows
 
 
-def step_profile(task: str, variant: str, batch: int, size: int) -> list[tuple[str, float, int]]:
+def step_profile(task: str, variant: str, batch: int, size: int,
+                 overrides: dict[str, Any] | None = None) -> list[tuple[str, float, int]]:
     """``(operation kind, ms per step, count per step)`` of the trainer's step, from a
-    ``jax.profiler`` trace of two steps."""
+    ``jax.profiler`` trace of two steps (``overrides``: as ``part_rows``)."""
     from experiments import train_steps
     from segformer_jax import run_config
     config = run_config.default_config()
@@ -90,6 +99,8 @@ def step_profile(task: str, variant: str, batch: int, size: int) -> list[tuple[s
         run_config.use_variant(config, variant)
         config.batch_size = batch
         classes, shape = 150, (batch, size, size)
+    for key, value in (overrides or {}).items():
+        config.model.overrides[key] = value
     step = train_steps.build(config, run_config.model_config(config, classes))
     rng = np.random.default_rng(0)
     images = rng.standard_normal((batch, size, size, 3), dtype=np.float32)
@@ -124,16 +135,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--top", type=int, default=15, help="operation kinds shown (default 15)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="the variant at tiny widths, one block a stage: checks that this runs")
     args = parser.parse_args(argv)
+    overrides = TINY_MODEL if args.tiny else None
     device = jax.devices()[0]
     print(f"# {device.platform} ({device.device_kind}), jax {jax.__version__}; {args.task} "
-          f"{args.variant}, batch {args.batch}, {args.size}²\n")
-    parts = part_rows(args.variant, args.batch, args.size, args.repeats)
+          f"{args.variant}{' (tiny)' if args.tiny else ''}, batch {args.batch}, {args.size}²\n")
+    parts = part_rows(args.variant, args.batch, args.size, args.repeats, overrides)
     total = sum(both * times for part, _, both, times in parts if not part.startswith("  "))
     rows = [[part, f"{forward:.1f}", f"{both:.1f}", f"×{times}"] for part, forward, both, times in parts]
     print(markdown_table(["part", "forward (ms)", "forward + backward (ms)", "per step"],
                          [*rows, ["encoder, parts summed", "", f"{total:.0f}", ""]], numbers_from=1) + "\n")
-    rows = step_profile(args.task, args.variant, args.batch, args.size)
+    rows = step_profile(args.task, args.variant, args.batch, args.size, overrides)
     step_ms = sum(ms for _, ms, _ in rows)
     print(f"The step's operations (XLA's thunks, summed over threads: {step_ms:.0f} ms per step):\n")
     print(markdown_table(["operation kind", "ms per step", "share", "count"],

@@ -198,7 +198,7 @@ def test_profile_encoder_breaks_the_step_down(capsys):
     """The profile's two tables at a tiny size: every stage's parts timed, and the traced
     step's operation kinds with shares that add up to the whole."""
     from experiments import profile_encoder
-    assert profile_encoder.main(["--batch", "2", "--size", "32", "--repeats", "1", "--top", "100000"]) == 0
+    assert profile_encoder.main(["--batch", "2", "--size", "32", "--repeats", "1", "--top", "100000", "--tiny"]) == 0
     out = capsys.readouterr().out
     for stage in range(1, 5):
         assert f"| stage {stage} patch embedding |" in out and f"| stage {stage} block (" in out
