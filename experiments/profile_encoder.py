@@ -3,7 +3,7 @@ and forward + backward, at the shapes of a training step, and the whole step's
 ``jax.profiler`` trace summed by XLA operation kind.
 
     python -m experiments.profile_encoder [--task image_classification] [--variant b0]
-        [--batch 32] [--size 224] [--repeats 5] [--tiny]
+        [--batch 32] [--size 224] [--repeats 5] [--tiny] [--torch [--threads N]]
 
 Part 1: per stage, the overlapping patch embedding, one block, and the block's attention
 (with its sequence-reduction conv) and Mix-FFN (dense, depthwise conv, GELU, dense) apart,
@@ -16,6 +16,13 @@ numbers dropped. Both on the backend this runs on, in milliseconds, median of
 loses fusion across its borders. ``--tiny``: the variant's tiny form (widths 8-32, one
 block a stage; ``TINY_MODEL``), for a check that the script runs (a test does, on a CPU),
 at a fraction of the compile time.
+
+``--torch`` adds a third table: each part (patch embedding, attention, Mix-FFN) forward +
+backward in train mode against transformers' own module (``SegformerOverlapPatchEmbeddings``,
+``SegformerAttention``, ``SegformerMixMLP``) of the same config on the same input, timed in
+turn (``harness.time_interleaved``), with their ratio: where the encoder loses to torch.
+Stage 1's patch embedding is differentiated for its parameters only, as in a step (the
+image needs no gradient); the other parts for their parameters and input.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.harness import time_calls
+from experiments.harness import import_torch, time_calls, time_interleaved
 from segformer_jax import host_memory
 from segformer_jax.tables import markdown_table
 
@@ -82,6 +89,77 @@ def part_rows(variant: str, batch: int, size: int, repeats: int,
                      *_forward_backward(mit.EfficientSelfAttention(config, i), x, repeats, False), depth))
         rows.append(("  Mix-FFN", *_forward_backward(mit.MixFFN(config, i), x, repeats, False), depth))
     return rows
+
+
+def _our_step(module: Any, x: jax.Array, train: tuple[bool, ...], input_grad: bool) -> Callable[[], Any]:
+    """A call running ``module``'s forward + backward (parameters, and ``x`` if asked)."""
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    params = module.init(rngs, x, *train)["params"]
+
+    def loss(p: Any, v: jax.Array) -> jax.Array:
+        out = module.apply({"params": p}, v, *train, rngs={"dropout": jax.random.key(2)})
+        return jnp.sum(out) * 1e-3
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1) if input_grad else 0))
+    return lambda: jax.block_until_ready(grad(params, x))
+
+
+def _torch_step(torch: Any, module: Any, x: np.ndarray, size: tuple[int, int] | None,
+                input_grad: bool) -> Callable[[], None]:
+    """The same for a transformers module in train mode; ``size``: the (h, w) that the
+    sequence modules take beside their (N, h·w, C) input."""
+    module.train()
+    inputs = torch.tensor(x).requires_grad_(input_grad)
+
+    def step() -> None:
+        for p in module.parameters():
+            p.grad = None
+        inputs.grad = None
+        out = module(inputs, *size) if size else module(inputs)
+        (out[0] if isinstance(out, tuple) else out).sum().mul(1e-3).backward()
+    return step
+
+
+def torch_rows(variant: str, batch: int, size: int, repeats: int, threads: int | None = None,
+               overrides: dict[str, Any] | None = None) -> list[tuple[str, float, float]]:
+    """``(part, our ms, torch's ms)`` forward + backward of each part against transformers'."""
+    torch = import_torch(False, threads)
+    import transformers
+    from transformers.models.segformer import modeling_segformer as hf
+
+    import segformer_jax as sj
+    from segformer_jax.models import mit
+    config = sj.SegformerConfig.from_variant(variant, num_labels=1000, **(overrides or {}))
+    fields = config.to_dict()
+    fields.pop("model_type")
+    theirs_config = transformers.SegformerConfig(**fields, attn_implementation="eager")
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    calls: dict[str, Callable[[], Any]] = {}
+    x = rng.standard_normal((batch, size, size, config.num_channels), np.float32)
+    for i in range(4):
+        c = config.hidden_sizes[i]
+        embed = hf.SegformerOverlapPatchEmbeddings(config.patch_sizes[i], config.strides[i],
+                                                   x.shape[-1], c)
+        calls[f"stage {i + 1} patch embedding"] = _our_step(mit.OverlapPatchEmbeddings(config, i),
+                                                            jnp.asarray(x), (), i > 0)
+        calls[f"stage {i + 1} patch embedding torch"] = _torch_step(
+            torch, embed, x.transpose(0, 3, 1, 2).copy(), None, i > 0)
+        side = -(-size // 2 ** (i + 2))
+        x = rng.standard_normal((batch, side, side, c), np.float32)
+        sequence = x.reshape(batch, side * side, c)
+        attention = hf.SegformerAttention(theirs_config, c, config.num_attention_heads[i],
+                                          config.sr_ratios[i])
+        calls[f"stage {i + 1} attention"] = _our_step(mit.EfficientSelfAttention(config, i),
+                                                      jnp.asarray(x), (False,), True)
+        calls[f"stage {i + 1} attention torch"] = _torch_step(torch, attention, sequence, (side, side), True)
+        ffn = hf.SegformerMixMLP(theirs_config, in_features=c,
+                                 hidden_features=int(c * config.mlp_ratios[i]))
+        calls[f"stage {i + 1} Mix-FFN"] = _our_step(mit.MixFFN(config, i), jnp.asarray(x), (False,), True)
+        calls[f"stage {i + 1} Mix-FFN torch"] = _torch_step(torch, ffn, sequence, (side, side), True)
+    timings = time_interleaved(calls, 1, repeats)
+    return [(name, timings[name].median_ms, timings[f"{name} torch"].median_ms)
+            for name in calls if not name.endswith(" torch")]
 
 
 def step_profile(task: str, variant: str, batch: int, size: int,
@@ -137,6 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=15, help="operation kinds shown (default 15)")
     parser.add_argument("--tiny", action="store_true",
                         help="the variant at tiny widths, one block a stage: checks that this runs")
+    parser.add_argument("--torch", action="store_true",
+                        help="also time each part against transformers' module (a third table)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = parser.parse_args(argv)
     overrides = TINY_MODEL if args.tiny else None
     device = jax.devices()[0]
@@ -153,6 +234,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown_table(["operation kind", "ms per step", "share", "count"],
                          [[kind, f"{ms:.1f}", f"{100 * ms / step_ms:.1f} %", count]
                           for kind, ms, count in rows[:args.top]], numbers_from=1))
+    if args.torch:
+        rows = torch_rows(args.variant, args.batch, args.size, args.repeats, args.threads, overrides)
+        print("\nEach part forward + backward against transformers' module (train mode):\n")
+        print(markdown_table(["part", "ours (ms)", "transformers + torch (ms)", "torch / ours"],
+                             [[part, f"{ours:.1f}", f"{theirs:.1f}", f"{theirs / ours:.2f}×"]
+                              for part, ours, theirs in rows], numbers_from=1))
     return 0
 
 

@@ -195,10 +195,12 @@ def test_attention_equals_jax_and_its_gradient(queries, keys, heads, depth):
 
 @pytest.mark.slow
 def test_profile_encoder_breaks_the_step_down(capsys):
-    """The profile's two tables at a tiny size: every stage's parts timed, and the traced
-    step's operation kinds with shares that add up to the whole."""
+    """The profile's three tables at a tiny size: every stage's parts timed, the traced
+    step's operation kinds with shares that add up to the whole, and each part against
+    transformers' module."""
     from experiments import profile_encoder
-    assert profile_encoder.main(["--batch", "2", "--size", "32", "--repeats", "1", "--top", "100000", "--tiny"]) == 0
+    assert profile_encoder.main(["--batch", "2", "--size", "32", "--repeats", "1", "--top", "100000", "--tiny",
+                                 "--torch"]) == 0
     out = capsys.readouterr().out
     for stage in range(1, 5):
         assert f"| stage {stage} patch embedding |" in out and f"| stage {stage} block (" in out
@@ -207,3 +209,9 @@ def test_profile_encoder_breaks_the_step_down(capsys):
     kinds = [float(ms) for ms in re.findall(r"^\| \S+ \| ([\d.]+) \| [\d.]+ % \| \d+ \|$", out, re.M)]
     assert len(kinds) > 5 and "dot" in out
     assert abs(sum(kinds) - total) <= 0.5 + 0.05 * len(kinds)   # each row and the total rounded
+    against = re.findall(r"^\| stage (\d) (patch embedding|attention|Mix-FFN) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)× \|$",
+                         out, re.M)
+    assert len(against) == 12 and all(float(ours) > 0 and float(theirs) > 0 for *_, ours, theirs, _ in against)
+    for *_, o, t, r in against:   # the ratio of the two times, each printed to 0.05 ms
+        o, t, r = float(o), float(t), float(r)
+        assert (t - 0.05) / (o + 0.05) - 0.005 <= r <= (t + 0.05) / max(o - 0.05, 1e-9) + 0.005
