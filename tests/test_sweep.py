@@ -270,8 +270,10 @@ def test_a_two_stage_sweep_over_seeds_resumes_in_either_stage(tmp_path):
                 "log_every": 1, "data.crop_size": (32, 32), "data.data_dir": str(tmp_path / "tfds"),
                 "data.num_workers": 1, "data.options": {"num_train": 24, "num_validation": 6},
                 "classification.eval_batch_size": 8, "optimizer.warmup_steps": 1}
+    # Both points fine-tune 6 steps: total_steps is a constant of the compiled step, so the
+    # scratch and fine-tuning runs of a seed share one program through the compilation cache.
     body = (f"PRETRAIN = {pretrain!r}\nSEEDS = [0, 1]\n"
-            "POINTS = [{'name': 'scratch'}, {'name': 'pt', 'pretrain': True, 'total_steps': 6}]\n")
+            "POINTS = [{'name': 'scratch', 'total_steps': 6}, {'name': 'pt', 'pretrain': True, 'total_steps': 6}]\n")
     path = _write_sweep(tmp_path / "two_stage.py", tmp_path / "tfds", body)
     sweep = sweep_file.load_sweep(path)
     assert [p.name for p in sweep.points] == ["scratch-seed0", "scratch-seed1", "pt-seed0", "pt-seed1"]
