@@ -34,8 +34,14 @@ def _write_sweep(path, data_dir, body, measure=""):
     return path
 
 
+# XLA:CPU's LLVM optimisation level only changes how fast the compiled code runs (as in
+# tests/test_scale.py); level 0 halves the compile time that these tiny points are made of.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+
+
 def _env():
-    return {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", "HF_HUB_OFFLINE": "1"}
+    return {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", "HF_HUB_OFFLINE": "1",
+            "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()}
 
 
 def _run(command, **kwargs):
