@@ -54,9 +54,10 @@ def train_args(workdir, data_dir, total):
             "--config.optimizer.warmup_steps=2", "--config.data.num_workers=1", *TINY_OVERRIDES]
 
 
-def _run(workdir, data_dir, *overrides, total=12, wait=True, **popen):
+def _run(workdir, data_dir, *overrides, total=12, wait=True, env=None, **popen):
+    """The training command in a subprocess (``env``: variables set over this process's)."""
     args = [sys.executable, "-m", "segformer_jax.train", *train_args(workdir, data_dir, total), *overrides]
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     if wait:
         return subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
     return subprocess.Popen(args, env=env, text=True, **popen)
