@@ -16,11 +16,17 @@ TINY = sj.SegformerConfig.from_variant("b0", num_labels=5, hidden_sizes=(8, 16, 
                                        attention_probs_dropout_prob=0.1)
 
 
+# These tests compare programs of their own making (remat or not, scanned or not, bf16 or
+# float32): compiled at XLA:CPU's backend optimisation level 0, which changes only how fast the
+# compiled code runs (as tests/test_scale.py's processes), in about half the compile time.
+FAST = {"xla_backend_optimization_level": 0}
+
+
 class Jitted:
     """``model.apply`` under ``jax.jit`` (eager Flax dispatches op by op: minutes on CPU)."""
 
     def __init__(self, model):
-        self.apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
+        self.apply = jax.jit(model.apply, static_argnames=("train", "mutable"), compiler_options=FAST)
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +156,7 @@ def test_remat_gives_the_same_gradients(tiny):
             out, _ = model.apply({**variables, "params": params}, images, train=True,
                                  rngs={"dropout": jax.random.key(3)}, mutable=["batch_stats"])
             return jnp.mean(out ** 2)
-        return jax.jit(jax.grad(loss))(variables["params"])
+        return jax.jit(jax.grad(loss), compiler_options=FAST)(variables["params"])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads(False), grads(True))
 
 
@@ -207,7 +213,7 @@ def test_mix_ffn_without_conv_is_an_ablation_with_no_hub_form(tmp_path):
     count = lambda v: sum(x.size for x in jax.tree.leaves(v["params"]))  # noqa: E731
     hidden = [4 * c for c in TINY.hidden_sizes]  # mlp ratio 4, one block per stage
     assert count(full) - count(variables) == sum(10 * h for h in hidden)  # 3x3 kernel + bias
-    logits = jax.jit(sj.SegformerForSemanticSegmentation(config).apply)(variables, random_images(1, 64, 64))
+    logits = Jitted(sj.SegformerForSemanticSegmentation(config)).apply(variables, random_images(1, 64, 64))
     assert logits.shape == (1, 16, 16, 5) and np.isfinite(np.asarray(logits)).all()
     # Not a transformers field: written only when False, read back, refused by Hub export.
     assert "mix_ffn_conv" not in TINY.to_dict() and config.to_dict()["mix_ffn_conv"] is False
@@ -254,7 +260,7 @@ def _loss_and_grads(config, scan, remat=False):
         out, _ = model.apply({**variables, "params": params}, images, train=True,
                              rngs={"dropout": key}, mutable=["batch_stats"])
         return jnp.mean(out ** 2)
-    fn = jax.jit(jax.value_and_grad(loss))
+    fn = jax.jit(jax.value_and_grad(loss), compiler_options=FAST)
     return lambda variables, images, rng=3: fn(variables["params"], variables, images, jax.random.key(rng))
 
 
@@ -276,8 +282,8 @@ def test_scanned_blocks_take_the_same_parameters_and_compute_the_same_function()
     jax.tree.map(np.testing.assert_array_equal, unstack_blocks(stacked), encoder)
 
     unrolled = sj.SegformerForSemanticSegmentation(DEEP)
-    np.testing.assert_allclose(jax.jit(scanned.apply)(variables, images),
-                               jax.jit(unrolled.apply)(variables, images), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(Jitted(scanned).apply(variables, images),
+                               Jitted(unrolled).apply(variables, images), rtol=1e-6, atol=1e-6)
     (loss_s, grads_s), (loss_u, grads_u) = (_loss_and_grads(DEEP, scan)(variables, images)
                                             for scan in (True, False))
     assert float(loss_s) == pytest.approx(float(loss_u), rel=1e-6)

@@ -161,7 +161,7 @@ def _losses(workdir: pathlib.Path) -> list[float]:
 @pytest.mark.slow
 def test_two_processes_train_like_one_and_their_checkpoint_resumes_in_one(tmp_path):
     common = ("--config.batch_size=8", "--config.checkpoint_every=4")
-    single = _run(tmp_path / "single", tmp_path / "tfds", *common, total=8)
+    single = _run(tmp_path / "single", tmp_path / "tfds", *common, total=8, env=_env(1))
     assert single.returncode == 0, single.stderr[-3000:]
 
     port = _free_port()
@@ -195,7 +195,7 @@ def test_two_processes_train_like_one_and_their_checkpoint_resumes_in_one(tmp_pa
     resumed = tmp_path / "resumed"
     (resumed / "checkpoints").mkdir(parents=True)
     os.rename(tmp_path / "multi" / "checkpoints" / "4", resumed / "checkpoints" / "4")
-    done = _run(resumed, tmp_path / "tfds", *common, total=8)
+    done = _run(resumed, tmp_path / "tfds", *common, total=8, env=_env(1))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming from" in done.stdout
     _compare_params(reference["params"], _state(resumed / "checkpoints" / "8")["params"], nu,
