@@ -17,12 +17,13 @@ loses fusion across its borders. ``--tiny``: the variant's tiny form (widths 8-3
 block a stage; ``TINY_MODEL``), for a check that the script runs (a test does, on a CPU),
 at a fraction of the compile time.
 
-``--torch`` adds a third table: each part (patch embedding, attention, Mix-FFN) forward +
-backward in train mode against transformers' own module (``SegformerOverlapPatchEmbeddings``,
-``SegformerAttention``, ``SegformerMixMLP``) of the same config on the same input, timed in
-turn (``harness.time_interleaved``), with their ratio: where the encoder loses to torch.
-Stage 1's patch embedding is differentiated for its parameters only, as in a step (the
-image needs no gradient); the other parts for their parameters and input.
+``--torch`` adds two columns to part 1: each part forward + backward in train mode as
+transformers' own module of the same config (``SegformerOverlapPatchEmbeddings``,
+``SegformerLayer``, ``SegformerAttention``, ``SegformerMixMLP``) on the same input, timed in
+turn with ours (``harness.time_interleaved``: this VM's speed drifts), and their ratio:
+where the encoder loses to torch. Both differentiate the parameters and the input (a step
+needs no gradient of the image, so stage 1's patch embedding is timed with a little more
+than a step does on both sides).
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ def _median_ms(fn: Callable[..., Any], args: tuple, repeats: int) -> float:
     return time_calls(lambda: jax.block_until_ready(fn(*args)), 1, repeats).median_ms
 
 
-def _forward_backward(module: Any, x: jax.Array, repeats: int, *train: bool) -> tuple[float, float]:
-    """(forward ms, forward + backward ms) of a module on ``x``."""
+def _forward_backward(module: Any, x: jax.Array, repeats: int, *train: bool,
+                      against: Callable[[], Any] | None = None) -> tuple[float, float, float | None]:
+    """(forward ms, forward + backward ms, ``against``'s ms or None) of a module on ``x``;
+    ``against`` (torch's same part) is timed in turn with the forward + backward."""
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
     params = module.init(rngs, x, *train)["params"]
 
@@ -64,52 +67,19 @@ def _forward_backward(module: Any, x: jax.Array, repeats: int, *train: bool) -> 
         return module.apply({"params": p}, v, *train, rngs={"dropout": jax.random.key(2)})
 
     grad = jax.jit(jax.grad(lambda p, v: jnp.sum(apply(p, v)) * 1e-3, argnums=(0, 1)))
-    return _median_ms(jax.jit(apply), (params, x), repeats), _median_ms(grad, (params, x), repeats)
+    forward = _median_ms(jax.jit(apply), (params, x), repeats)
+    if against is None:
+        return forward, _median_ms(grad, (params, x), repeats), None
+    timings = time_interleaved({"ours": lambda: jax.block_until_ready(grad(params, x)),
+                                "torch": against}, 1, repeats)
+    return forward, timings["ours"].median_ms, timings["torch"].median_ms
 
 
-def part_rows(variant: str, batch: int, size: int, repeats: int,
-              overrides: dict[str, Any] | None = None) -> list[tuple[str, float, float, int]]:
-    """``(part, forward ms, forward + backward ms, times per step)`` of the encoder's parts
-    (``overrides``: model config fields set over the variant's, e.g. ``TINY_MODEL``)."""
-    import segformer_jax as sj
-    from segformer_jax.models import mit
-    config = sj.SegformerConfig.from_variant(variant, num_labels=1000, **(overrides or {}))
-    rng = np.random.default_rng(0)
-    rows = []
-    x = jnp.asarray(rng.standard_normal((batch, size, size, 3), np.float32))
-    for i in range(4):
-        rows.append((f"stage {i + 1} patch embedding", *_forward_backward(
-            mit.OverlapPatchEmbeddings(config, i), x, repeats), 1))
-        side = -(-size // 2 ** (i + 2))
-        x = jnp.asarray(rng.standard_normal((batch, side, side, config.hidden_sizes[i]), np.float32))
-        depth = config.depths[i]
-        rows.append((f"stage {i + 1} block ({side}², {config.hidden_sizes[i]} ch)",
-                     *_forward_backward(mit.MixTransformerLayer(config, i, 0.1), x, repeats, True), depth))
-        rows.append((f"  attention, sr {config.sr_ratios[i]}",
-                     *_forward_backward(mit.EfficientSelfAttention(config, i), x, repeats, False), depth))
-        rows.append(("  Mix-FFN", *_forward_backward(mit.MixFFN(config, i), x, repeats, False), depth))
-    return rows
-
-
-def _our_step(module: Any, x: jax.Array, train: tuple[bool, ...], input_grad: bool) -> Callable[[], Any]:
-    """A call running ``module``'s forward + backward (parameters, and ``x`` if asked)."""
-    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-    params = module.init(rngs, x, *train)["params"]
-
-    def loss(p: Any, v: jax.Array) -> jax.Array:
-        out = module.apply({"params": p}, v, *train, rngs={"dropout": jax.random.key(2)})
-        return jnp.sum(out) * 1e-3
-
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1) if input_grad else 0))
-    return lambda: jax.block_until_ready(grad(params, x))
-
-
-def _torch_step(torch: Any, module: Any, x: np.ndarray, size: tuple[int, int] | None,
-                input_grad: bool) -> Callable[[], None]:
-    """The same for a transformers module in train mode; ``size``: the (h, w) that the
-    sequence modules take beside their (N, h·w, C) input."""
+def _torch_step(torch: Any, module: Any, x: np.ndarray, size: tuple[int, int] | None) -> Callable[[], None]:
+    """A transformers module's forward + backward in train mode, for its parameters and its
+    input; ``size``: the (h, w) that the sequence modules take beside their (N, h·w, C) input."""
     module.train()
-    inputs = torch.tensor(x).requires_grad_(input_grad)
+    inputs = torch.tensor(x).requires_grad_(True)
 
     def step() -> None:
         for p in module.parameters():
@@ -120,46 +90,60 @@ def _torch_step(torch: Any, module: Any, x: np.ndarray, size: tuple[int, int] | 
     return step
 
 
-def torch_rows(variant: str, batch: int, size: int, repeats: int, threads: int | None = None,
-               overrides: dict[str, Any] | None = None) -> list[tuple[str, float, float]]:
-    """``(part, our ms, torch's ms)`` forward + backward of each part against transformers'."""
-    torch = import_torch(False, threads)
-    import transformers
-    from transformers.models.segformer import modeling_segformer as hf
-
+def part_rows(variant: str, batch: int, size: int, repeats: int,
+              overrides: dict[str, Any] | None = None, torch_threads: int | None = None,
+              against_torch: bool = False) -> list[tuple[str, float, float, float | None, int]]:
+    """``(part, forward ms, forward + backward ms, torch's forward + backward ms or None,
+    times per step)`` of the encoder's parts (``overrides``: model config fields set over
+    the variant's, e.g. ``TINY_MODEL``). ``against_torch``: each part is also run as
+    transformers' own module of the same config (``SegformerOverlapPatchEmbeddings``,
+    ``SegformerLayer``, ``SegformerAttention``, ``SegformerMixMLP``), in train mode, timed
+    in turn with ours."""
     import segformer_jax as sj
     from segformer_jax.models import mit
     config = sj.SegformerConfig.from_variant(variant, num_labels=1000, **(overrides or {}))
-    fields = config.to_dict()
-    fields.pop("model_type")
-    theirs_config = transformers.SegformerConfig(**fields, attn_implementation="eager")
-    torch.manual_seed(0)
+    theirs = None
+    if against_torch:
+        torch = import_torch(False, torch_threads)
+        import transformers
+        from transformers.models.segformer import modeling_segformer as hf
+        fields = config.to_dict()
+        fields.pop("model_type")
+        hf_config = transformers.SegformerConfig(**fields, attn_implementation="eager")
+        torch.manual_seed(0)
+
+        def theirs(kind: str, i: int, x: np.ndarray) -> Callable[[], None]:
+            c, side = config.hidden_sizes[i], x.shape[1]
+            if kind == "embedding":
+                return _torch_step(torch, hf.SegformerOverlapPatchEmbeddings(
+                    config.patch_sizes[i], config.strides[i], x.shape[-1], c), x.transpose(0, 3, 1, 2).copy(), None)
+            module = {"block": lambda: hf.SegformerLayer(hf_config, c, config.num_attention_heads[i], 0.1,
+                                                         config.sr_ratios[i], config.mlp_ratios[i]),
+                      "attention": lambda: hf.SegformerAttention(hf_config, c, config.num_attention_heads[i],
+                                                                 config.sr_ratios[i]),
+                      "mlp": lambda: hf.SegformerMixMLP(hf_config, in_features=c,
+                                                        hidden_features=int(c * config.mlp_ratios[i]))}[kind]()
+            return _torch_step(torch, module, x.reshape(x.shape[0], side * side, c), (side, side))
+
+    def timed(module: Any, kind: str, i: int, x: np.ndarray, *train: bool) -> tuple[float, float, float | None]:
+        return _forward_backward(module, jnp.asarray(x), repeats, *train,
+                                 against=theirs(kind, i, x) if theirs else None)
+
     rng = np.random.default_rng(0)
-    calls: dict[str, Callable[[], Any]] = {}
-    x = rng.standard_normal((batch, size, size, config.num_channels), np.float32)
+    rows = []
+    x = rng.standard_normal((batch, size, size, 3), np.float32)
     for i in range(4):
-        c = config.hidden_sizes[i]
-        embed = hf.SegformerOverlapPatchEmbeddings(config.patch_sizes[i], config.strides[i],
-                                                   x.shape[-1], c)
-        calls[f"stage {i + 1} patch embedding"] = _our_step(mit.OverlapPatchEmbeddings(config, i),
-                                                            jnp.asarray(x), (), i > 0)
-        calls[f"stage {i + 1} patch embedding torch"] = _torch_step(
-            torch, embed, x.transpose(0, 3, 1, 2).copy(), None, i > 0)
+        rows.append((f"stage {i + 1} patch embedding",
+                     *timed(mit.OverlapPatchEmbeddings(config, i), "embedding", i, x), 1))
         side = -(-size // 2 ** (i + 2))
-        x = rng.standard_normal((batch, side, side, c), np.float32)
-        sequence = x.reshape(batch, side * side, c)
-        attention = hf.SegformerAttention(theirs_config, c, config.num_attention_heads[i],
-                                          config.sr_ratios[i])
-        calls[f"stage {i + 1} attention"] = _our_step(mit.EfficientSelfAttention(config, i),
-                                                      jnp.asarray(x), (False,), True)
-        calls[f"stage {i + 1} attention torch"] = _torch_step(torch, attention, sequence, (side, side), True)
-        ffn = hf.SegformerMixMLP(theirs_config, in_features=c,
-                                 hidden_features=int(c * config.mlp_ratios[i]))
-        calls[f"stage {i + 1} Mix-FFN"] = _our_step(mit.MixFFN(config, i), jnp.asarray(x), (False,), True)
-        calls[f"stage {i + 1} Mix-FFN torch"] = _torch_step(torch, ffn, sequence, (side, side), True)
-    timings = time_interleaved(calls, 1, repeats)
-    return [(name, timings[name].median_ms, timings[f"{name} torch"].median_ms)
-            for name in calls if not name.endswith(" torch")]
+        x = rng.standard_normal((batch, side, side, config.hidden_sizes[i]), np.float32)
+        depth = config.depths[i]
+        rows.append((f"stage {i + 1} block ({side}², {config.hidden_sizes[i]} ch)",
+                     *timed(mit.MixTransformerLayer(config, i, 0.1), "block", i, x, True), depth))
+        rows.append((f"  attention, sr {config.sr_ratios[i]}",
+                     *timed(mit.EfficientSelfAttention(config, i), "attention", i, x, False), depth))
+        rows.append(("  Mix-FFN", *timed(mit.MixFFN(config, i), "mlp", i, x, False), depth))
+    return rows
 
 
 def step_profile(task: str, variant: str, batch: int, size: int,
@@ -223,23 +207,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = jax.devices()[0]
     print(f"# {device.platform} ({device.device_kind}), jax {jax.__version__}; {args.task} "
           f"{args.variant}{' (tiny)' if args.tiny else ''}, batch {args.batch}, {args.size}²\n")
-    parts = part_rows(args.variant, args.batch, args.size, args.repeats, overrides)
-    total = sum(both * times for part, _, both, times in parts if not part.startswith("  "))
-    rows = [[part, f"{forward:.1f}", f"{both:.1f}", f"×{times}"] for part, forward, both, times in parts]
-    print(markdown_table(["part", "forward (ms)", "forward + backward (ms)", "per step"],
-                         [*rows, ["encoder, parts summed", "", f"{total:.0f}", ""]], numbers_from=1) + "\n")
+    parts = part_rows(args.variant, args.batch, args.size, args.repeats, overrides, args.threads,
+                      args.torch)
+    total = sum(both * times for part, _, both, _, times in parts if not part.startswith("  "))
+    header = ["part", "forward (ms)", "forward + backward (ms)", "per step"]
+    rows = [[part, f"{forward:.1f}", f"{both:.1f}", f"×{times}"] for part, forward, both, _, times in parts]
+    last = ["encoder, parts summed", "", f"{total:.0f}", ""]
+    if args.torch:
+        header += ["transformers + torch, forward + backward (ms)", "torch / ours"]
+        for row, (_, _, both, theirs, _) in zip(rows, parts):
+            row += [f"{theirs:.1f}", f"{theirs / both:.2f}×"]
+        theirs_total = sum(theirs * times for part, _, _, theirs, times in parts if not part.startswith("  "))
+        last += [f"{theirs_total:.0f}", f"{theirs_total / total:.2f}×"]
+    print(markdown_table(header, [*rows, last], numbers_from=1) + "\n")
     rows = step_profile(args.task, args.variant, args.batch, args.size, overrides)
     step_ms = sum(ms for _, ms, _ in rows)
     print(f"The step's operations (XLA's thunks, summed over threads: {step_ms:.0f} ms per step):\n")
     print(markdown_table(["operation kind", "ms per step", "share", "count"],
                          [[kind, f"{ms:.1f}", f"{100 * ms / step_ms:.1f} %", count]
                           for kind, ms, count in rows[:args.top]], numbers_from=1))
-    if args.torch:
-        rows = torch_rows(args.variant, args.batch, args.size, args.repeats, args.threads, overrides)
-        print("\nEach part forward + backward against transformers' module (train mode):\n")
-        print(markdown_table(["part", "ours (ms)", "transformers + torch (ms)", "torch / ours"],
-                             [[part, f"{ours:.1f}", f"{theirs:.1f}", f"{theirs / ours:.2f}×"]
-                              for part, ours, theirs in rows], numbers_from=1))
     return 0
 
 

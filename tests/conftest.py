@@ -25,6 +25,28 @@ import pytest  # noqa: E402
 
 import segformer_jax as sj  # noqa: E402
 
+# The files that take longest, longest first (their tests' seconds summed, from `--durations`
+# on 2026-12-07). `pytest -n 2 --dist loadfile` hands whole files to the two workers in
+# collection order, so sorting these first starts the long files while the other worker
+# fills in with short ones (longest first, the classic greedy schedule). xdist's default
+# order, by number of tests (--loadscope-reorder), started the longest (few tests each)
+# last, and one worker ran them alone at the end.
+SLOWEST_FILES = ("test_sweep.py", "test_scale.py", "test_classification.py", "test_reliability.py",
+                 "test_export.py", "test_train.py", "test_robustness.py", "test_parity.py",
+                 "test_ema.py", "test_ops.py", "test_channels.py", "test_model.py",
+                 "test_evaluate_predict.py", "test_coco_stuff.py", "test_accelerator_forms.py",
+                 "test_worker_processes.py")
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):   # pytest-xdist: keep the order below
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: files stay whole
+
 
 def hf_config(config: sj.SegformerConfig):
     import transformers
