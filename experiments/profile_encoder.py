@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true",
                         help="the variant at tiny widths, one block a stage: checks that this runs")
     parser.add_argument("--torch", action="store_true",
-                        help="also time each part against transformers' module (a third table)")
+                        help="also time each part against transformers' module (two more columns)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = parser.parse_args(argv)
     overrides = TINY_MODEL if args.tiny else None
