@@ -20,8 +20,8 @@ import os
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -32,6 +32,7 @@ from segformer_jax.errors import CheckpointError, ConfigError, DamagedCheckpoint
 from segformer_jax.hub import ARCHITECTURES, WEIGHT_FILES, task_of
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
 CHECKPOINTS = "checkpoints"   # a training workdir's Orbax directory
@@ -268,11 +269,9 @@ class TrainCheckpoints:
     def meta(self, step: int) -> dict[str, Any]:
         """The JSON record of ``step``: read it to check a checkpoint before restoring it."""
         ocp = self._ocp
-        try:
-            with _quiet_orbax():
-                meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files
-            raise unreadable(e, f"{self.directory / str(step)}: cannot read its meta record") from None
+        meta = read_orbax(f"{self.directory / str(step)}: cannot read its meta record",
+                          lambda: self.manager.restore(
+                              step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
         if not isinstance(meta, Mapping):
             raise DamagedCheckpointError(f"{self.directory / str(step)}: its meta record is not a "
                                          "JSON object")
@@ -285,12 +284,8 @@ class TrainCheckpoints:
         where = self.directory / str(step)
         meta = self.meta(step) if meta is None else meta
         check_layout(where / "state", abstract_state)
-        try:
-            with _quiet_orbax():
-                restored = self.manager.restore(
-                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-        except Exception as e:  # noqa: BLE001 - its layout fits: the files are what failed
-            raise unreadable(e, f"{where}: its files cannot be read back") from None
+        restored = read_orbax(f"{where}: its files cannot be read back", lambda: self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))))
         check_fingerprint(restored["state"], meta.get("fingerprint"), str(where))
         return restored["state"]
 
@@ -367,12 +362,11 @@ def saved_layout(state_dir: pathlib.Path) -> dict[str, tuple[tuple[int, ...], np
         # Checked first: TensorStore's reads of a missing index leave callbacks that print
         # tracebacks at exit.
         raise DamagedCheckpointError(f"{state_dir}: its index of arrays (manifest.ocdbt) is missing")
-    try:
-        with _quiet_orbax(), ocp.StandardCheckpointer() as checkpointer:
+    def metadata() -> Any:
+        with ocp.StandardCheckpointer() as checkpointer:
             tree = checkpointer.metadata(state_dir)
-    except Exception as e:  # noqa: BLE001
-        raise unreadable(e, f"{state_dir}: its metadata cannot be read") from None
-    tree = getattr(getattr(tree, "item_metadata", None), "tree", tree)
+        return getattr(getattr(tree, "item_metadata", None), "tree", tree)
+    tree = read_orbax(f"{state_dir}: its metadata cannot be read", metadata)
     named = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_array)[0]
     if not named or not all(_is_array(m) for _, m in named):
         raise DamagedCheckpointError(f"{state_dir}: its metadata lists no arrays")
@@ -413,29 +407,81 @@ def finished_steps(checkpoints: str | os.PathLike) -> list[int]:
             return sorted(int(s) for s in manager.all_steps())
 
 
+_ORBAX_WORDS = ("orbax", "TensorStore", "tensorstore", "OCDBT", "Event loop is closed")
+
+
+def _from_orbax(*parts: Any) -> bool:
+    return any(word in str(part) for part in parts if part is not None for word in _ORBAX_WORDS)
+
+
 @contextlib.contextmanager
-def _quiet_orbax() -> Iterator[None]:
-    """Orbax's logs while we read are hidden: its absl warnings about what reading on purpose
-    does (a read-only manager, a step item without step metadata), and the errors of a
-    damaged step, which the reader turns into one ``DamagedCheckpointError`` (Orbax's tasks
-    log theirs again, with kilobytes of TensorStore spec, when they are collected: after a
-    failure that happens here, before the filter goes)."""
-    import gc
+def _quiet_orbax(hidden: list[str] | None = None) -> Iterator[None]:
+    """Orbax's logs while we read are hidden (their first lines appended to ``hidden``: text
+    only, which holds none of their frames alive): its absl warnings about
+    what reading on purpose does (a read-only manager, a step item without step metadata),
+    and what the reads of a damaged step leave behind (see ``read_orbax``): asyncio's
+    "exception was never retrieved" records, unraisable errors of abandoned coroutines and
+    TensorStore callbacks, "coroutine was never awaited" warnings. Anything not from Orbax
+    or TensorStore passes."""
+    import sys
+    import warnings
+    hidden = [] if hidden is None else hidden
 
     def ours(record: logging.LogRecord) -> bool:
-        return not ("never retrieved" in record.getMessage() and "orbax" in record.getMessage())
+        if _from_orbax(record.getMessage(), record.exc_info and record.exc_info[1]):
+            hidden.append(record.getMessage()[:200])
+            return False
+        return True
+
+    previous_hook = sys.unraisablehook
+
+    def unraisable(u: Any) -> None:
+        if _from_orbax(u.exc_value, repr(u.object)):
+            hidden.append(one_line(u.exc_value))
+        else:
+            previous_hook(u)
+
     absl, tasks = logging.getLogger("absl"), logging.getLogger("asyncio")
     level = absl.level
     absl.setLevel(logging.CRITICAL)
     tasks.addFilter(ours)
+    sys.unraisablehook = unraisable
     try:
-        yield
-    except BaseException:
-        gc.collect()
-        raise
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+            yield
     finally:
+        sys.unraisablehook = previous_hook
         tasks.removeFilter(ours)
         absl.setLevel(level)
+
+
+def read_orbax(what: str, read: Callable[[], _T]) -> _T:
+    """``read()``, an Orbax read, quietly; ``unreadable(error, what)`` when it fails.
+
+    When one read of a step fails, Orbax's others are still in flight: its event loop is
+    closed without waiting for them, and they fail in TensorStore's threads afterwards, each
+    leaving an error with kilobytes of TensorStore spec, logged or printed when the garbage
+    collector finds it, which may be much later (a flaky line on stderr). So the failure is
+    dropped first (nothing may hold its frames), then the leftovers are collected inside the
+    filters, until three rounds in a row find nothing new (at most about a second)."""
+    import gc
+    import time
+    hidden: list[str] = []
+    with _quiet_orbax(hidden):
+        try:
+            return read()
+        except Exception as failure:  # noqa: BLE001 - orbax raises many types for damaged files
+            error = unreadable(failure, what)
+        quiet, before = 0, -1
+        for _ in range(50):
+            gc.collect()
+            quiet = quiet + 1 if len(hidden) == before else 0
+            if quiet == 3:
+                break
+            before = len(hidden)
+            time.sleep(0.02)
+    raise error
 
 
 def _training_steps(path: pathlib.Path) -> tuple[pathlib.Path, list[int]] | None:
@@ -521,11 +567,8 @@ def load_training_checkpoint(step_dir: str | os.PathLike,
     fingerprint saved with them (``DamagedCheckpointError``)."""
     import orbax.checkpoint as ocp
     step_dir = pathlib.Path(step_dir).absolute()
-    try:
-        with _quiet_orbax():
-            meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "meta")
-    except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files
-        raise unreadable(e, f"{step_dir / 'meta'}: cannot read the run's record") from None
+    meta = read_orbax(f"{step_dir / 'meta'}: cannot read the run's record",
+                      lambda: ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "meta"))
     if not isinstance(meta, Mapping) or not isinstance(meta.get("model"), Mapping):
         raise CheckpointError(f"{step_dir / 'meta'}: holds no 'model' config; not written by "
                               "segformer_jax.train")
@@ -534,13 +577,12 @@ def load_training_checkpoint(step_dir: str | os.PathLike,
     if not any(name.startswith("params/") for name in layout):
         raise CheckpointError(f"{step_dir / 'state'}: not a training state (expected params "
                               "and batch_stats)")
-    try:
-        with _quiet_orbax(), ocp.StandardCheckpointer() as checkpointer:
+    def restore() -> Any:
+        with ocp.StandardCheckpointer() as checkpointer:
             tree = checkpointer.metadata(step_dir / "state")
             tree = getattr(getattr(tree, "item_metadata", None), "tree", tree)
-            state = checkpointer.restore(step_dir / "state", local_target(tree))
-    except Exception as e:  # noqa: BLE001
-        raise unreadable(e, f"{step_dir}: its files cannot be read back") from None
+            return checkpointer.restore(step_dir / "state", local_target(tree))
+    state = read_orbax(f"{step_dir}: its files cannot be read back", restore)
     if ema:
         if "ema" not in state:
             raise CheckpointError(f"{step_dir}: the run kept no EMA of the weights (train with "
