@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.harness import time_calls
+from segformer_jax import host_memory
 from segformer_jax.models import ops
 from segformer_jax.tables import markdown_table
 
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.size % 32 or args.size < 32:
         p.error(f"--size must be a positive multiple of 32; got {args.size}")
+    host_memory.keep_freed_memory(announce=True)   # as the commands and the other benchmarks
     device = jax.devices()[0]
     print(f"# {device.platform} ({device.device_kind}), jax {jax.__version__}, "
           f"{platform.machine()}, batch {args.batch}, crop {args.size}²\n")
