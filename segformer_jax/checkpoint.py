@@ -464,7 +464,8 @@ def read_orbax(what: str, read: Callable[[], _T]) -> _T:
     leaving an error with kilobytes of TensorStore spec, logged or printed when the garbage
     collector finds it, which may be much later (a flaky line on stderr). So the failure is
     dropped first (nothing may hold its frames), then the leftovers are collected inside the
-    filters, until three rounds in a row find nothing new (at most about a second)."""
+    filters, until three rounds in a row find nothing new (at most 50 rounds, each a 20 ms
+    wait and a collection; only after a failed read)."""
     import gc
     import time
     hidden: list[str] = []
