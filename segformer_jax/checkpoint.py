@@ -80,11 +80,10 @@ def load_model(path: str | os.PathLike) -> tuple[SegformerConfig, dict[str, Any]
     config = SegformerConfig.from_json_file(path / "config.json")
     architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
     task = next((_TASK_OF_ARCHITECTURE[a] for a in architectures if a in _TASK_OF_ARCHITECTURE), SEMSEG)
-    try:
+    def restore() -> Any:
         with ocp.StandardCheckpointer() as checkpointer:
-            variables = checkpointer.restore(path / "variables")
-    except (ValueError, FileNotFoundError, OSError) as e:
-        raise CheckpointError(f"{path / 'variables'}: cannot be restored ({e})") from None
+            return checkpointer.restore(path / "variables")
+    variables = read_orbax(f"{path / 'variables'}: cannot be restored", restore)
     if task_of(variables) != task:
         raise ConfigError(f"{path / 'config.json'}: architectures say {task} but the variables "
                           f"hold a {task_of(variables)} model")

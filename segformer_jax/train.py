@@ -29,6 +29,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -828,7 +829,14 @@ def _write_failure(error: BaseException) -> bool:
 
 
 def _save_failed(error: BaseException, checkpoints: TrainCheckpoints, step: int) -> TrainingError:
-    """One line for a checkpoint that could not be written: why, what is kept, what to do."""
+    """One line for a checkpoint that could not be written: why, what is kept, what to do.
+
+    The run stops with that line. Orbax's other writes of the step are abandoned, and a
+    coroutine of theirs that was never started warns so when it is collected, often at
+    exit, after the line ("coroutine 'async_serialize_from_host.<locals>.write_fragment'
+    was never awaited"); from here on that warning is hidden (the warning carries no module
+    of its own to filter by)."""
+    warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
     checkpoints.manager.reload()
     kept = checkpoints.all_steps()
     reason = ("the disk is full (No space left on device)" if _disk_full(error)

@@ -249,6 +249,29 @@ def test_a_failed_read_leaves_nothing_to_be_reported_later(copy12, caplog, monke
     assert [str(w.message)[:200] for w in caught if "never awaited" in str(w.message)] == []
 
 
+def test_a_damaged_model_checkpoint_is_one_line_and_nothing_on_stderr(tmp_path, capfd):
+    """A converted model checkpoint (``save_model``) read back with a data file zeroed: one
+    ``DamagedCheckpointError`` naming its variables directory, without TensorStore's spec,
+    and none of the abandoned reads' tracebacks on stderr (before: 30 lines of them, and the
+    error a plain ``CheckpointError``)."""
+    import segformer_jax as sj
+    from segformer_jax.checkpoint import load_model, save_model
+    config = sj.SegformerConfig.from_variant("b0", num_labels=2, hidden_sizes=(8, 16, 24, 32),
+                                             num_attention_heads=(1, 2, 3, 4), depths=(1, 1, 1, 1),
+                                             decoder_hidden_size=16)
+    model = save_model(tmp_path / "model", config, sj.init_variables(config, seed=0))
+    largest = max((model / "variables" / "ocdbt.process_0" / "d").iterdir(), key=lambda p: p.stat().st_size)
+    largest.write_bytes(bytes(largest.stat().st_size))
+    capfd.readouterr()
+    with pytest.raises(DamagedCheckpointError) as caught:
+        load_model(model)
+    message = str(caught.value)
+    assert message.startswith(f"{model / 'variables'}: cannot be restored: a file is missing, cut short "
+                              "or changed (")
+    assert "\n" not in message and "TensorStore({" not in message and len(message) < 800
+    assert capfd.readouterr().err == ""
+
+
 def test_a_weight_changed_on_disk_is_found_and_a_resume_replays_exactly(copy12, capsys):
     """A weight changed after it was written (flipped bytes that still decode, a bad disk,
     a careless script): Orbax restores it without a word; the fingerprint finds it, the
@@ -407,7 +430,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_run_resumes_once_sp
         for line in proc.stdout:
             if line.startswith("step ") and (workdir / "checkpoints" / "4").is_dir():
                 filler = disk / "filler"   # another job fills the disk
-                with open(filler, "wb") as f:
+                with open(filler, "wb", buffering=0) as f:   # unbuffered: closing has nothing left to write
                     try:
                         while True:
                             f.write(bytes(1 << 16))
