@@ -25,6 +25,13 @@ import pytest  # noqa: E402
 
 import segformer_jax as sj  # noqa: E402
 
+# XLA:CPU's backend (LLVM) optimisation level 0: it changes only how fast the compiled code
+# runs, and about halves the compile time of the tests' many small programs. For tests that
+# compare programs compiled alike, or against an independent reference within its own
+# tolerance; runs compared bit for bit with one at the default level keep the default.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}    # jax.jit(..., compiler_options=)
+FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"   # in a subprocess's XLA_FLAGS
+
 # The files that take longest, longest first (their tests' seconds summed, from `--durations`
 # on 2026-12-07). `pytest -n 2 --dist loadfile` hands whole files to the two workers in
 # collection order, so sorting these first starts the long files while the other worker

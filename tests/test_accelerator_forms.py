@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import FAST_COMPILE_FLAG
 
 from experiments import lowering_counts
 from segformer_jax import losses, mixup, run_config
@@ -187,7 +188,7 @@ def test_accelerator_report_runs_here_at_tiny_sizes(tmp_path):
     from experiments import accelerator_report
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "2",
-           "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()}
+           "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG}".strip()}
     done = subprocess.run([sys.executable, "-m", "experiments.accelerator_report", "--out", str(tmp_path), "--tiny"],
                           env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import FAST_COMPILE
 from test_train import _final_state, _kill_once_saved, _run
 
 import segformer_jax as sj
@@ -46,9 +47,8 @@ def _tiny_steps(n: int, accumulate: int = 1, decay: float = 0.5):
     recipe = Recipe(learning_rate=1e-2, warmup_steps=0, total_steps=100, ema_decay=decay)
     tx = make_optimizer(recipe, accumulate)
     state = initial_state(config, tx, seed=0, ema=True)
-    # XLA:CPU backend optimisation level 0: only the code's speed changes, half the compile time.
     step = jax.jit(make_train_step(model, tx, 0, tasks.objective(default_config(), 3, 255), recipe, accumulate),
-                   compiler_options={"xla_backend_optimization_level": 0})
+                   compiler_options=FAST_COMPILE)
     rng = np.random.default_rng(0)
     history = []
     for _ in range(n):

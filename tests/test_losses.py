@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import FAST_COMPILE
 
 from segformer_jax import losses
 from segformer_jax.constants import IGNORE_INDEX
@@ -187,11 +188,9 @@ def test_a_few_steps_lower_each_loss(name):
     objective = tasks.objective(run, 6, IGNORE_INDEX)
     tx = make_optimizer(Recipe(learning_rate=2e-3, warmup_steps=0, total_steps=100))
     state = initial_state(config, tx, seed=0)
-    # Compiled at XLA:CPU's backend optimisation level 0: only the code's speed changes (as
-    # in tests/test_scale.py's processes), in about half the compile time these steps cost.
     step = jax.jit(make_train_step(sj.SegformerForSemanticSegmentation(config), tx, seed=0,
                                    objective=objective),
-                   compiler_options={"xla_backend_optimization_level": 0})
+                   compiler_options=FAST_COMPILE)
     values = []
     for _ in range(10):
         state, out = step(state, {"image": images, "label": labels})

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import random_images
+from conftest import FAST_COMPILE, random_images
 
 import segformer_jax as sj
 
@@ -16,17 +16,12 @@ TINY = sj.SegformerConfig.from_variant("b0", num_labels=5, hidden_sizes=(8, 16, 
                                        attention_probs_dropout_prob=0.1)
 
 
-# These tests compare programs of their own making (remat or not, scanned or not, bf16 or
-# float32): compiled at XLA:CPU's backend optimisation level 0, which changes only how fast the
-# compiled code runs (as tests/test_scale.py's processes), in about half the compile time.
-FAST = {"xla_backend_optimization_level": 0}
-
-
 class Jitted:
-    """``model.apply`` under ``jax.jit`` (eager Flax dispatches op by op: minutes on CPU)."""
+    """``model.apply`` under ``jax.jit`` (eager Flax dispatches op by op: minutes on CPU), at
+    level 0 (``conftest.FAST_COMPILE``): these tests compare programs of their own making."""
 
     def __init__(self, model):
-        self.apply = jax.jit(model.apply, static_argnames=("train", "mutable"), compiler_options=FAST)
+        self.apply = jax.jit(model.apply, static_argnames=("train", "mutable"), compiler_options=FAST_COMPILE)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +151,7 @@ def test_remat_gives_the_same_gradients(tiny):
             out, _ = model.apply({**variables, "params": params}, images, train=True,
                                  rngs={"dropout": jax.random.key(3)}, mutable=["batch_stats"])
             return jnp.mean(out ** 2)
-        return jax.jit(jax.grad(loss), compiler_options=FAST)(variables["params"])
+        return jax.jit(jax.grad(loss), compiler_options=FAST_COMPILE)(variables["params"])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads(False), grads(True))
 
 
@@ -260,7 +255,7 @@ def _loss_and_grads(config, scan, remat=False):
         out, _ = model.apply({**variables, "params": params}, images, train=True,
                              rngs={"dropout": key}, mutable=["batch_stats"])
         return jnp.mean(out ** 2)
-    fn = jax.jit(jax.value_and_grad(loss), compiler_options=FAST)
+    fn = jax.jit(jax.value_and_grad(loss), compiler_options=FAST_COMPILE)
     return lambda variables, images, rng=3: fn(variables["params"], variables, images, jax.random.key(rng))
 
 

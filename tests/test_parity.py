@@ -11,14 +11,11 @@ wrong eps, an approximate GELU, a transposed kernel or a swapped concat move log
 import jax
 import numpy as np
 import pytest
-from conftest import build_hf, random_images, torch_forward
+from conftest import FAST_COMPILE, build_hf, random_images, torch_forward
 
 import segformer_jax as sj
 
 ATOL = 1e-4
-# Our side compiled at XLA:CPU's backend optimisation level 0: only the compiled code's speed
-# changes (as in tests/test_scale.py's processes), in about half the compile time.
-FAST = {"xla_backend_optimization_level": 0}
 SIZES = [(64, 64), (97, 45), (40, 130)]  # square, odd, non-multiples of 32, both aspects
 VARIANTS = ["b0", "b1", "b2", pytest.param("b3", marks=pytest.mark.slow),
             pytest.param("b4", marks=pytest.mark.slow), pytest.param("b5", marks=pytest.mark.slow)]
@@ -41,7 +38,9 @@ def test_semantic_segmentation_matches_transformers(variant, tmp_path):
 
     model = sj.SegformerForSemanticSegmentation(loaded_config)
     encoder = sj.MixTransformer(loaded_config)
-    apply, encode = jax.jit(model.apply, compiler_options=FAST), jax.jit(encoder.apply, compiler_options=FAST)
+    # Our side at level 0 (conftest.FAST_COMPILE); the tolerances are unchanged.
+    apply = jax.jit(model.apply, compiler_options=FAST_COMPILE)
+    encode = jax.jit(encoder.apply, compiler_options=FAST_COMPILE)
     # b3…b5 differ from b2 only in depth and width: the shape logic of the three sizes is
     # b0…b2's to prove, and the deep variants run the odd size (and the scanned blocks).
     sizes = SIZES if variant in ("b0", "b1", "b2") else SIZES[1:2]
@@ -59,7 +58,7 @@ def test_semantic_segmentation_matches_transformers(variant, tmp_path):
         if (h, w) == SIZES[1]:  # the same weights with each stage's blocks under nn.scan
             scanned = sj.SegformerForSemanticSegmentation(loaded_config, scan=True)
             with jax.default_matmul_precision("highest"):
-                _assert_close(jax.jit(scanned.apply, compiler_options=FAST)(variables, images), ref_logits,
+                _assert_close(jax.jit(scanned.apply, compiler_options=FAST_COMPILE)(variables, images), ref_logits,
                               f"{variant} {h}x{w} logits, scanned blocks")
 
     # Export back: transformers loads our files into the very same tensors, bit for bit.
@@ -89,7 +88,7 @@ def test_image_classification_matches_transformers(variant, tmp_path):
     for i, (h, w) in enumerate(SIZES):
         images = random_images(3, h, w, seed=i)
         with jax.default_matmul_precision("highest"):
-            logits = jax.jit(model.apply, compiler_options=FAST)(variables, images)
+            logits = jax.jit(model.apply, compiler_options=FAST_COMPILE)(variables, images)
         _assert_close(logits, torch_forward(torch_model, images), f"{variant} {h}x{w} class logits")
 
     sj.save_pretrained(tmp_path / "export", loaded_config, variables)
@@ -144,9 +143,9 @@ def test_hidden_states_and_attentions_match_transformers(variant, tmp_path):
     for scan in (False, True):
         model = sj.SegformerForSemanticSegmentation(config, scan=scan)
         with jax.default_matmul_precision("highest"):
-            outputs = jax.jit(lambda v, x, m=model: sj.apply_with_outputs(m, v, x), compiler_options=FAST)
+            outputs = jax.jit(lambda v, x, m=model: sj.apply_with_outputs(m, v, x), compiler_options=FAST_COMPILE)
             out = outputs(variables, images)
-            plain = jax.jit(model.apply, compiler_options=FAST)(variables, images)
+            plain = jax.jit(model.apply, compiler_options=FAST_COMPILE)(variables, images)
         np.testing.assert_array_equal(out.logits, plain)
         assert len(out.hidden_states) == 4 and len(out.attentions) == sum(config.depths)
         for i, (ours, theirs) in enumerate(zip(out.hidden_states, ref.hidden_states)):

@@ -27,16 +27,13 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import FAST_COMPILE_FLAG
 from test_train import ROOT, _run, train_args
-
-# XLA:CPU's LLVM optimisation level only changes how fast the compiled code runs; level 0
-# halves the compile time of these many small programs.
-FAST_COMPILE = "--xla_backend_optimization_level=0"
 
 
 def _env(devices: int) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2",
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}"}
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE_FLAG}"}
 
 
 def _flat(tree) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from conftest import FAST_COMPILE_FLAG
 
 from experiments import sweep_file
 
@@ -34,14 +35,11 @@ def _write_sweep(path, data_dir, body, measure=""):
     return path
 
 
-# XLA:CPU's LLVM optimisation level only changes how fast the compiled code runs (as in
-# tests/test_scale.py); level 0 halves the compile time that these tiny points are made of.
-FAST_COMPILE = "--xla_backend_optimization_level=0"
 
 
 def _env():
     return {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", "HF_HUB_OFFLINE": "1",
-            "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()}
+            "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG}".strip()}
 
 
 def _run(command, **kwargs):

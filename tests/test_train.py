@@ -9,6 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import FAST_COMPILE
 
 import segformer_jax as sj
 from segformer_jax import tasks
@@ -33,9 +34,8 @@ def test_a_few_steps_lower_the_loss():
     rng = np.random.default_rng(0)
     images = rng.standard_normal((2, 32, 32, 3), dtype=np.float32)
     labels = (images[..., 0] > 0).astype(np.int32) + (images[..., 1] > 1)  # learnable from pixels
-    # XLA:CPU backend optimisation level 0: only the code's speed changes, half the compile time.
     step = jax.jit(make_train_step(model, tx, seed=0, objective=tasks.objective(default_config(), 3, 255)),
-                   compiler_options={"xla_backend_optimization_level": 0})
+                   compiler_options=FAST_COMPILE)
     losses = []
     for _ in range(8):
         state, out = step(state, {"image": images, "label": labels})
